@@ -1,0 +1,1 @@
+"""Backbones and the MAE model (no Ray, no parallelism)."""
