@@ -1,0 +1,91 @@
+import datetime as dt
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from curation.storage import exists, locate
+from curation.writer import iter_shard, write_rejections, write_shard
+from schemas import SAMPLE_SCHEMA, SCHEMA_VERSION, SchemaError, sample_key
+from schemas.layout import manifest_file, shard_file
+from schemas.manifest import schema_version_of
+
+
+def _rows(n: int) -> list[dict]:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = []
+    for i in range(n):
+        uri = f"http://example.com/{i}.jpg"
+        rows.append(
+            dict(
+                key=sample_key(uri),
+                source_uri=uri,
+                sha256=f"{i:064x}",
+                num_bytes=3,
+                format="JPEG" if i % 2 else "PNG",
+                width=10 + i,
+                height=20,
+                fetched_at=now,
+                caption=f"caption {i}",
+            )
+        )
+    return rows
+
+
+def test_shard_and_manifest_match_row_for_row(tmp_path):
+    dataset = locate(str(tmp_path))
+    rows = _rows(5)
+    images = [bytes([i]) * (i + 1) for i in range(5)]
+    write_shard(dataset, 7, rows, images)
+
+    manifest = pq.read_table(tmp_path / manifest_file(7))
+    assert manifest.schema.remove_metadata().equals(SAMPLE_SCHEMA.remove_metadata())
+    assert schema_version_of(manifest.schema) == SCHEMA_VERSION
+    samples = list(wds.WebDataset(str(tmp_path / shard_file(7)), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == manifest.column("key").to_pylist()
+    for sample, row, image in zip(samples, manifest.to_pylist(), images, strict=True):
+        ext = row["image_member"].rsplit(".", 1)[1]
+        assert ext == ("jpg" if row["format"] == "JPEG" else "png")
+        assert sample[ext] == image
+        stored = json.loads(sample["json"])
+        assert stored["key"] == row["key"] and stored["shard"] == 7
+        assert stored["caption"] == row["caption"]
+    assert [s["__key__"] for s in iter_shard(dataset.join(shard_file(7)))] == [
+        r["key"] for r in rows
+    ]
+    # nothing left behind but the published files
+    leftovers = list((tmp_path / "_work" / "tmp").iterdir())
+    assert leftovers == []
+
+
+def test_bad_rows_are_refused_before_anything_is_published(tmp_path):
+    dataset = locate(str(tmp_path))
+    rows = _rows(2)
+    del rows[1]["sha256"]
+    with pytest.raises(SchemaError, match="sha256"):
+        write_shard(dataset, 0, rows, [b"a", b"b"])
+    assert not exists(dataset.join(shard_file(0)))
+    assert not exists(dataset.join(manifest_file(0)))
+
+
+def test_rejections_round_trip_on_s3(s3_bucket):
+    dataset = locate(f"s3://{s3_bucket}/ds")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    write_rejections(
+        dataset,
+        "part-0",
+        [dict(source_uri="http://x/a.jpg", stage="fetch", reason="timeout", rejected_at=now)],
+    )
+    with dataset.fs.open_input_file(f"{dataset.path}/rejections/part-0.parquet") as f:
+        table = pq.read_table(f)
+    assert table.column("reason").to_pylist() == ["timeout"]
+
+
+def test_shard_on_s3(s3_bucket):
+    dataset = locate(f"s3://{s3_bucket}/ds")
+    write_shard(dataset, 0, _rows(3), [b"x", b"y", b"z"])
+    got = [
+        (s["__key__"], s.get("jpg", s.get("png"))) for s in iter_shard(dataset.join(shard_file(0)))
+    ]
+    assert [g[1] for g in got] == [b"x", b"y", b"z"]
