@@ -1,0 +1,1 @@
+"""Deduplication: signatures (streaming pass), then global exact, pixel, near and semantic passes."""

@@ -1,0 +1,78 @@
+"""Per-image dedup signatures, computed once on the already-decoded image (no second decode).
+
+``pixel_hash`` catches the same pixels in another encoding (PNG of a JPEG's decode, stripped
+metadata); ``phash64`` is the classic DCT perceptual hash (as in the ``imagehash`` library:
+32x32 grayscale, 2-D DCT-II, the 8x8 lowest frequencies thresholded at their median), which
+survives re-encodes, resizes, small crops and colour shifts within a few bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+HASH_SIZE = 8  # 8x8 low-frequency coefficients -> 64 bits
+DCT_SIZE = 32  # working resolution; 4x the hash side, as in the usual pHash
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """Hex digest (128-bit BLAKE2b) of the decoded RGB pixels and the size.
+
+    The size is part of the digest so that the same bytes reshaped (W x H vs H x W) differ.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix() -> np.ndarray:
+    """Orthonormal DCT-II basis rows for the first HASH_SIZE frequencies: [HASH_SIZE, DCT_SIZE]."""
+    n = np.arange(DCT_SIZE)
+    k = np.arange(HASH_SIZE)[:, None]
+    basis = np.cos(np.pi * (2 * n + 1) * k / (2 * DCT_SIZE)) * np.sqrt(2.0 / DCT_SIZE)
+    basis[0] /= np.sqrt(2.0)
+    return basis
+
+
+def _small_gray(image: Image.Image) -> np.ndarray:
+    """The image as a [DCT_SIZE, DCT_SIZE] float grayscale array, cheaply.
+
+    ``reduce`` (integer box binning) first brings big images near the target in one fast pass;
+    the BOX resize then averages areas, which is what makes the hash stable across resizes.
+    Resizing before the grayscale conversion touches 1024 pixels instead of the whole image.
+    """
+    factor = min(image.width, image.height) // (4 * DCT_SIZE)
+    if factor >= 2:
+        image = image.reduce(factor)
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    small = image.resize((DCT_SIZE, DCT_SIZE), Image.Resampling.BOX)
+    return np.asarray(small.convert("L"), dtype=np.float64)
+
+
+def phash_bits(image: Image.Image) -> np.ndarray:
+    """The 64 perceptual-hash bits as a bool array (row-major over the 8x8 coefficients)."""
+    basis = _dct_matrix()
+    coefficients = basis @ _small_gray(image) @ basis.T  # [8, 8], lowest frequencies
+    flat = coefficients.ravel()
+    return flat > np.median(flat)
+
+
+def phash64(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash as an unsigned int (< 2**64); bit 63 is coefficient (0, 0).
+
+    Compare two hashes with ``hamming(a, b)``; re-encodes and resizes of one picture land
+    within a few bits, unrelated pictures near 32.
+    """
+    return int.from_bytes(np.packbits(phash_bits(image)).tobytes(), "big")
+
+
+def hamming(a: int, b: int) -> int:
+    return (int(a) ^ int(b)).bit_count()
