@@ -1,0 +1,148 @@
+"""Geometry shared by the tasks: 4:3 person crops, affine warps, flips, heatmap targets.
+
+Coordinates are pixel coordinates with integer values at pixel centres (as COCO and OpenCV
+use). A crop of size (H, W) around a region of size (h, w) centred at (cx, cy) maps the
+region's edges onto the crop's edges: ``u = (x - cx) * W / w + (W - 1) / 2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.labelled import IGNORE_INDEX, seg_flip_permutation
+
+SEG_FLIP = np.array(seg_flip_permutation(), dtype=np.uint8)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+def box_to_region(
+    bbox: list[float] | np.ndarray, aspect: float, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and (w, h) of a box [x, y, w, h] grown to ``aspect`` = w / h, then padded."""
+    x, y, w, h = (float(v) for v in bbox)
+    center = np.array([x + w / 2 - 0.5, y + h / 2 - 0.5])  # [x, y) box edges -> centre pixel
+    if w > aspect * h:
+        h = w / aspect
+    else:
+        w = h * aspect
+    return center, np.array([w, h]) * padding
+
+
+def image_region(width: int, height: int, aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest region of ``aspect`` holding the whole image (for dense tasks)."""
+    return box_to_region([0, 0, width, height], aspect, padding=1.0)
+
+
+def affine_to_crop(
+    center: np.ndarray,
+    size: np.ndarray,
+    out_hw: tuple[int, int],
+    rotation_deg: float = 0.0,
+    flip: bool = False,
+) -> np.ndarray:
+    """2x3 matrix mapping image pixels into an (H, W) crop of the region (optionally
+    rotated about its centre, then mirrored left-right)."""
+    out_h, out_w = out_hw
+    sx, sy = out_w / size[0], out_h / size[1]
+    theta = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    linear = np.diag([sx, sy]) @ rot
+    if flip:
+        linear = np.diag([-1.0, 1.0]) @ linear
+    offset = np.array([(out_w - 1) / 2, (out_h - 1) / 2]) - linear @ np.asarray(center, float)
+    return np.concatenate([linear, offset[:, None]], axis=1)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    linear_inv = np.linalg.inv(matrix[:, :2])
+    return np.concatenate([linear_inv, (-linear_inv @ matrix[:, 2])[:, None]], axis=1)
+
+
+def warp_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine to [..., 2] points."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_image(
+    image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], nearest: bool = False,
+    fill: float = 0,
+) -> np.ndarray:  # fmt: skip
+    """Warp an [H, W] or [H, W, C] array into the crop (bilinear, or nearest for labels)."""
+    import cv2
+
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    out = cv2.warpAffine(
+        image, matrix.astype(np.float64), (out_hw[1], out_hw[0]), flags=flags,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=fill,
+    )  # fmt: skip
+    return out.reshape(*out_hw, *image.shape[2:])
+
+
+def warp_keypoints(keypoints: np.ndarray, matrix: np.ndarray, flip_perm: np.ndarray | None):
+    """[K, 3] keypoints (x, y, v) into the crop; with ``flip_perm`` (the crop is mirrored)
+    left and right points swap places so that index i still means the same body part."""
+    out = keypoints.astype(np.float64).copy()
+    out[:, :2] = warp_points(out[:, :2], matrix)
+    if flip_perm is not None:
+        out = out[flip_perm]
+    return out
+
+
+def flip_seg(label: np.ndarray) -> np.ndarray:
+    """Mirror an [H, W] class map; Left_* and Right_* ids swap (IGNORE_INDEX is kept)."""
+    flipped = label[:, ::-1]
+    lut = np.arange(256, dtype=np.uint8)
+    lut[: len(SEG_FLIP)] = SEG_FLIP
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut[flipped]
+
+
+def flip_normals(normals: np.ndarray) -> np.ndarray:
+    """Mirror an [H, W, 3] normal map: columns reverse and the x component changes sign."""
+    out = normals[:, ::-1].copy()
+    out[..., 0] *= -1
+    return out
+
+
+def heatmap_targets(
+    keypoints: np.ndarray, heat_hw: tuple[int, int], stride: int, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian heatmaps [K, h, w] for crop keypoints [K, 3] and weights [K] (1 where the
+    point is labelled and falls inside the crop, else 0)."""
+    h, w = heat_hw
+    centre = (keypoints[:, :2] - (stride - 1) / 2) / stride  # [K, 2] in heatmap pixels
+    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
+    dx2 = (xs[None, :] - centre[:, :1]) ** 2  # [K, w]
+    dy2 = (ys[None, :] - centre[:, 1:]) ** 2  # [K, h]
+    heat = np.exp(-(dy2[:, :, None] + dx2[:, None, :]) / (2 * sigma**2)).astype(np.float32)
+    inside = (
+        (centre[:, 0] > -0.5) & (centre[:, 0] < w - 0.5)
+        & (centre[:, 1] > -0.5) & (centre[:, 1] < h - 0.5)
+    )  # fmt: skip
+    weight = ((keypoints[:, 2] > 0) & inside).astype(np.float32)
+    return heat * weight[:, None, None], weight
+
+
+def decode_heatmaps(heat: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop coordinates [N, K, 2] and scores [N, K] from heatmaps [N, K, h, w]: the argmax
+    moved a quarter pixel towards the higher neighbour (the usual sub-pixel refinement)."""
+    n, k, h, w = heat.shape
+    flat = heat.reshape(n, k, -1)
+    idx = flat.argmax(-1)
+    scores = flat.max(-1)
+    y, x = np.divmod(idx, w)
+    xy = np.stack([x, y], -1).astype(np.float64)
+    ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+    left = heat[ni, ki, y, np.clip(x - 1, 0, w - 1)]
+    right = heat[ni, ki, y, np.clip(x + 1, 0, w - 1)]
+    up = heat[ni, ki, np.clip(y - 1, 0, h - 1), x]
+    down = heat[ni, ki, np.clip(y + 1, 0, h - 1), x]
+    xy[..., 0] += 0.25 * np.sign(right - left)
+    xy[..., 1] += 0.25 * np.sign(down - up)
+    return xy * stride + (stride - 1) / 2, scores
+
+
+def normalise_image(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> float32 [3, H, W] with ImageNet mean and std."""
+    return ((image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
