@@ -51,6 +51,62 @@ def _staging_dir(dataset: Location) -> str:
     return path
 
 
+class ShardBuilder:
+    """Streams samples into shard ``shard`` of ``dataset``; ``publish()`` makes it exist.
+
+    Samples go straight into a local temporary tar, so memory holds only the manifest rows.
+    Until ``publish()`` nothing is visible; ``discard()`` (or an exception inside a ``with``
+    block) removes the temporary file.
+    """
+
+    def __init__(self, dataset: Location, shard: int) -> None:
+        import webdataset as wds
+
+        self.dataset, self.shard = dataset, shard
+        self.rows: list[dict[str, Any]] = []
+        self.num_bytes = 0
+        fd, self._tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
+        self._stream = os.fdopen(fd, "wb")
+        self._tar = wds.TarWriter(self._stream, encoder=False)
+
+    def add(self, row: dict[str, Any], image: bytes) -> None:
+        """Append one sample; fills ``shard``, ``image_member`` and ``json_member`` in ``row``."""
+        ext = image_extension(row["format"])
+        image_member, json_member = member_names(row["key"], ext)
+        row = {**row, "shard": self.shard, "image_member": image_member, "json_member": json_member}
+        # every schema column in the JSON, so it equals the manifest row; rows are validated
+        # together in publish(), and a bad one discards the whole unpublished shard
+        full_row = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
+        self._tar.write({"__key__": row["key"], ext: image, "json": row_to_json(full_row)})
+        self.rows.append(full_row)
+        self.num_bytes += len(image)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def publish(self) -> pa.Table:
+        """Publish the tar, then the manifest (the shard exists once the manifest does)."""
+        self._tar.close()
+        table = rows_to_table(self.rows, SAMPLE_SCHEMA, where=f"shard {self.shard}")
+        publish_file_atomic(self._tmp_path, self.dataset.join(shard_file(self.shard)))
+        write_bytes_atomic(
+            self.dataset.join(manifest_file(self.shard)), table_to_parquet_bytes(table)
+        )
+        return table
+
+    def discard(self) -> None:
+        if not self._stream.closed:
+            self._stream.close()
+        if os.path.exists(self._tmp_path):
+            os.remove(self._tmp_path)
+
+    def __enter__(self) -> ShardBuilder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+
 def write_shard(
     dataset: Location, shard: int, rows: Sequence[dict[str, Any]], images: Sequence[bytes]
 ) -> pa.Table:
@@ -60,29 +116,17 @@ def write_shard(
     JSON row per sample, in the given order), publishes it, then publishes the manifest.
     Overwrites an existing shard of that number. Returns the manifest table.
     """
-    import webdataset as wds
-
     if len(rows) != len(images):
         raise ValueError(f"{len(rows)} rows but {len(images)} images")
-    rows = [dict(row) for row in rows]
-    for row in rows:
-        image_member, json_member = member_names(row["key"], image_extension(row["format"]))
-        row.update(shard=shard, image_member=image_member, json_member=json_member)
-    table = rows_to_table(rows, SAMPLE_SCHEMA, where=f"shard {shard}")
-    fd, tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            writer = wds.TarWriter(stream, encoder=False)
-            for row, image in zip(table.to_pylist(), images, strict=True):
-                ext = row["image_member"].rsplit(".", 1)[1]
-                writer.write({"__key__": row["key"], ext: image, "json": row_to_json(row)})
-            writer.close()
-        publish_file_atomic(tmp_path, dataset.join(shard_file(shard)))
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    write_bytes_atomic(dataset.join(manifest_file(shard)), table_to_parquet_bytes(table))
-    return table
+    rows_to_table(
+        [dict(r, shard=shard, image_member="", json_member="") for r in rows],
+        SAMPLE_SCHEMA,
+        where=f"shard {shard}",
+    )  # refuse bad rows before writing
+    with ShardBuilder(dataset, shard) as builder:
+        for row, image in zip(rows, images, strict=True):
+            builder.add(row, image)
+        return builder.publish()
 
 
 def write_rejections(dataset: Location, name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
