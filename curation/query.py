@@ -1,0 +1,208 @@
+"""SQL over a dataset's manifests with DuckDB, local or on S3, offline.
+
+Views on the connection:
+    samples      one row per kept sample (SAMPLE_SCHEMA)
+    rejections   one row per input that did not make it (REJECTION_SCHEMA)
+    persons      one row per person box: key, shard, person (0-based index in ``persons``),
+                 x0, y0, x1, y1, score, passes, crop_x0..crop_y1, box_width, box_height,
+                 image_width, image_height
+
+Command line::
+
+    python -m curation.query "SELECT num_persons, count(*) FROM samples GROUP BY 1 ORDER BY 1" \\
+        --dataset s3://bucket/humans-v1
+    python -m curation.query "SELECT * FROM persons WHERE passes" --dataset data/humans-v1 \\
+        --format parquet --out boxes.parquet
+
+S3 is read by DuckDB's httpfs extension loaded from the ``duckdb-extension-httpfs`` package
+(never downloaded at run time). Credentials are resolved by boto3's usual chain (environment,
+shared profile, instance role) and handed to DuckDB as a secret; ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` points it at an S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from urllib.parse import urlparse
+
+import duckdb
+import pyarrow as pa
+
+from curation.manifest import (
+    PERSON_COLUMNS,
+    DatasetError,
+    check_dataset,
+    rejections_dataset,
+    samples_dataset,
+)
+from curation.storage import Location, s3_endpoint
+from schemas import SchemaError
+
+FORMATS = ("table", "csv", "parquet", "json")
+_BOX_FIELDS = PERSON_COLUMNS[3:13]  # x0 .. crop_y1, as stored in each PERSON_BOX
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ensure_home(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB needs a home folder for its settings; services often run without HOME."""
+    home = os.environ.get("HOME")
+    if not home or not os.path.isdir(home):
+        con.execute(f"SET home_directory={_literal(tempfile.gettempdir())}")
+
+
+def _configure_s3(con: duckdb.DuckDBPyConnection) -> None:
+    """Load httpfs from its Python package and give DuckDB the AWS chain's credentials."""
+    import boto3
+    from duckdb_extensions import import_extension
+
+    import_extension("httpfs", con=con)
+    session = boto3.Session()
+    options = {"TYPE": "s3", "REGION": session.region_name or "us-east-1"}
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options.update(KEY_ID=frozen.access_key, SECRET=frozen.secret_key)
+        if frozen.token:
+            options["SESSION_TOKEN"] = frozen.token
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(
+            ENDPOINT=parsed.netloc, URL_STYLE="path", USE_SSL=str(parsed.scheme == "https")
+        )
+    body = ", ".join(
+        f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} {_literal(v)}" for k, v in options.items()
+    )
+    con.execute(f"CREATE OR REPLACE SECRET humans300m_s3 ({body})")
+
+
+def _file_uris(loc: Location, paths: list[str]) -> list[str]:
+    return [f"s3://{p}" for p in paths] if loc.is_s3 else list(paths)
+
+
+def _create_view(
+    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema
+) -> None:
+    if files:
+        listing = ", ".join(_literal(f) for f in files)
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}])")
+    else:  # a dataset that kept (or rejected) nothing still answers with the right columns
+        con.register(f"_{name}_empty", schema.empty_table())
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+
+
+_PERSONS_VIEW = f"""
+CREATE VIEW persons AS
+SELECT key, shard, (i - 1)::INTEGER AS person,
+       {", ".join(f"p.{name} AS {name}" for name in _BOX_FIELDS)},
+       p.x1 - p.x0 AS box_width, p.y1 - p.y0 AS box_height,
+       width AS image_width, height AS image_height
+FROM (SELECT key, shard, width, height,
+             unnest(persons) AS p, generate_subscripts(persons, 1) AS i
+      FROM samples)
+"""
+
+
+def connect(dataset_uri: str, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the dataset's views (see the module doc).
+
+    Raises DatasetError for a path without a dataset and SchemaError for manifests of
+    another schema version.
+    """
+    loc = check_dataset(dataset_uri)
+    samples = samples_dataset(dataset_uri)  # lists files and checks the schema version
+    rejections = rejections_dataset(dataset_uri)
+    con = duckdb.connect()
+    _ensure_home(con)
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
+    if loc.is_s3:
+        _configure_s3(con)
+    _create_view(con, "samples", _file_uris(loc, samples.files), samples.schema)
+    _create_view(con, "rejections", _file_uris(loc, rejections.files), rejections.schema)
+    con.execute(_PERSONS_VIEW)
+    return con
+
+
+def query(dataset_uri: str, sql: str) -> pa.Table:
+    """Run one SQL statement over the dataset's views and return its result."""
+    relation = connect(dataset_uri).sql(sql)
+    return relation.to_arrow_table() if relation is not None else pa.table({})
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: DuckDB's caret diagrams and blank lines dropped."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(err).__name__
+
+
+def write_result(
+    con: duckdb.DuckDBPyConnection, relation: duckdb.DuckDBPyRelation, fmt: str, out: str
+) -> None:
+    """Write a query result to ``out`` (local path or s3:// URI) as csv, parquet or json.
+
+    JSON is newline-delimited (one object per row), which stays streamable at any size.
+    """
+    relation.create_view("_result", replace=True)
+    options = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet",
+               "json": "FORMAT json"}[fmt]  # fmt: skip
+    con.execute(f"COPY (SELECT * FROM _result) TO {_literal(out)} ({options})")
+
+
+def print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
+    import pandas as pd
+
+    frame = relation.limit(max_rows + 1).to_df()
+    more = len(frame) > max_rows
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(frame.head(max_rows).to_string(index=False))
+    if more:
+        print(f"... more than {max_rows} rows; raise --max-rows or write them with --format")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m curation.query",
+        description="Run DuckDB SQL over a dataset's views: samples, rejections, persons.",
+    )
+    parser.add_argument("sql", help='one SQL statement, e.g. "SELECT count(*) FROM samples"')
+    parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="table: print to the terminal (default); csv, parquet, json "
+                        "(newline-delimited): write the full result to --out")  # fmt: skip
+    parser.add_argument("--out", help="output file (local or s3://) for csv, parquet, json")
+    parser.add_argument("--max-rows", type=int, default=50,
+                        help="rows printed in table format (default 50)")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.format != "table" and not args.out:
+        parser.error(f"--format {args.format} needs --out FILE")
+    try:
+        con = connect(args.dataset, threads=args.threads)
+        relation = con.sql(args.sql)
+        if relation is None:
+            print("OK (the statement returned no rows)")
+        elif args.format == "table":
+            print_table(relation, args.max_rows)
+        else:
+            write_result(con, relation, args.format, args.out)
+    except (duckdb.Error, DatasetError, SchemaError, OSError) as err:
+        print(f"curation.query: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
