@@ -1,0 +1,259 @@
+"""An endless stream of augmented pretraining batches for one Ray Train worker (rank).
+
+Splitting: every epoch the shard list is shuffled with a seed all ranks share, then dealt
+out to ``world_size x num_workers`` slots (one per loader process of each rank), so within
+an epoch every sample is read by exactly one process. With fewer shards than slots each
+process reads every shard and keeps every ``slots``-th sample instead.
+
+Position: each loader process tags its samples with (epoch, shards of its own list fully
+yielded). The rank keeps the tags of the last batch it consumed, so a checkpoint knows where
+to restart each process at shard granularity; a shard half-consumed at a kill is read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from training.data.augment import SapiensAugment
+from training.data.shards import ShardSource, iter_samples, list_shards, selected_keys
+
+log = logging.getLogger(__name__)
+
+ERROR_KINDS = ("decode", "bad_shard", "no_image", "filtered")
+
+
+@dataclass(kw_only=True)
+class PretrainDataConfig:
+    dataset: str  # dataset folder (local path or s3://bucket/prefix) holding shards/ and manifests/
+    img_size: tuple[int, int] = (1024, 1024)  # output (height, width) of the crop
+    batch_size: int = 32  # images per step per Ray Train worker (before gradient accumulation)
+    num_workers: int = 4  # DataLoader processes per Ray Train worker; 0 reads in-process
+    shuffle_buffer: int = 1000  # encoded samples held for shuffling in each loader process
+    min_scale: float = 0.2  # smallest crop area fraction of RandomResizedCrop
+    where: str | None = None  # DuckDB predicate on manifest rows, e.g. "num_persons >= 2"
+    seed: int = 0  # shard order and augmentation seed
+    prefetch_factor: int = 2  # batches prefetched per loader process
+
+    def __post_init__(self) -> None:
+        self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+        if min(self.img_size) <= 0 or self.batch_size <= 0:
+            raise ValueError("img_size and batch_size must be positive")
+        if self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
+            raise ValueError("num_workers >= 0, shuffle_buffer >= 1 and prefetch_factor >= 1")
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+
+
+@dataclass
+class DataPosition:
+    """Where each loader process of one rank stands; valid only for the same split."""
+
+    world_size: int
+    num_workers: int  # loader processes (at least 1: the in-process reader counts as one)
+    epochs: list[int] = field(default_factory=list)  # per loader process
+    done: list[int] = field(default_factory=list)  # shards of its list fully yielded
+
+    def to_dict(self) -> dict:
+        return {
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "epochs": list(self.epochs),
+            "done": list(self.done),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataPosition:
+        return cls(
+            data["world_size"], data["num_workers"], list(data["epochs"]), list(data["done"])
+        )
+
+    def start_of(self, worker: int) -> tuple[int, int]:
+        return self.epochs[worker], self.done[worker]
+
+
+def shards_for(
+    shards: list[ShardSource], *, epoch: int, seed: int, slot: int, slots: int
+) -> tuple[list[ShardSource], bool]:
+    """A slot's shards for an epoch and whether it must keep only every slots-th sample."""
+    order = list(shards)
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if len(order) >= slots:
+        return order[slot::slots], False
+    return order, True
+
+
+class PretrainData(IterableDataset):
+    """Yields {"key", "image": uint8 [3, H, W], "pos": [worker, epoch, done], "errors": [4]}."""
+
+    def __init__(
+        self,
+        config: PretrainDataConfig,
+        shards: list[ShardSource],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        start: DataPosition | None = None,
+    ) -> None:
+        self.config = config
+        self.shards = shards
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        epoch, done = self.start.start_of(worker) if self.start else (0, 0)
+        rng = random.Random(hash((self.config.seed, self.rank, worker, epoch, done)))
+        augment = SapiensAugment(self.config.img_size, scale=(self.config.min_scale, 1.0), rng=rng)
+        errors: Counter = Counter()
+        while True:
+            mine, modulo = shards_for(
+                self.shards, epoch=epoch, seed=self.config.seed, slot=slot, slots=slots
+            )
+            yielded = 0
+            for sample in self._epoch(mine, done, (slot, slots) if modulo else None, rng, errors):
+                key_bytes, shard_done = sample
+                try:
+                    image = augment(key_bytes[1])
+                except Exception as exc:  # any decoder failure: count it, never stop training
+                    errors["decode"] += 1
+                    log.debug("undecodable sample %s: %s", key_bytes[0], exc)
+                    continue
+                yielded += 1
+                yield {
+                    "key": key_bytes[0],
+                    "image": image,
+                    "pos": torch.tensor([worker, epoch, shard_done]),
+                    "errors": torch.tensor([errors[k] for k in ERROR_KINDS]),
+                }
+            if yielded == 0 and done == 0:
+                raise RuntimeError(
+                    f"rank {self.rank} loader process {worker} found no usable sample in a whole "
+                    f"epoch of {len(mine)} shards (errors: {dict(errors)}; where={self.config.where!r})"
+                )
+            epoch, done = epoch + 1, 0
+
+    def _epoch(
+        self,
+        mine: list[ShardSource],
+        done: int,
+        modulo: tuple[int, int] | None,
+        rng: random.Random,
+        errors: Counter,
+    ) -> Iterator[tuple[tuple[str, bytes], int]]:
+        """Shuffle-buffered (key, bytes) of the shards after ``done``, with the done count."""
+        buffer: list[tuple[str, bytes, int]] = []
+        outstanding: Counter = Counter()
+        finished: set[int] = set()
+        prefix = done
+
+        def pop() -> tuple[tuple[str, bytes], int]:
+            nonlocal prefix
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            key, data, shard = buffer.pop()
+            outstanding[shard] -= 1
+            while prefix in finished and outstanding[prefix] == 0:
+                prefix += 1
+            return (key, data), prefix
+
+        for index in range(done, len(mine)):
+            for key, data in self._read(mine[index], modulo, errors):
+                buffer.append((key, data, index))
+                outstanding[index] += 1
+                if len(buffer) >= self.config.shuffle_buffer:
+                    yield pop()
+            finished.add(index)
+            while prefix in finished and outstanding[prefix] == 0:
+                prefix += 1
+        while buffer:
+            yield pop()
+
+    def _read(
+        self, shard: ShardSource, modulo: tuple[int, int] | None, errors: Counter
+    ) -> Iterator[tuple[str, bytes]]:
+        keys = selected_keys(shard.manifest, self.config.where) if self.config.where else None
+        for index, (key, data) in enumerate(iter_samples(shard.tar, errors)):
+            if modulo is not None and index % modulo[1] != modulo[0]:
+                continue
+            if keys is not None and key not in keys:
+                errors["filtered"] += 1
+                continue
+            yield key, data
+
+
+class Batches:
+    """Iterates uint8 image batches [B, 3, H, W] and remembers the consumed position."""
+
+    def __init__(self, dataset: PretrainData, loader: DataLoader, workers: int) -> None:
+        self.dataset = dataset
+        self.loader = loader
+        start = dataset.start
+        self.position = DataPosition(
+            dataset.world_size,
+            workers,
+            list(start.epochs) if start else [0] * workers,
+            list(start.done) if start else [0] * workers,
+        )
+        self._errors = torch.zeros((workers, len(ERROR_KINDS)), dtype=torch.long)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.loader:
+            worker, epoch, done = batch["pos"][-1].tolist()
+            self.position.epochs[worker] = epoch
+            self.position.done[worker] = done
+            self._errors[worker] = batch["errors"][-1]
+            yield batch["image"]
+
+    def errors(self) -> dict[str, int]:
+        """Samples skipped so far by this rank's loader processes, by kind."""
+        totals = self._errors.sum(dim=0).tolist()
+        return dict(zip(ERROR_KINDS, totals, strict=True))
+
+
+def make_loader(
+    config: PretrainDataConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    position: DataPosition | None = None,
+    shards: list[ShardSource] | None = None,
+) -> Batches:
+    """The batch stream of one rank, resumed from ``position`` when it matches this split."""
+    shards = shards if shards is not None else list_shards(config.dataset)
+    workers = max(config.num_workers, 1)
+    if position is not None and (
+        position.world_size != world_size or position.num_workers != workers
+    ):
+        log.warning(
+            "data position was saved for %d ranks x %d loader processes, now %d x %d: "
+            "restarting from the beginning of epoch %d",
+            position.world_size,
+            position.num_workers,
+            world_size,
+            workers,
+            max(position.epochs),
+        )
+        epoch = max(position.epochs)
+        position = DataPosition(world_size, workers, [epoch] * workers, [0] * workers)
+    dataset = PretrainData(config, shards, rank=rank, world_size=world_size, start=position)
+    extra = {}
+    if config.num_workers > 0:
+        extra = {"prefetch_factor": config.prefetch_factor, "persistent_workers": True}
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        **extra,
+    )
+    return Batches(dataset, loader, workers)
