@@ -165,7 +165,8 @@ NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
 COCO_SIGMAS = [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
                0.107, 0.107, 0.087, 0.087, 0.089, 0.089]  # fmt: skip
-_FEET_SIGMAS = [0.068, 0.066, 0.066, 0.092, 0.094, 0.094]  # COCO-WholeBody foot
+# COCO-WholeBody's published foot sigmas; they differ between left and right (kept as is).
+_FEET_SIGMAS = [0.068, 0.066, 0.066, 0.092, 0.094, 0.094]
 # Per finger: joints 4, 3, 2 from COCO-WholeBody, then the Goliath "third joint" value.
 _HAND_SIGMAS = [0.047, 0.037, 0.035, 0.022, 0.035, 0.024, 0.025, 0.026, 0.026, 0.022, 0.024,
                 0.018, 0.032, 0.021, 0.021, 0.017, 0.031, 0.022, 0.019, 0.020]  # fmt: skip
