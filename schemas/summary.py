@@ -19,6 +19,13 @@ SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "images_per_s": (int, float),  # inputs processed per second of wall time (this run)
 }
 
+# Fields that only some datasets carry; checked when present.
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    # a subset (curation.subset): {"parent": uri, "predicate": SQL, "parent_code_version",
+    # "parent_samples": n, "selected": n}
+    "subset": dict,
+}
+
 
 def validate_summary(summary: Mapping[str, Any]) -> None:
     """Raise SchemaError unless ``summary`` holds every field with the right type."""
@@ -27,6 +34,11 @@ def validate_summary(summary: Mapping[str, Any]) -> None:
             raise SchemaError(f"summary: missing {name!r}")
         if not isinstance(summary[name], kind):
             raise SchemaError(f"summary: {name!r} is {type(summary[name]).__name__}")
+    for name, kind in OPTIONAL_FIELDS.items():
+        if name in summary and not isinstance(summary[name], kind):
+            raise SchemaError(f"summary: {name!r} is {type(summary[name]).__name__}")
+    if "subset" in summary and not {"parent", "predicate"} <= set(summary["subset"]):
+        raise SchemaError("summary: subset lacks 'parent' or 'predicate'")
     if summary["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise SchemaError(f"summary: schema version {summary['schema_version']}")
     counts = summary["counts"]
