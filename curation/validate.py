@@ -1,0 +1,147 @@
+"""Decoding and checking one image: everything a broken or hostile file can do ends here.
+
+The image is decoded once, fully (a truncated or corrupt file only shows itself when all of it
+is decoded), oriented by its EXIF tag and converted to 8-bit RGB; signatures and the detector's
+input are derived from that one decode by the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from schemas import Reason
+
+# We check the pixel count ourselves, against the configured limit, before decoding.
+Image.MAX_IMAGE_PIXELS = None
+
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(kw_only=True)
+class ValidateConfig:
+    max_pixels: int = field(
+        default=100_000_000,
+        metadata={"help": "decompression-bomb limit: images with more pixels are rejected"},
+    )
+    min_side: int = field(
+        default=300,
+        metadata={"help": "reject images whose shorter side (after EXIF rotation) is below this"},
+    )
+    max_aspect_ratio: float = field(
+        default=4.0, metadata={"help": "reject images whose long/short side ratio is above this"}
+    )
+    allow_animated: bool = field(
+        default=False, metadata={"help": "keep animated images (their first frame is used)"}
+    )
+    formats: tuple[str, ...] = field(
+        default=("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"),
+        metadata={"help": "image formats (Pillow names) kept; others are rejected"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.min_side < 0:
+            raise ValueError("max_pixels must be positive and min_side not negative")
+        if self.max_aspect_ratio < 1:
+            raise ValueError("max_aspect_ratio must be at least 1")
+        self.formats = tuple(f.upper() for f in self.formats)
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # 8-bit RGB, EXIF-oriented
+    format: str  # Pillow format name of the original
+    mode: str  # Pillow mode of the original
+    width: int  # oriented
+    height: int
+
+
+class Rejected(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def decode(data: bytes, config: ValidateConfig) -> Decoded:
+    """Decode and check ``data``; raises ``Rejected`` with a reason for anything unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF/ICC; we judge by errors
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise Rejected(Reason.NOT_AN_IMAGE, _head(data)) from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a corrupt header
+        raise Rejected(Reason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}") from exc
+    _check_header(image, config)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+    except OSError as exc:
+        reason = Reason.TRUNCATED_IMAGE if "truncated" in str(exc) else Reason.CORRUPT_IMAGE
+        raise Rejected(reason, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad data
+        raise Rejected(Reason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}") from exc
+    return Decoded(
+        image=to_rgb(oriented),
+        format=image.format or "",
+        mode=image.mode,
+        width=oriented.width,
+        height=oriented.height,
+    )
+
+
+def _check_header(image: Image.Image, config: ValidateConfig) -> None:
+    """Checks that need no pixel decode: format, size, orientation, animation."""
+    if (image.format or "").upper() not in config.formats:
+        raise Rejected(Reason.UNSUPPORTED_FORMAT, str(image.format))
+    width, height = image.size
+    if width * height > config.max_pixels:
+        raise Rejected(Reason.DECOMPRESSION_BOMB, f"{width}x{height} > {config.max_pixels} pixels")
+    if width < 1 or height < 1:
+        raise Rejected(Reason.CORRUPT_IMAGE, f"size {width}x{height}")
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: treat as unrotated, decode decides
+        orientation = 1
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    short, long = min(width, height), max(width, height)
+    if short < config.min_side:
+        raise Rejected(Reason.TOO_SMALL, f"{width}x{height}, short side < {config.min_side}")
+    if long / short > config.max_aspect_ratio:
+        raise Rejected(
+            Reason.BAD_ASPECT_RATIO, f"{width}x{height}, ratio > {config.max_aspect_ratio:g}"
+        )
+    if getattr(image, "is_animated", False) and not config.allow_animated:
+        raise Rejected(Reason.ANIMATED, f"{getattr(image, 'n_frames', '?')} frames")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB for any mode: 16-bit and float scaled, transparency composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        gray = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _head(data: bytes) -> str:
+    if not data:
+        return "empty body"
+    start = data[:24].decode("latin-1").encode("unicode_escape").decode()
+    return f"{len(data)} bytes starting {start!r}"

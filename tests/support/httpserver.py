@@ -1,0 +1,117 @@
+"""An HTTP server on 127.0.0.1 with the routes a crawler meets in the wild.
+
+/img/NAME          the image registered under NAME
+/redirect/NAME     302 to /img/NAME
+/flaky/NAME        500 on the first request, then the image
+/ratelimit/NAME    429 with Retry-After: 1 on the first request, then the image
+/optout/NAME       the image with X-Robots-Tag: noai
+/slow/NAME         the image, trickled slower than any sane total timeout
+/truncated/NAME    Content-Length says more than is sent
+/html/NAME         an HTML page served as image/jpeg
+/text/NAME         an HTML page served as text/html
+/loop              redirects to itself
+/status/CODE       that status code
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HTML = b"<!doctype html><html><body>not an image</body></html>"
+
+
+class CrawlServer:
+    def __init__(self, images: dict[str, bytes] | None = None) -> None:
+        self.images = dict(images or {})
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> CrawlServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def url(self, route: str, name: str = "") -> str:
+        return f"{self.base}/{route}/{name}" if name else f"{self.base}/{route}"
+
+    def _count(self, path: str) -> int:
+        with self._lock:
+            self.hits[path] += 1
+            return self.hits[path]
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", **headers):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(headers.pop("length", len(body))))
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                hit = server._count(self.path)
+                parts = self.path.strip("/").split("/", 1)
+                route, name = parts[0], parts[1] if len(parts) > 1 else ""
+                image = server.images.get(name)
+                if route == "loop":
+                    return self._send(302, Location="/loop")
+                if route == "status":
+                    return self._send(int(name), b"", "text/plain")
+                if route in ("html", "text"):
+                    return self._send(200, HTML, "image/jpeg" if route == "html" else "text/html")
+                if image is None:
+                    return self._send(404, b"", "text/plain")
+                if route == "img":
+                    return self._send(200, image)
+                if route == "redirect":
+                    return self._send(302, Location=f"/img/{name}")
+                if route == "flaky":
+                    return (
+                        self._send(500, b"", "text/plain") if hit == 1 else self._send(200, image)
+                    )
+                if route == "ratelimit":
+                    if hit == 1:
+                        return self._send(429, b"", "text/plain", Retry_After="1")
+                    return self._send(200, image)
+                if route == "optout":
+                    return self._send(200, image, X_Robots_Tag="noai, noimageai")
+                if route == "truncated":
+                    self._send(200, image[: len(image) // 2], length=len(image))
+                    self.close_connection = True
+                    return None
+                if route == "slow":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(image)))
+                    self.end_headers()
+                    try:
+                        for start in range(0, len(image), 256):
+                            self.wfile.write(image[start : start + 256])
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the crawler gave up, as it should
+                    return None
+                return self._send(404, b"", "text/plain")
+
+        return Handler
