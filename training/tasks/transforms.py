@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.labelled import IGNORE_INDEX, seg_flip_permutation
+from schemas.labelled import seg_flip_permutation
 
 SEG_FLIP = np.array(seg_flip_permutation(), dtype=np.uint8)
+SEG_FLIP_LUT = np.arange(256, dtype=np.uint8)  # any uint8 value -> value after a flip
+SEG_FLIP_LUT[: len(SEG_FLIP)] = SEG_FLIP
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
@@ -91,11 +93,7 @@ def warp_keypoints(keypoints: np.ndarray, matrix: np.ndarray, flip_perm: np.ndar
 
 def flip_seg(label: np.ndarray) -> np.ndarray:
     """Mirror an [H, W] class map; Left_* and Right_* ids swap (IGNORE_INDEX is kept)."""
-    flipped = label[:, ::-1]
-    lut = np.arange(256, dtype=np.uint8)
-    lut[: len(SEG_FLIP)] = SEG_FLIP
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut[flipped]
+    return SEG_FLIP_LUT[label[:, ::-1]]
 
 
 def flip_normals(normals: np.ndarray) -> np.ndarray:
