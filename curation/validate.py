@@ -75,19 +75,16 @@ def decode(data: bytes, config: ValidateConfig) -> Decoded:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise Rejected(Reason.NOT_AN_IMAGE, _head(data)) from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a corrupt header
-        raise Rejected(Reason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a broken header
+        raise _decode_failure(exc) from exc
     _check_header(image, config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
             oriented = ImageOps.exif_transpose(image)
-    except OSError as exc:
-        reason = Reason.TRUNCATED_IMAGE if "truncated" in str(exc) else Reason.CORRUPT_IMAGE
-        raise Rejected(reason, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad data
-        raise Rejected(Reason.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}") from exc
+        raise _decode_failure(exc) from exc
     return Decoded(
         image=to_rgb(oriented),
         format=image.format or "",
@@ -95,6 +92,13 @@ def decode(data: bytes, config: ValidateConfig) -> Decoded:
         width=oriented.width,
         height=oriented.height,
     )
+
+
+def _decode_failure(exc: Exception) -> Rejected:
+    detail = f"{type(exc).__name__}: {exc}"
+    if "truncated" in str(exc).lower():
+        return Rejected(Reason.TRUNCATED_IMAGE, detail)
+    return Rejected(Reason.CORRUPT_IMAGE, detail)
 
 
 def _check_header(image: Image.Image, config: ValidateConfig) -> None:
