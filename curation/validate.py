@@ -19,9 +19,6 @@ from schemas import Reason
 # We check the pixel count ourselves, against the configured limit, before decoding.
 Image.MAX_IMAGE_PIXELS = None
 
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
-_EXIF_ORIENTATION = 0x0112
-
 
 @dataclass(kw_only=True)
 class ValidateConfig:
@@ -110,12 +107,8 @@ def _check_header(image: Image.Image, config: ValidateConfig) -> None:
         raise Rejected(Reason.DECOMPRESSION_BOMB, f"{width}x{height} > {config.max_pixels} pixels")
     if width < 1 or height < 1:
         raise Rejected(Reason.CORRUPT_IMAGE, f"size {width}x{height}")
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF: treat as unrotated, decode decides
-        orientation = 1
-    if orientation in _SWAPPING_ORIENTATIONS:
-        width, height = height, width
+    # a 90-degree EXIF rotation changes neither the short side nor the ratio: no need to read
+    # EXIF here (for PNG that would decode the whole image, and swallow its errors)
     short, long = min(width, height), max(width, height)
     if short < config.min_side:
         raise Rejected(Reason.TOO_SMALL, f"{width}x{height}, short side < {config.min_side}")
