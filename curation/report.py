@@ -1,0 +1,241 @@
+"""The dataset report: ``index.html`` with plots, ``stats.json`` and a Markdown data card.
+
+    python -m curation.report --dataset s3://bucket/humans-v1 --out report/
+
+Every number is computed by DuckDB over the manifests and rejections (aggregates and binned
+histograms, never a full load into memory), written to ``stats.json``, and the figures and
+the data card are drawn from that file's content. The HTML embeds its figures as data URIs,
+so the page is one self-contained file; the PNGs are also written beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from curation import report_plots
+from curation.manifest import DatasetError, read_summary
+from curation.query import connect, one_line
+from curation.report_render import render_card, render_html
+from curation.storage import locate
+from schemas import SCHEMA_VERSION, SchemaError
+
+# Funnel steps after "inputs" and the rejection stages that remove inputs before each one.
+FUNNEL = (
+    ("fetched", ("source", "fetch")),
+    ("valid", ("validate", "prefilter")),
+    ("person", ("detect",)),
+    ("unique", ("dedup",)),
+)
+DOMAIN_SQL = (
+    "CASE WHEN source_uri LIKE 's3://%' THEN 's3://' || split_part(source_uri[6:], '/', 1) "
+    "WHEN regexp_matches(source_uri, '^[A-Za-z][A-Za-z0-9+.-]*://') THEN "
+    "lower(regexp_extract(source_uri, '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#:@]+)', 1)) "
+    "ELSE '(local file)' END"
+)
+TOP_N = 15
+FORMATS_SQL = "SELECT format, count(*) FROM samples GROUP BY 1 ORDER BY 2 DESC, 1"
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    return con.sql(sql).fetchone()[0]
+
+
+def _hist(
+    con: duckdb.DuckDBPyConnection, expr: str, source: str, lo: float, hi: float, bins: int
+) -> dict[str, Any]:
+    """Counts of ``expr`` in ``bins`` equal bins on [lo, hi); values outside go to the ends."""
+    step = (hi - lo) / bins
+    rows = con.sql(
+        f"SELECT greatest(0, least({bins - 1}, floor(({expr} - {lo}) / {step})))::INT AS b, "
+        f"count(*) FROM {source} WHERE {expr} IS NOT NULL GROUP BY b"
+    ).fetchall()
+    counts = [0] * bins
+    for b, n in rows:
+        counts[b] = n
+    return {"edges": [lo + i * step for i in range(bins + 1)], "counts": counts}
+
+
+def _people(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    rows = con.sql(
+        "SELECT num_persons, count(*) FROM samples WHERE num_persons IS NOT NULL "
+        "GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    counts = {str(k): n for k, n in rows}
+    buckets = {"0": 0, "1": 0, "2": 0, "3": 0, "4+": 0}
+    for k, n in rows:
+        buckets["4+" if k >= 4 else str(k)] += n
+    with_people = sum(n for k, n in buckets.items() if k != "0")
+    shares = {k: n / with_people for k, n in buckets.items() if k != "0"} if with_people else {}
+    return {"counts": counts, "buckets": buckets, "shares": shares,
+            "sapiens_shares": report_plots.SAPIENS_BUCKETS}  # fmt: skip
+
+
+def _resolution(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    row = con.sql(
+        "SELECT min(width), median(width), max(width), min(height), median(height), "
+        "max(height), median(width * height / 1e6) FROM samples"
+    ).fetchone()
+    return {
+        "width": {"min": row[0], "median": row[1], "max": row[2]},
+        "height": {"min": row[3], "median": row[4], "max": row[5]},
+        "median_megapixels": row[6],
+        "short_side_hist": _hist(con, "least(width, height)", "samples", 0, 4096, 32),
+        "megapixels_hist": _hist(con, "width * height / 1e6", "samples", 0, 24, 48),
+    }
+
+
+def _boxes(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    passing = "(SELECT * FROM persons WHERE passes)"
+    return {
+        "boxes": _scalar(con, "SELECT count(*) FROM persons"),
+        "passing": _scalar(con, "SELECT count(*) FROM persons WHERE passes"),
+        "median_score": _scalar(con, "SELECT median(score) FROM persons"),
+        "height_hist": _hist(con, "box_height", "persons", 0, 2400, 48),
+        "passing_height_hist": _hist(con, "box_height", passing, 0, 2400, 48),
+        "relative_height_hist": _hist(con, "box_height / image_height", passing, 0, 1, 20),
+    }
+
+
+def _funnel(con: duckdb.DuckDBPyConnection, samples: int) -> dict[str, Any]:
+    rows = con.sql(
+        "SELECT stage, reason, count(*) AS n FROM rejections GROUP BY ALL ORDER BY n DESC, reason"
+    ).fetchall()
+    by_stage: dict[str, dict[str, int]] = {}
+    for stage, reason, n in rows:
+        by_stage.setdefault(stage, {})[reason] = n
+    removed = {stage: sum(reasons.values()) for stage, reasons in by_stage.items()}
+    known = {stage for _, stages in FUNNEL for stage in stages}
+    other = sum(n for stage, n in removed.items() if stage not in known)
+    remaining = samples + sum(removed.values())
+    steps = [{"step": "inputs", "count": remaining, "removed_by": {}}]
+    for name, stages in FUNNEL:
+        gone = {s: removed[s] for s in stages if s in removed}
+        remaining -= sum(gone.values())
+        steps.append({"step": name, "count": remaining, "removed_by": gone})
+    if other:  # stages this report does not know yet
+        remaining -= other
+        steps.append({"step": "other stages", "count": remaining,
+                      "removed_by": {s: n for s, n in removed.items() if s not in known}})  # fmt: skip
+    steps.append({"step": "kept", "count": samples, "removed_by": {}})
+    reasons = [{"stage": s, "reason": r, "count": n} for s, r, n in rows]
+    return {"steps": steps, "by_stage": by_stage, "reasons": reasons}
+
+
+def _top(con: duckdb.DuckDBPyConnection, expr: str, field: str, total: int) -> list[dict]:
+    rows = con.sql(
+        f"SELECT {expr} AS v, count(*) AS n FROM samples GROUP BY v ORDER BY n DESC, v "
+        f"LIMIT {TOP_N}"
+    ).fetchall()
+    return [{field: v, "samples": n, "share": n / total} for v, n in rows]
+
+
+def _duplicates(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    rows = con.sql(
+        "SELECT dup_cluster_size, count(*) FROM samples WHERE dup_cluster_size IS NOT NULL "
+        "GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    rejected = _scalar(con, "SELECT count(*) FROM rejections WHERE stage = 'dedup'")
+    return {"cluster_sizes": {str(k): n for k, n in rows},
+            "clusters_with_copies": sum(n for k, n in rows if k > 1),
+            "rejected_duplicates": rejected}  # fmt: skip
+
+
+def compute_stats(dataset_uri: str) -> dict[str, Any]:
+    """Every number of the report, as written to ``stats.json``."""
+    con = connect(dataset_uri)
+    summary = read_summary(dataset_uri)
+    samples = _scalar(con, "SELECT count(*) FROM samples")
+    detector_ran = _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL") > 0
+    funnel = _funnel(con, samples)
+    prefiltered = _scalar(con, "SELECT count(*) FROM samples WHERE prefilter IS NOT NULL")
+    stats = {
+        "dataset": locate(dataset_uri).uri,
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "schema_version": SCHEMA_VERSION,
+        "samples": samples,
+        "shards": _scalar(con, "SELECT count(DISTINCT shard) FROM samples"),
+        "bytes": _scalar(con, "SELECT coalesce(sum(num_bytes), 0) FROM samples"),
+        "rejected": _scalar(con, "SELECT count(*) FROM rejections"),
+        "formats": dict(con.sql(FORMATS_SQL).fetchall()),
+        "detector_ran": detector_ran,
+        "people": _people(con) if detector_ran else None,
+        "person_boxes": _boxes(con) if detector_ran else None,
+        "resolution": _resolution(con) if samples else None,
+        "funnel": funnel,
+        "domains": _top(con, DOMAIN_SQL, "domain", samples) if samples else [],
+        "licenses": _top(con, "coalesce(license, '(none)')", "license", samples) if samples else [],
+        "duplicates": _duplicates(con),
+        "prefilter_ran": prefiltered > 0 or "prefilter" in funnel["by_stage"],
+        "summary": summary,
+    }
+    stats["inputs"] = funnel["steps"][0]["count"]
+    return stats
+
+
+def _figures(stats: dict[str, Any]) -> dict[str, bytes]:
+    """PNG per section; sections without data get none (the page says why instead)."""
+    figures = {"funnel": report_plots.funnel(stats["funnel"]["steps"], stats["funnel"]["reasons"])}
+    if stats["people"] and stats["people"]["counts"]:
+        figures["people"] = report_plots.people_per_image(stats["people"])
+    if stats["person_boxes"] and stats["person_boxes"]["boxes"]:
+        figures["boxes"] = report_plots.person_boxes(stats["person_boxes"], _min_box_side(stats))
+    if stats["resolution"]:
+        figures["resolution"] = report_plots.resolution(stats["resolution"])
+        figures["sources"] = report_plots.top_values(stats["domains"], stats["licenses"])
+    if stats["duplicates"]["cluster_sizes"]:
+        figures["duplicates"] = report_plots.duplicate_clusters(
+            stats["duplicates"]["cluster_sizes"]
+        )
+    return figures
+
+
+def _min_box_side(stats: dict[str, Any]) -> float | None:
+    """The keep rule's minimum box side, if the job's configuration names one."""
+    config = (stats["summary"] or {}).get("config", {})
+    for section in (config, *[v for v in config.values() if isinstance(v, dict)]):
+        for key in ("min_box_side", "min_box_size", "min_person_size"):
+            if isinstance(section.get(key), int | float):
+                return float(section[key])
+    return None
+
+
+def write_report(dataset_uri: str, out: str | Path) -> Path:
+    """Write index.html, stats.json, datacard.md and the figures' PNGs into ``out``."""
+    out = Path(out)
+    stats = compute_stats(dataset_uri)
+    figures = _figures(stats)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
+    for name, png in figures.items():
+        (out / f"{name}.png").write_bytes(png)
+    (out / "datacard.md").write_text(render_card(stats))
+    (out / "index.html").write_text(render_html(stats, figures))
+    return out / "index.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m curation.report",
+        description="Write a dataset report: index.html (plots), stats.json, datacard.md.",
+    )
+    parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
+    parser.add_argument("--out", required=True, help="local folder for the report files")
+    args = parser.parse_args(argv)
+    try:
+        page = write_report(args.dataset, args.out)
+    except (duckdb.Error, DatasetError, SchemaError, OSError) as err:
+        print(f"curation.report: {one_line(err)}", file=sys.stderr)
+        return 2
+    print(f"report written: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
