@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,34 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     return con.sql(sql).fetchone()[0]
 
 
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value`` (readable axis ends)."""
+    if value <= 0:
+        return 1.0
+    scale = 10 ** math.floor(math.log10(value))
+    return next(m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= value)
+
+
 def _hist(
-    con: duckdb.DuckDBPyConnection, expr: str, source: str, lo: float, hi: float, bins: int
+    con: duckdb.DuckDBPyConnection, expr: str, source: str, bins: int, hi: float | None = None
 ) -> dict[str, Any]:
-    """Counts of ``expr`` in ``bins`` equal bins on [lo, hi); values outside go to the ends."""
-    step = (hi - lo) / bins
+    """Counts of ``expr`` in ``bins`` equal bins on [0, hi); values outside go to the ends.
+
+    Without ``hi`` the range ends at a round number above the 99th percentile, so a few huge
+    values do not squash the plot (they land in the last bin, labelled as such).
+    """
+    if hi is None:
+        p99 = _scalar(con, f"SELECT quantile_cont({expr}, 0.99) FROM {source}")
+        hi = _nice_ceiling(float(p99 or 0) * 1.05)
+    step = hi / bins
     rows = con.sql(
-        f"SELECT greatest(0, least({bins - 1}, floor(({expr} - {lo}) / {step})))::INT AS b, "
+        f"SELECT greatest(0, least({bins - 1}, floor(({expr}) / {step})))::INT AS b, "
         f"count(*) FROM {source} WHERE {expr} IS NOT NULL GROUP BY b"
     ).fetchall()
     counts = [0] * bins
     for b, n in rows:
         counts[b] = n
-    return {"edges": [lo + i * step for i in range(bins + 1)], "counts": counts}
+    return {"edges": [i * step for i in range(bins + 1)], "counts": counts}
 
 
 def _people(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -86,20 +102,22 @@ def _resolution(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "width": {"min": row[0], "median": row[1], "max": row[2]},
         "height": {"min": row[3], "median": row[4], "max": row[5]},
         "median_megapixels": row[6],
-        "short_side_hist": _hist(con, "least(width, height)", "samples", 0, 4096, 32),
-        "megapixels_hist": _hist(con, "width * height / 1e6", "samples", 0, 24, 48),
+        "short_side_hist": _hist(con, "least(width, height)", "samples", 40),
+        "megapixels_hist": _hist(con, "width * height / 1e6", "samples", 40),
     }
 
 
 def _boxes(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     passing = "(SELECT * FROM persons WHERE passes)"
+    # one range for both height histograms, so their bars line up
+    height_hi = _hist(con, "box_height", "persons", 1)["edges"][-1]
     return {
         "boxes": _scalar(con, "SELECT count(*) FROM persons"),
         "passing": _scalar(con, "SELECT count(*) FROM persons WHERE passes"),
         "median_score": _scalar(con, "SELECT median(score) FROM persons"),
-        "height_hist": _hist(con, "box_height", "persons", 0, 2400, 48),
-        "passing_height_hist": _hist(con, "box_height", passing, 0, 2400, 48),
-        "relative_height_hist": _hist(con, "box_height / image_height", passing, 0, 1, 20),
+        "height_hist": _hist(con, "box_height", "persons", 40, hi=height_hi),
+        "passing_height_hist": _hist(con, "box_height", passing, 40, hi=height_hi),
+        "relative_height_hist": _hist(con, "box_height / image_height", passing, 20, hi=1.0),
     }
 
 

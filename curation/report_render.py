@@ -115,7 +115,8 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
         ) + "</tr>"
         for row in rows
     )  # fmt: skip
-    return f"<table><tr>{head}</tr>{body}</table>"
+    head = f"<tr>{head}</tr>" if any(header) else ""
+    return f"<table>{head}{body}</table>"
 
 
 def _img(figures: dict[str, bytes], name: str, alt: str) -> str:
