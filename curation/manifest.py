@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curation.storage import Location, exists, list_files, locate, read_bytes
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, check_version
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SUMMARY_FILE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pyarrow.dataset pulls in pandas: imported where used, CLIs start faster
     import dask.dataframe as dd
     import pandas as pd
+    import pyarrow.dataset as pads
 
 # A filter: a pyarrow expression, or pandas-style tuples [("col", "op", value), ...]
 # (a list of tuples is AND; a list of lists of tuples is OR of ANDs).
@@ -62,21 +62,33 @@ class DatasetError(ValueError):
     """The path does not hold a dataset (no manifests, no rejections, no summary)."""
 
 
-def _parquet_dataset(loc: Location, schema: pa.Schema) -> pads.Dataset:
-    files = list_files(loc, ".parquet")
-    for file in files[:1]:  # one footer is enough to refuse a dataset of another version
-        check_version(pads.dataset(file.path, filesystem=loc.fs, format="parquet").schema, file.uri)
-    return pads.dataset([f.path for f in files], schema=schema, filesystem=loc.fs, format="parquet")
+def manifest_files(dataset_uri: str, folder: str = MANIFESTS_DIR) -> list[Location]:
+    """Parquet files of ``folder`` (MANIFESTS_DIR or REJECTIONS_DIR), version-checked.
+
+    One footer is enough to refuse a dataset written under another schema version.
+    """
+    files = list_files(locate(dataset_uri).join(folder), ".parquet")
+    for file in files[:1]:
+        check_version(pq.read_schema(file.path, filesystem=file.fs), file.uri)
+    return files
+
+
+def _parquet_dataset(dataset_uri: str, folder: str, schema: pa.Schema) -> pads.Dataset:
+    import pyarrow.dataset as pads
+
+    files = manifest_files(dataset_uri, folder)
+    fs = locate(dataset_uri).fs
+    return pads.dataset([f.path for f in files], schema=schema, filesystem=fs, format="parquet")
 
 
 def samples_dataset(dataset_uri: str) -> pads.Dataset:
     """All sample manifests of a dataset as one pyarrow Dataset (SAMPLE_SCHEMA)."""
-    return _parquet_dataset(locate(dataset_uri).join(MANIFESTS_DIR), SAMPLE_SCHEMA)
+    return _parquet_dataset(dataset_uri, MANIFESTS_DIR, SAMPLE_SCHEMA)
 
 
 def rejections_dataset(dataset_uri: str) -> pads.Dataset:
     """All rejection files of a dataset as one pyarrow Dataset (REJECTION_SCHEMA)."""
-    return _parquet_dataset(locate(dataset_uri).join(REJECTIONS_DIR), REJECTION_SCHEMA)
+    return _parquet_dataset(dataset_uri, REJECTIONS_DIR, REJECTION_SCHEMA)
 
 
 def check_dataset(dataset_uri: str) -> Location:
@@ -181,6 +193,8 @@ def persons_frame(dataset_uri: str, *, filter: Filter = None) -> pd.DataFrame:
 def _read_manifest(
     uri: str, columns: list[str] | None, filter: pc.Expression | None, schema: pa.Schema
 ) -> pd.DataFrame:
+    import pyarrow.dataset as pads
+
     loc = locate(uri)
     fragment = pads.dataset(loc.path, schema=schema, filesystem=loc.fs, format="parquet")
     return fragment.to_table(columns=columns, filter=filter).to_pandas()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from urllib.parse import urlparse
@@ -31,15 +32,10 @@ from urllib.parse import urlparse
 import duckdb
 import pyarrow as pa
 
-from curation.manifest import (
-    PERSON_COLUMNS,
-    DatasetError,
-    check_dataset,
-    rejections_dataset,
-    samples_dataset,
-)
-from curation.storage import Location, s3_endpoint
-from schemas import SchemaError
+from curation.manifest import PERSON_COLUMNS, DatasetError, check_dataset, manifest_files
+from curation.storage import s3_endpoint
+from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, SchemaError
+from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR
 
 FORMATS = ("table", "csv", "parquet", "json")
 _BOX_FIELDS = PERSON_COLUMNS[3:13]  # x0 .. crop_y1, as stored in each PERSON_BOX
@@ -82,10 +78,6 @@ def _configure_s3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE SECRET humans300m_s3 ({body})")
 
 
-def _file_uris(loc: Location, paths: list[str]) -> list[str]:
-    return [f"s3://{p}" for p in paths] if loc.is_s3 else list(paths)
-
-
 def _create_view(
     con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema
 ) -> None:
@@ -116,16 +108,16 @@ def connect(dataset_uri: str, *, threads: int | None = None) -> duckdb.DuckDBPyC
     another schema version.
     """
     loc = check_dataset(dataset_uri)
-    samples = samples_dataset(dataset_uri)  # lists files and checks the schema version
-    rejections = rejections_dataset(dataset_uri)
+    samples = [f.uri for f in manifest_files(dataset_uri, MANIFESTS_DIR)]  # version-checked
+    rejections = [f.uri for f in manifest_files(dataset_uri, REJECTIONS_DIR)]
     con = duckdb.connect()
     _ensure_home(con)
     if threads:
         con.execute(f"SET threads={int(threads)}")
     if loc.is_s3:
         _configure_s3(con)
-    _create_view(con, "samples", _file_uris(loc, samples.files), samples.schema)
-    _create_view(con, "rejections", _file_uris(loc, rejections.files), rejections.schema)
+    _create_view(con, "samples", samples, SAMPLE_SCHEMA)
+    _create_view(con, "rejections", rejections, REJECTION_SCHEMA)
     con.execute(_PERSONS_VIEW)
     return con
 
@@ -157,14 +149,10 @@ def write_result(
 
 
 def print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
-    import pandas as pd
-
-    frame = relation.limit(max_rows + 1).to_df()
-    more = len(frame) > max_rows
-    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(frame.head(max_rows).to_string(index=False))
-    if more:
-        print(f"... more than {max_rows} rows; raise --max-rows or write them with --format")
+    """DuckDB's box table: first and last rows, the total row count, types per column."""
+    # a terminal gets its width; a pipe or file gets every column
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
+    relation.show(max_rows=max_rows, max_width=width, max_col_width=60, null_value="NULL")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -71,12 +71,13 @@ def test_file_formats(built, tmp_path, fmt):
     assert dict(zip(got.license, got.n, strict=True)) == expected
 
 
-def test_terminal_table(built, capsys):
-    assert query.main(["SELECT key FROM samples ORDER BY key", "--dataset", built.uri,
-                       "--max-rows", "3"]) == 0  # fmt: skip
-    out = capsys.readouterr().out.splitlines()
-    assert out[1:4] == sorted(built.samples.key)[:3]
-    assert "more than 3 rows" in out[-1]
+def test_terminal_table(built, capfd):
+    sql = "SELECT key, num_persons FROM samples ORDER BY key"
+    assert query.main([sql, "--dataset", built.uri, "--max-rows", "4"]) == 0
+    out = capfd.readouterr().out
+    keys = sorted(built.samples.key)
+    assert keys[0] in out and keys[-1] in out and keys[len(keys) // 2] not in out
+    assert f"{len(keys)} rows (4 shown)" in out
 
 
 def test_s3_dataset_offline(s3_bucket, tmp_path):
@@ -134,3 +135,8 @@ def test_errors_are_one_line_without_traceback(built, tmp_path, case, sql, needl
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr and needle in lines[0]
     assert result.stdout == ""
+
+
+def test_missing_s3_dataset(s3_bucket, capsys):
+    assert query.main(["SELECT 1", "--dataset", f"s3://{s3_bucket}/nothing-here"]) == 2
+    assert "no such dataset" in capsys.readouterr().err

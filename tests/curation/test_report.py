@@ -121,3 +121,11 @@ def test_report_errors_are_clear(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such dataset" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_stats_on_s3(s3_bucket):
+    built = build_dataset(f"s3://{s3_bucket}/humans", num_samples=15, num_rejections=10)
+    stats = report.compute_stats(built.uri)
+    assert stats["samples"] == 15 and stats["rejected"] == len(built.rejections)
+    counts = built.samples.num_persons.value_counts().sort_index()
+    assert stats["people"]["counts"] == {str(k): int(v) for k, v in counts.items()}
