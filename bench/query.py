@@ -133,7 +133,8 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"commit {commit}; {platform.machine()} {os.cpu_count()} cores, {mem:.0f} GiB; "
             f"Python {platform.python_version()}, duckdb {duckdb.__version__}, "
-            f"pandas {pd.__version__}, pyarrow {pa.__version__}")  # fmt: skip
+            f"pandas {pd.__version__}, pyarrow {pa.__version__}; "
+            f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
 
 
 def main() -> None:
@@ -151,6 +152,7 @@ def main() -> None:
     print(f"{args.rows:,} rows in {len(files)} files, {size:.0f} MiB "
           f"(ready in {time.perf_counter() - start:.0f} s)")  # fmt: skip
     run(args.data, files, args.repeat)
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other work on the machine skews times)")
 
 
 if __name__ == "__main__":
