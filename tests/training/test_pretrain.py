@@ -1,0 +1,173 @@
+"""Pretraining end to end: through a real local Ray, killed and resumed, on S3, its pieces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.pretrain_shards import write_dataset
+from training import checkpoint
+from training.models.mae import MAE, MAEConfig
+from training.models.vit import VisionTransformer, load_encoder_state, vit_test
+from training.optim import adamw, param_groups, warmup_cosine
+from training.pretrain import PretrainConfig, parse_args, run
+from training.pretrain_loop import NonFiniteLossError, train_step
+from training.ray_train import worker_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMALL = {
+    "preset": "vit_test", "img_size": 32, "decoder_dim": 32, "decoder_depth": 1,
+    "decoder_heads": 4, "batch_size": 8, "warmup_steps": 4, "base_lr": 0.1,
+    "loader_workers": 0, "shuffle_buffer": 16, "log_every": 2, "picture_every": 0,
+}  # fmt: skip
+
+
+def metrics(log_dir: str) -> list[dict]:
+    return [json.loads(line) for line in open(f"{log_dir}/metrics.jsonl", encoding="utf-8")]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("humans")
+    write_dataset(str(root), shards=4, per_shard=16, size=(40, 40), corrupt={(1, 3)})
+    return str(root)
+
+
+def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> None:
+    values = dict(SMALL, dataset=dataset, output=str(tmp_path / "run"), num_workers=2,
+                  cpus_per_worker=0.5, total_steps=40, checkpoint_every=20, picture_every=20)  # fmt: skip
+    summary = run(PretrainConfig(**values))
+    assert summary["workers"] == 2 and summary["final_step"] == 40
+    assert summary["global_batch"] == 16
+    assert summary["loss_last"] < 0.85 * summary["loss_first"]
+    assert summary["skipped_samples"]["decode"] >= 1  # the corrupt sample, counted not fatal
+    rows = metrics(summary["log_dir"])
+    assert [r["step"] for r in rows] == list(range(2, 41, 2))
+    assert all(r["images_per_s"] > 0 and r["tflops_per_device"] > 0 for r in rows)
+    assert os.path.exists(f"{summary['log_dir']}/pictures/step_00000020.png")
+    assert list(Path(summary["log_dir"], "tensorboard").iterdir())
+    encoder = VisionTransformer(vit_test(img_size=32))
+    assert load_encoder_state(encoder, torch.load(summary["encoder"])) == ([], [])
+
+
+def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    cmd = [sys.executable, "-m", "training.pretrain", *flags, "--dataset", dataset,
+           "--output", str(out), "--log-dir", str(logs), "--no-ray", "true",
+           "--total-steps", "400", "--checkpoint-every", "3"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while checkpoint.latest(str(out)) is None or _step(out) < 6:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _step(out)
+    saved = torch.load(f"{checkpoint.latest(str(out))}/optim.pt")
+    before = len(metrics(str(logs)))
+    result = subprocess.run(
+        [*cmd[:-4], "--total-steps", str(killed_at + 4), "--checkpoint-every", "100"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 4
+    new_rows = metrics(str(logs))[before:]
+    assert new_rows[0]["step"] == killed_at + 2  # the step count continued, no restart at 0
+    # the restored optimiser carries the saved moments forward (AdamW's step counter too)
+    resumed = torch.load(f"{checkpoint.latest(str(out))}/optim.pt")
+    name = "encoder.blocks.0.attn.qkv.weight"
+    assert saved["state"][name]["step"] + 4 == resumed["state"][name]["step"]
+
+
+def _step(out: Path) -> int:
+    return json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
+
+
+def _small_model() -> tuple[MAE, torch.optim.Optimizer, object]:
+    cfg = MAEConfig(encoder=vit_test(img_size=32), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    model = MAE(cfg)
+    opt = adamw(param_groups(model, lr=1e-3, weight_decay=0.05), lr=1e-3)
+    return model, opt, warmup_cosine(opt, warmup_steps=2, total_steps=10)
+
+
+def test_checkpoint_round_trip_restores_optimiser_and_schedule(tmp_path) -> None:
+    model, opt, sched = _small_model()
+    for _ in range(3):
+        loss, _, _ = model(torch.randn(2, 3, 32, 32))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    position = {"world_size": 1, "num_workers": 1, "epochs": [2], "done": [1]}
+    checkpoint.save(str(tmp_path), step=3, model=model, optimizer=opt, scheduler=sched,
+                    data_position=position)  # fmt: skip
+    fresh, fresh_opt, fresh_sched = _small_model()
+    state = checkpoint.restore(checkpoint.latest(str(tmp_path)), model=fresh,
+                               optimizer=fresh_opt, scheduler=fresh_sched)  # fmt: skip
+    assert state["step"] == 3 and state["data_positions"] == [position]
+    assert fresh_sched.get_last_lr() == sched.get_last_lr()
+    for group, fresh_group in zip(opt.param_groups, fresh_opt.param_groups, strict=True):
+        assert group["lr"] == fresh_group["lr"]
+        for p, q in zip(group["params"], fresh_group["params"], strict=True):
+            torch.testing.assert_close(p, q)
+            torch.testing.assert_close(opt.state[p]["exp_avg_sq"], fresh_opt.state[q]["exp_avg_sq"])
+
+
+def test_non_finite_loss_stops_with_a_clear_error() -> None:
+    model, opt, sched = _small_model()
+    with torch.no_grad():
+        model.encoder.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    cfg = PretrainConfig(dataset="unused", output="/tmp/unused", **dict(SMALL, bf16=False))
+    stream = iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 5"):
+        train_step(cfg, worker_context(), model, opt, sched, stream, step=4)
+
+
+def test_pretrains_from_and_to_s3(s3_bucket, tmp_path) -> None:
+    data, out = f"s3://{s3_bucket}/humans", f"s3://{s3_bucket}/runs/a"
+    write_dataset(data, shards=2, per_shard=6, size=(40, 40))
+    values = dict(SMALL, dataset=data, output=out, log_dir=str(tmp_path), no_ray=True,
+                  total_steps=4, checkpoint_every=2)  # fmt: skip
+    summary = run(PretrainConfig(**values))
+    assert (
+        summary["final_step"] == 4 and summary["checkpoint"] == f"{out}/checkpoints/step_00000004"
+    )
+    assert checkpoint.latest(out) == summary["checkpoint"]
+
+
+def test_config_file_and_flags(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: /d\noutput: /o\npreset: vit_tiny\nbatch_size: 4\n")
+    cfg = parse_args(["--config", str(path), "--batch-size", "6", "--bf16", "false"])
+    assert (cfg.preset, cfg.batch_size, cfg.bf16, cfg.dataset) == ("vit_tiny", 6, False, "/d")
+    assert cfg.log_dir == "/o/logs" and cfg.global_batch == 6
+    with pytest.raises(ValueError, match="unknown preset"):
+        dataclasses.replace(cfg, preset="sapiens_3b")
+    path.write_text("dataset: /d\noutput: /o\nbatchsize: 4\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        parse_args(["--config", str(path)])
+
+
+def test_help_documents_every_flag() -> None:
+    out = subprocess.run([sys.executable, "-m", "training.pretrain", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for field in dataclasses.fields(PretrainConfig):
+        flag = f"--{field.name.replace('_', '-')}"
+        assert flag in out
+    assert "mask_ratio" not in out and "fraction of patches hidden" in out
