@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from curation.record import Batch, ensure_columns, live, object_column, reject
+from curation.detect import EMPTY_INPUT, pick_device, writable_objects
+from curation.record import Batch, live, object_column, reject
 from curation.weights import resolve_file, resolve_weights
 from schemas import Reason, Stage
 
@@ -151,15 +152,13 @@ class ImageClassifier:
     """Ray Data batch stage over ``det_input``; ``clear_input`` empties it (last reader only)."""
 
     def __init__(self, config: ClassifierConfig, clear_input: bool = False) -> None:
-        from curation.detect import pick_device
-
         self.config = config
         self.clear_input = clear_input
         self.model = load_classifier(config, pick_device(config.device))
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["status"])
-        ensure_columns(batch, {"prefilter": None})
+        writable_objects(batch, ("stage", "reason", "detail", "prefilter"))
         rows = [i for i in np.flatnonzero(live(batch)) if batch["det_input"][i].size]
         for start in range(0, len(rows), self.config.batch_size):
             chunk = rows[start : start + self.config.batch_size]
@@ -167,8 +166,6 @@ class ImageClassifier:
             for i, k, s in zip(chunk, index, score, strict=True):
                 self._record(batch, i, self.model.names[int(k)], float(s))
         if self.clear_input:
-            from curation.detect import EMPTY_INPUT
-
             batch["det_input"] = object_column([EMPTY_INPUT] * n)
         return batch
 

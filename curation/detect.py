@@ -14,13 +14,30 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from curation.record import Batch, ensure_columns, live, object_column, reject
+from curation.record import Batch, live, object_column, reject
 from curation.weights import file_sha256, resolve_weights
 from schemas import Reason, Stage
 
 BOX_RULES = ("both_sides", "short_side", "long_side", "area")
 EMPTY_INPUT = np.zeros((0, 0, 3), dtype=np.uint8)
 CROP_ASPECT = 4 / 3  # height / width of the Sapiens fine-tuning input (1024 x 768)
+
+
+def writable_objects(batch: Batch, names: tuple[str, ...]) -> None:
+    """Make ``names`` object columns of values or None, whatever form they arrived in.
+
+    Ray Data hands an all-null column over as a float array of NaN, into which neither a
+    reason string nor a list of boxes can be written; a missing column becomes all None.
+    """
+    n = len(batch["status"])
+    for name in names:
+        column = batch.get(name)
+        if column is None:
+            batch[name] = object_column([None] * n)
+        elif column.dtype != object:
+            nan = column.dtype.kind == "f"
+            values = [None if nan and np.isnan(v) else v for v in column.tolist()]
+            batch[name] = object_column(values)
 
 
 def detector_input(image: Image.Image, imgsz: int) -> np.ndarray:
@@ -263,7 +280,7 @@ class PersonDetector:
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["status"])
-        ensure_columns(batch, {"persons": None, "detector": None})
+        writable_objects(batch, ("stage", "reason", "detail", "persons", "detector"))
         num_persons = np.zeros(n, dtype=np.int16)  # 0 for rows this stage does not judge
         rows = [i for i in np.flatnonzero(live(batch)) if batch["det_input"][i].size]
         for i in np.flatnonzero(live(batch)):
