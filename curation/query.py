@@ -78,15 +78,39 @@ def _configure_s3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE SECRET humans300m_s3 ({body})")
 
 
+_SCALARS = {
+    pa.bool_(): "BOOLEAN", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT", pa.uint64(): "UBIGINT", pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE", pa.string(): "VARCHAR",
+}  # fmt: skip
+
+
+def _sql_type(kind: pa.DataType) -> str:
+    """DuckDB type of an Arrow type, for the types the manifest schemas use."""
+    if kind in _SCALARS:
+        return _SCALARS[kind]
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
+    if pa.types.is_map(kind):
+        return f"MAP({_sql_type(kind.key_type)}, {_sql_type(kind.item_type)})"
+    if pa.types.is_list(kind):
+        return f"{_sql_type(kind.value_type)}[]"
+    if pa.types.is_struct(kind):
+        return "STRUCT(" + ", ".join(f"{f.name} {_sql_type(f.type)}" for f in kind) + ")"
+    raise TypeError(f"no DuckDB type for {kind}")
+
+
 def _create_view(
     con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema
 ) -> None:
     if files:
         listing = ", ".join(_literal(f) for f in files)
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}])")
-    else:  # a dataset that kept (or rejected) nothing still answers with the right columns
-        con.register(f"_{name}_empty", schema.empty_table())
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+        return
+    # a dataset that kept (or rejected) nothing still answers with the right columns; typed
+    # NULLs rather than a registered Arrow table, which would make DuckDB import pandas
+    columns = ", ".join(f"NULL::{_sql_type(f.type)} AS {f.name}" for f in schema)
+    con.execute(f"CREATE VIEW {name} AS SELECT {columns} WHERE false")
 
 
 _PERSONS_VIEW = f"""

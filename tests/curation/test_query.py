@@ -140,3 +140,13 @@ def test_errors_are_one_line_without_traceback(built, tmp_path, case, sql, needl
 def test_missing_s3_dataset(s3_bucket, capsys):
     assert query.main(["SELECT 1", "--dataset", f"s3://{s3_bucket}/nothing-here"]) == 2
     assert "no such dataset" in capsys.readouterr().err
+
+
+def test_empty_dataset_has_the_same_views(built, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "summary.json").write_text(json.dumps(built.summary))
+    for view in ("samples", "rejections", "persons"):
+        full = query.query(built.uri, f"DESCRIBE {view}").select(["column_name", "column_type"])
+        empty = query.query(str(tmp_path / "empty"), f"DESCRIBE {view}")
+        assert empty.select(["column_name", "column_type"]).equals(full)
+        assert query.query(str(tmp_path / "empty"), f"SELECT * FROM {view}").num_rows == 0
