@@ -38,6 +38,19 @@ from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, SchemaError
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR
 
 FORMATS = ("table", "csv", "parquet", "json")
+EPILOG = """views:
+  samples     one row per kept sample (the manifest columns; DESCRIBE samples lists them)
+  rejections  one row per rejected input: key, source_uri, stage, reason, detail, ...
+  persons     one row per person box: key, shard, person, x0, y0, x1, y1, score, passes,
+              crop_x0..crop_y1, box_width, box_height, image_width, image_height
+
+examples:
+  SELECT least(num_persons, 4) AS people, count(*) FROM samples GROUP BY 1 ORDER BY 1
+  SELECT stage, reason, count(*) FROM rejections GROUP BY ALL ORDER BY 3 DESC
+  SELECT key, box_height FROM persons WHERE passes AND box_height > 1000
+
+S3: credentials from the AWS environment or profile; AWS_ENDPOINT_URL(_S3) for other servers.
+"""
 _BOX_FIELDS = PERSON_COLUMNS[3:13]  # x0 .. crop_y1, as stored in each PERSON_BOX
 
 
@@ -183,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m curation.query",
         description="Run DuckDB SQL over a dataset's views: samples, rejections, persons.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("sql", help='one SQL statement, e.g. "SELECT count(*) FROM samples"')
     parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
