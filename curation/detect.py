@@ -266,6 +266,11 @@ class PersonDetector:
         self.model, self.person_id, path = load_detector(config)
         self.device = pick_device(config.device)
         self.half = config.half and self.device.startswith("cuda")
+        if self.device == "cpu":
+            import torch
+
+            # Importing Ultralytics pins OMP_NUM_THREADS=1 when unset: use the CPUs we were given.
+            torch.set_num_threads(max(1, round(config.cpus_per_actor)))
         identity = {
             "model": config.weights,
             "weights_sha256": file_sha256(path),
