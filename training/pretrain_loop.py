@@ -189,7 +189,12 @@ def run_loop(
                 world_size=ctx.world_size,
                 peak=peak,
             )
-            row = {"loss": loss, "grad_norm": norm, "lr": scheduler.get_last_lr()[0], **rates}
+            row = {
+                "loss": _mean_over_ranks(losses[-window_steps:], ctx),
+                "grad_norm": norm,
+                "lr": scheduler.get_last_lr()[0],
+                **rates,
+            }
             row.update({f"skipped_{k}": v for k, v in batches.errors().items()})
             metrics.log(step, row)
             window_start, window_steps = time.perf_counter(), 0
@@ -214,6 +219,16 @@ def run_loop(
     )
 
 
+def _mean_over_ranks(values: list[float], ctx: WorkerContext) -> float:
+    """Mean loss of a logging window over all ranks (a collective at every log step)."""
+    mean = torch.tensor(sum(values) / len(values), dtype=torch.float64)
+    if dist.is_initialized():
+        mean = mean.to(ctx.device)
+        dist.all_reduce(mean)
+        mean /= dist.get_world_size()
+    return float(mean)
+
+
 def finish(cfg, ctx, mae_cfg, losses, start_step, step, seconds, resume_from, batches) -> None:
     """Export the encoder and write the run summary (rank 0)."""
     errors = batches.errors()
@@ -231,8 +246,8 @@ def finish(cfg, ctx, mae_cfg, losses, start_step, step, seconds, resume_from, ba
         images=images, seconds=seconds, flops_per_image=mae_train_flops(mae_cfg),
         world_size=ctx.world_size, peak=peak_flops(device_name(ctx.device)),
     )  # fmt: skip
-    head = losses[: max(1, len(losses) // 10)]
-    tail = losses[-max(1, len(losses) // 10) :]
+    head = losses[: max(1, len(losses) // 4)]  # this rank's first and last quarter
+    tail = losses[-max(1, len(losses) // 4) :]
     summary = {
         "preset": cfg.preset, "img_size": cfg.img_size, "workers": ctx.world_size,
         "device": device_name(ctx.device), "resumed_from": resume_from,

@@ -49,9 +49,11 @@ def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> No
     summary = run(PretrainConfig(**values))
     assert summary["workers"] == 2 and summary["final_step"] == 40
     assert summary["global_batch"] == 16
-    assert summary["loss_last"] < 0.85 * summary["loss_first"]
-    assert summary["skipped_samples"]["decode"] >= 1  # the corrupt sample, counted not fatal
     rows = metrics(summary["log_dir"])
+    first, last = rows[:4], rows[-4:]  # window means over 8 steps of both ranks
+    assert sum(r["loss"] for r in last) < 0.85 * sum(r["loss"] for r in first)
+    assert summary["loss_last"] < summary["loss_first"]
+    assert summary["skipped_samples"]["decode"] >= 1  # the corrupt sample, counted not fatal
     assert [r["step"] for r in rows] == list(range(2, 41, 2))
     assert all(r["images_per_s"] > 0 and r["tflops_per_device"] > 0 for r in rows)
     assert os.path.exists(f"{summary['log_dir']}/pictures/step_00000020.png")
@@ -80,11 +82,10 @@ def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
     killed_at = _step(out)
     saved = torch.load(f"{checkpoint.latest(str(out))}/optim.pt")
     before = len(metrics(str(logs)))
-    result = subprocess.run(
-        [*cmd[:-4], "--total-steps", str(killed_at + 4), "--checkpoint-every", "100"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    # rerun the same command (in this process, to spare a second interpreter start)
+    values = dict(SMALL, dataset=dataset, output=str(out), log_dir=str(logs), no_ray=True,
+                  total_steps=killed_at + 4, checkpoint_every=100)  # fmt: skip
+    run(PretrainConfig(**values))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 4
     new_rows = metrics(str(logs))[before:]
@@ -164,9 +165,10 @@ def test_config_file_and_flags(tmp_path) -> None:
         parse_args(["--config", str(path)])
 
 
-def test_help_documents_every_flag() -> None:
-    out = subprocess.run([sys.executable, "-m", "training.pretrain", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+def test_help_documents_every_flag(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
     for field in dataclasses.fields(PretrainConfig):
         flag = f"--{field.name.replace('_', '-')}"
         assert flag in out

@@ -41,12 +41,17 @@ class SapiensAugment:
 
     def __call__(self, data: bytes) -> torch.Tensor:
         img = Image.open(io.BytesIO(data))
-        width, height = _oriented_size(img)
+        orientation = _orientation(img)
+        rotated = orientation in (5, 6, 7, 8)  # by 90 or 270 degrees
+        width, height = (img.height, img.width) if rotated else (img.width, img.height)
         box = self.crop_box(width, height)  # in oriented full-resolution pixels
         reduction = min((box[2] - box[0]) / self.img_size[1], (box[3] - box[1]) / self.img_size[0])
-        if reduction >= 2 and img.format == "JPEG" and _orientation(img) in (None, 1):
+        if img.format == "JPEG" and orientation in (None, 1):
+            # decode straight to RGB, at 1/2, 1/4 or 1/8 scale when the crop stays large enough
+            reduction = max(reduction, 1.0)
             img.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
-        img = ImageOps.exif_transpose(img)
+        if orientation not in (None, 1):
+            img = ImageOps.exif_transpose(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
         sx, sy = img.width / width, img.height / height  # < 1 after a draft decode
@@ -55,8 +60,8 @@ class SapiensAugment:
         img = img.resize(out_size, Image.Resampling.BICUBIC, box=box)
         if self.rng.random() < self.flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(img, dtype=np.uint8)  # [H, W, 3]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        array = np.array(img, dtype=np.uint8)  # [H, W, 3], writable, one copy
+        return torch.from_numpy(array).permute(2, 0, 1)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop.get_params: a box of random area and aspect."""
@@ -88,13 +93,6 @@ def _orientation(img: Image.Image) -> int | None:
         return img.getexif().get(0x0112)
     except Exception:  # a broken EXIF block is not worth a sample
         return None
-
-
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
-    """Width and height after EXIF orientation, read from the header (no decode)."""
-    if _orientation(img) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-        return img.height, img.width
-    return img.width, img.height
 
 
 def normalize(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""Pretraining loader throughput: decoded + augmented images/s per core, against the floor.
+
+    uv run python bench/pretrain_loader.py --images 300 --size 1280 960 --out-size 224 1024
+
+The floor, measured in the same run over the same image bytes, is a bare Pillow loop:
+``Image.open(bytes).convert("RGB")`` (a full decode, nothing else). The loader does more
+(tar reading, shuffle buffer, EXIF handling, RandomResizedCrop with a bicubic resize, flip,
+uint8 tensor) but may decode JPEGs at a reduced scale when the crop allows it, so
+``ratio = loader / floor`` can exceed 1 at small output sizes. Both run in one process on
+one core (OMP_NUM_THREADS=1); ``--processes`` adds a multi-process DataLoader figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> bytes:
+    """A JPEG with photo-like statistics: smooth shapes plus fine noise (q=90)."""
+    small = rng.integers(0, 256, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
+    base = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 12, (height, width, 3))
+    pixels = np.clip(np.asarray(base, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(root: str, images: list[bytes], per_shard: int, size: tuple[int, int]) -> None:
+    import datetime as dt
+    import hashlib
+
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from schemas import SAMPLE_SCHEMA, layout, row_to_json, rows_to_table, sample_key
+
+    os.makedirs(f"{root}/{layout.SHARDS_DIR}", exist_ok=True)
+    os.makedirs(f"{root}/{layout.MANIFESTS_DIR}", exist_ok=True)
+    for shard in range(0, len(images), per_shard):
+        number, rows = shard // per_shard, []
+        with wds.TarWriter(f"{root}/{layout.shard_file(number)}", encoder=False) as tar:
+            for i, data in enumerate(images[shard : shard + per_shard]):
+                key = sample_key(f"bench://{number}/{i}")
+                row = {
+                    "key": key, "shard": number, "image_member": f"{key}.jpg",
+                    "json_member": f"{key}.json", "source_uri": f"bench://{number}/{i}",
+                    "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data),
+                    "format": "JPEG", "width": size[0], "height": size[1],
+                    "fetched_at": dt.datetime.now(dt.UTC),
+                }  # fmt: skip
+                rows.append(row)
+                tar.write({"__key__": key, "jpg": data, "json": row_to_json(row)})
+        pq.write_table(rows_to_table(rows, SAMPLE_SCHEMA), f"{root}/{layout.manifest_file(number)}")
+
+
+def floor_rate(images: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in images:
+        Image.open(io.BytesIO(data)).convert("RGB")
+    return len(images) / (time.perf_counter() - start)
+
+
+def loader_rate(root: str, out_size: int, count: int, workers: int) -> float:
+    from training.data import PretrainDataConfig, make_loader
+
+    cfg = PretrainDataConfig(
+        dataset=root, img_size=(out_size, out_size), batch_size=16, num_workers=workers,
+        shuffle_buffer=64,
+    )  # fmt: skip
+    stream = iter(make_loader(cfg))
+    next(stream)  # start-up (process spawn, first shard) is not throughput
+    seen, start = 0, time.perf_counter()
+    while seen < count:
+        seen += next(stream).shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, Pillow {Image.__version__}, "
+        f"commit {commit.stdout.strip() or 'unknown'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=300, help="distinct images generated")
+    parser.add_argument("--size", type=int, nargs=2, default=(1280, 960), help="source W H")
+    parser.add_argument("--out-size", type=int, nargs="+", default=(224, 1024), help="crop sides")
+    parser.add_argument("--processes", type=int, default=0, help="also time N loader processes")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    images = [photo_like(rng, *args.size) for _ in range(args.images)]
+    print(f"# {machine()}")
+    print(
+        f"# {len(images)} JPEGs {args.size[0]}x{args.size[1]}, mean {np.mean([len(i) for i in images]) / 1e3:.0f} kB"
+    )
+    with tempfile.TemporaryDirectory() as root:
+        write_shards(root, images, per_shard=50, size=tuple(args.size))
+        floor_rate(images[:10])  # warm caches
+        floor = floor_rate(images)
+        print(f"floor (bare Pillow decode, 1 core): {floor:.1f} images/s")
+        for out in args.out_size:
+            rate = loader_rate(root, out, len(images), workers=0)
+            print(f"loader {out}x{out}, 1 core: {rate:.1f} images/s, ratio {rate / floor:.2f}")
+            if args.processes:
+                rate = loader_rate(root, out, 2 * len(images), workers=args.processes)
+                print(f"loader {out}x{out}, {args.processes} processes: {rate:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
