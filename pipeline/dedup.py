@@ -41,6 +41,16 @@ INDEX_COLUMNS = ["key", "sha256", "pixel_hash", "phash", "width", "height"]
 def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     """Deduplicate ``dataset_uri`` in place; returns counts of newly dropped samples by reason."""
     dataset = locate(dataset_uri)
+    table, drops = plan_dedup(dataset_uri, config)
+    apply_plan(dataset, table, drops)
+    if config.write_index:
+        _write_index(dataset, table, set(drops))
+    return dict(Counter(d.reason for d in drops.values()))
+
+
+def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[str, Drop]]:
+    """The signatures read and every drop decided (before chains are resolved); writes nothing."""
+    dataset = locate(dataset_uri)
     table = samples_dataset(dataset_uri).to_table(columns=SIGNATURE_COLUMNS)
     drops: dict[str, Drop] = {}
     for uri in config.against:
@@ -48,10 +58,7 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     drops.update(_group_drops(dataset, config, set(drops)))
     if config.near:
         drops.update(_near_drops(table, config, set(drops)))
-    _apply(dataset, table, drops)
-    if config.write_index:
-        _write_index(dataset, table, set(drops))
-    return dict(Counter(d.reason for d in drops.values()))
+    return table, drops
 
 
 def _previous_release_drops(table: pa.Table, uri: str, config: DedupConfig) -> dict[str, Drop]:
@@ -115,9 +122,8 @@ def _group_drops(dataset: Location, config: DedupConfig, excluded: set[str]) -> 
     ds = ray.data.read_parquet(
         [f.path for f in files],
         filesystem=dataset.fs,
-        columns=SIGNATURE_COLUMNS,
         override_num_blocks=config.read_blocks or None,
-    )
+    ).select_columns(SIGNATURE_COLUMNS)
     use_pixels = config.pixels
 
     def add_group(batch: dict) -> dict:
@@ -153,20 +159,34 @@ def _resolve_group(group):
     if len(group) < 2:
         return pd.DataFrame(columns=columns)
     order = priority_order(group["key"].to_numpy(), (group["width"] * group["height"]).to_numpy())
-    best = group.iloc[order[0]]
+    ranked = group.iloc[order]
+    best = ranked.iloc[0]["key"]
+    first_with_sha: dict[str, str] = {}
     out = []
-    for _, row in group.iloc[order[1:]].iterrows():
-        exact = row["sha256"] == best["sha256"]
-        reason = Reason.DUPLICATE_EXACT if exact else Reason.DUPLICATE_PIXELS
-        out.append(
-            [
-                row["key"],
-                row["source_uri"],
-                str(reason),
-                best["key"],
-                "same bytes (sha256)" if exact else "same decoded pixels",
-            ]
-        )
+    for _, row in ranked.iterrows():  # byte copies name the first holder of their bytes in detail
+        holder = first_with_sha.setdefault(row["sha256"], row["key"])
+        if row["key"] == best:
+            continue
+        if holder != row["key"]:
+            out.append(
+                [
+                    row["key"],
+                    row["source_uri"],
+                    str(Reason.DUPLICATE_EXACT),
+                    best,
+                    f"same bytes (sha256) as {holder}",
+                ]
+            )
+        else:
+            out.append(
+                [
+                    row["key"],
+                    row["source_uri"],
+                    str(Reason.DUPLICATE_PIXELS),
+                    best,
+                    "same decoded pixels, other bytes",
+                ]
+            )
     return pd.DataFrame(out, columns=columns)
 
 
@@ -231,8 +251,18 @@ def _item_pairs(unique_pairs: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
-def _apply(dataset: Location, table: pa.Table, drops: dict[str, Drop]) -> None:
-    """Resolve chains to the finally kept sample, size clusters, and apply shard by shard."""
+def apply_plan(
+    dataset: Location,
+    table: pa.Table,
+    drops: dict[str, Drop],
+    *,
+    rejections_only: bool = False,
+    shards: set[int] | None = None,
+) -> None:
+    """Resolve chains to the finally kept sample, size clusters, and apply shard by shard.
+
+    ``rejections_only`` and ``shards`` exist to reproduce a crash part-way (tests).
+    """
     import ray
 
     parent = {
@@ -256,7 +286,8 @@ def _apply(dataset: Location, table: pa.Table, drops: dict[str, Drop]) -> None:
         if canonical in shard_of and canonical not in drops:
             by_shard.setdefault(shard_of[canonical], ([], {}))[1][canonical] = (canonical, size)
     task = ray.remote(apply_shard)
-    ray.get([task.remote(dataset, s, d, c) for s, (d, c) in sorted(by_shard.items())])
+    todo = sorted((s, v) for s, v in by_shard.items() if shards is None or s in shards)
+    ray.get([task.remote(dataset, s, d, c, rejections_only=rejections_only) for s, (d, c) in todo])
 
 
 def _earlier_dedup_rejections(dataset: Location) -> list[tuple[str, str]]:

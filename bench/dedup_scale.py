@@ -1,0 +1,109 @@
+"""Near-duplicate search over 1M, 2M, 4M synthetic 64-bit hashes with planted duplicates.
+
+    uv run python bench/dedup_scale.py [--sizes 1000000 2000000 4000000] [--radius 8]
+
+Each size runs in a fresh subprocess (clean peak RSS). Recall is measured against brute
+force (FAISS IndexBinaryFlat) for a sample of query hashes: of all pairs within the radius
+that involve a sampled query, the fraction the banded search found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def planted(n: int, radius: int, seed: int) -> np.ndarray:
+    """n unique hashes: 90% uniform random, 10% copies of one of them with 1..radius bits flipped."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    copies = n // 10
+    flips = rng.integers(1, radius + 1, copies)
+    bits = np.argsort(rng.random((copies, 64)), axis=1)
+    masks = np.zeros(copies, dtype=np.uint64)
+    for k in range(radius):
+        use = flips > k
+        masks[use] |= np.uint64(1) << bits[use, k].astype(np.uint64)
+    base[n - copies :] = base[rng.integers(0, n - copies, copies)] ^ masks
+    return np.unique(base)
+
+
+def one(n: int, radius: int, threads: int, queries: int) -> dict:
+    from curation.dedup.near import banded_pairs, exact_pairs, tables_needed
+
+    hashes = planted(n, radius, seed=n)
+    start = time.perf_counter()
+    pairs = banded_pairs(hashes, radius, threads=threads)
+    seconds = time.perf_counter() - start
+    sample = np.random.default_rng(0).choice(len(hashes), queries, replace=False)
+    reference = np.sort(exact_pairs(hashes, radius, queries=sample), axis=1)
+    found = set(map(tuple, pairs.tolist()))
+    hit = sum(tuple(p) in found for p in reference.tolist())
+    return dict(
+        n=len(hashes),
+        radius=radius,
+        tables=tables_needed(radius, len(hashes), 0.99),
+        seconds=round(seconds, 2),
+        pairs=len(pairs),
+        reference_pairs=len(reference),
+        recall=round(hit / max(1, len(reference)), 4),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000])
+    parser.add_argument("--radius", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.radius, args.threads, args.queries)))
+        return
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}; numpy {np.__version__}; commit {commit.stdout.strip()}"
+    )
+    results = []
+    for n in args.sizes:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--radius",
+                str(args.radius),
+                "--threads",
+                str(args.threads),
+                "--queries",
+                str(args.queries),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) > 1:
+        print(
+            f"time({results[-1]['n']}) / time({results[0]['n']}) = "
+            f"{results[-1]['seconds'] / results[0]['seconds']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

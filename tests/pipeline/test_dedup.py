@@ -1,0 +1,156 @@
+"""run_dedup end to end on a real local Ray: decisions, shards vs manifests, determinism,
+idempotent rerun, a crash between rejections and shard rewrite, and --dedup-against."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curation.dedup.config import DedupConfig
+from curation.dedup.signatures import phash64, pixel_hash
+from curation.manifest import rejections_dataset, samples_dataset
+from curation.storage import list_files, locate
+from curation.writer import iter_shard, write_shard
+from pipeline import dedup as dedup_pipeline
+from pipeline.dedup import run_dedup
+from schemas import sample_key
+from schemas.layout import MANIFESTS_DIR
+from tests.curation.test_dedup_signatures import encode, scene
+
+# minutes on the shared 2-core machine (Ray Data shuffle start-up dominates)
+pytestmark = pytest.mark.slow
+
+
+def _row(name: str, data: bytes, fmt: str) -> dict:
+    import hashlib
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    return dict(
+        key=sample_key(name),
+        source_uri=name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        num_bytes=len(data),
+        format=fmt,
+        width=image.width,
+        height=image.height,
+        fetched_at=datetime(2026, 1, 1, tzinfo=UTC),
+        pixel_hash=pixel_hash(image),
+        phash=phash64(image),
+    )
+
+
+def _bytes(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def build(path: Path, seeds: range, prefix: str = "src") -> dict[str, str]:
+    """Three shards: originals plus planted copies; returns {name: expected canonical name}."""
+    samples, expect = [], {}
+    for seed in seeds:
+        image = scene(seed)
+        big = image.resize((480, 360))
+        original = _bytes(image, "JPEG", quality=90)
+        name = f"{prefix}/{seed}"
+        samples.append((f"{name}/orig.jpg", original, "JPEG"))
+        samples.append((f"{name}/copy.jpg", original, "JPEG"))  # exact
+        samples.append((f"{name}/png", _bytes(encode(image, "JPEG", quality=90), "PNG"), "PNG"))
+        samples.append((f"{name}/q30", _bytes(image, "JPEG", quality=30), "JPEG"))
+        samples.append((f"{name}/big", _bytes(big, "JPEG", quality=85), "JPEG"))  # canonical
+        samples.append((f"{name}/shifted", _bytes(scene(seed, shift=0.15), "JPEG"), "JPEG"))
+        for kind in ("orig.jpg", "copy.jpg", "png", "q30"):
+            expect[f"{name}/{kind}"] = f"{name}/big"
+    dataset = locate(str(path))
+    for shard in range(3):
+        part = samples[shard::3]
+        write_shard(dataset, shard, [_row(n, d, f) for n, d, f in part], [d for _, d, _ in part])
+    return expect
+
+
+def snapshot(path: Path) -> dict:
+    """Everything a rerun must reproduce: kept rows, their clusters, and dedup rejections."""
+    kept = samples_dataset(str(path)).to_table().sort_by("key").to_pydict()
+    rejected = rejections_dataset(str(path)).to_table().sort_by("key").to_pydict()
+    return dict(
+        kept=list(zip(kept["key"], kept["dup_cluster"], kept["dup_cluster_size"], strict=True)),
+        rejected=list(
+            zip(rejected["key"], rejected["reason"], rejected["duplicate_of"], strict=True)
+        ),
+    )
+
+
+def check_shards_match_manifests(path: Path) -> None:
+    dataset = locate(str(path))
+    for manifest in list_files(dataset.join(MANIFESTS_DIR), ".parquet"):
+        shard = int(Path(manifest.path).stem)
+        rows = pq.read_table(manifest.path).to_pylist()
+        tar = [s["__key__"] for s in iter_shard(dataset.join("shards", f"{shard:06d}.tar"))]
+        assert tar == [r["key"] for r in rows]
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    expect = build(tmp_path / "ds", range(6))
+    return tmp_path / "ds", expect
+
+
+def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) -> None:
+    path, expect = built
+    shutil.copytree(path, tmp_path / "other")
+    counts = run_dedup(str(path), DedupConfig(read_blocks=1, near_tasks=1))
+    print(f"\ndedup counts: {counts}")
+    snap = snapshot(path)
+    by_key = {k: (r, d) for k, r, d in snap["rejected"]}
+    assert len(by_key) == len(expect)
+    for name, canonical in expect.items():
+        assert by_key[sample_key(name)][1] == sample_key(canonical), name
+    assert counts["duplicate_exact"] == 6 and counts["duplicate_pixels"] == 6
+    kept = {k: (c, s) for k, c, s in snap["kept"]}
+    for seed in range(6):
+        assert kept[sample_key(f"src/{seed}/big")] == (sample_key(f"src/{seed}/big"), 5)
+        assert sample_key(f"src/{seed}/shifted") in kept  # a look-alike survives
+    check_shards_match_manifests(path)
+    # determinism: other block and task counts give the same result
+    run_dedup(str(tmp_path / "other"), DedupConfig(read_blocks=4, near_tasks=3))
+    assert snapshot(tmp_path / "other") == snap
+    # idempotent rerun
+    assert run_dedup(str(path), DedupConfig()) == {}
+    assert snapshot(path) == snap
+
+
+def test_crash_between_rejections_and_rewrite(ray_cluster, built, tmp_path: Path) -> None:
+    path, _ = built
+    shutil.copytree(path, tmp_path / "clean")
+    run_dedup(str(tmp_path / "clean"), DedupConfig())
+    # the crash: every shard's rejections published, shard 1's also rewritten, then death
+    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
+    dedup_pipeline.apply_plan(locate(str(path)), table, drops, rejections_only=True)
+    dedup_pipeline.apply_plan(locate(str(path)), table, drops, shards={1})
+    run_dedup(str(path), DedupConfig())
+    assert snapshot(path) == snapshot(tmp_path / "clean")
+    check_shards_match_manifests(path)
+
+
+def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
+    build(tmp_path / "v1", range(3), prefix="v1")
+    run_dedup(str(tmp_path / "v1"), DedupConfig())
+    build(tmp_path / "v2", range(2, 5), prefix="v2")  # seed 2 is also in v1, other URIs
+    counts = run_dedup(str(tmp_path / "v2"), DedupConfig(against=(str(tmp_path / "v1"),)))
+    print(f"\nagainst v1: {counts}")
+    rejected = {k: (r, d) for k, r, d in snapshot(tmp_path / "v2")["rejected"]}
+    for kind in ("orig.jpg", "copy.jpg", "png", "q30", "big", "shifted"):
+        canonical = "shifted" if kind == "shifted" else "big"
+        assert rejected[sample_key(f"v2/2/{kind}")] == (
+            "duplicate_previous_release",
+            sample_key(f"v1/2/{canonical}"),
+        ), kind
+    assert counts["duplicate_previous_release"] == 6
+    kept = {k for k, _, _ in snapshot(tmp_path / "v2")["kept"]}
+    assert kept == {sample_key(f"v2/{s}/{k}") for s in (3, 4) for k in ("big", "shifted")}
