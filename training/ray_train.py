@@ -80,7 +80,10 @@ def launch(train_loop: Callable[[dict], None], config: dict, scaling: RayScaling
             ray.init(address=address)
         else:
             log.info("no Ray cluster given: starting an embedded local Ray")
-            ray.init(include_dashboard=False)
+            # workers import this project by name: put its root on their path
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
