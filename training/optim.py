@@ -67,7 +67,7 @@ def param_groups(
 def adamw(
     groups: list[dict], *, lr: float, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.AdamW:
-    # the names only serve debugging; AdamW rejects unknown keys in nothing, but keep it lean
+    # names stay out of the optimiser: its state dict should hold tensors and numbers only
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     fused = all(p.is_cuda for g in clean for p in g["params"])
     return torch.optim.AdamW(clean, lr=lr, betas=betas, fused=fused or None)

@@ -145,12 +145,9 @@ def train_loop(values: dict) -> None:
         positions = state["data_positions"]
         if len(positions) == ctx.world_size:
             position = DataPosition.from_dict(positions[ctx.rank])
-        else:
+        else:  # another world size: make_loader restarts the furthest epoch, with a warning
             epoch = max(e for p in positions for e in p["epochs"])
-            workers = max(cfg.loader_workers, 1)
-            position = DataPosition(
-                len(positions), workers, [epoch], [0]
-            )  # mismatch: epoch restart
+            position = DataPosition(len(positions), 0, [epoch], [0])
         log.info("rank %d resumed from %s at step %d", ctx.rank, resume_from, step)
     torch.manual_seed(cfg.seed * 7919 + ctx.rank * 104729 + step)  # masks differ across ranks
     data_cfg = PretrainDataConfig(

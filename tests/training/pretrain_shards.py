@@ -8,11 +8,10 @@ import io
 import random
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.storage import locate, write_bytes_atomic
-from schemas import SAMPLE_SCHEMA, layout, member_names, row_to_json, rows_to_table, sample_key
+from curation.storage import locate
+from schemas import sample_key
 
 
 def smooth_image(rng: random.Random, width: int, height: int) -> Image.Image:
@@ -45,34 +44,26 @@ def write_dataset(
     ``corrupt`` holds (shard, index) pairs whose image bytes are garbage. Returns the keys
     per shard. Sample i of shard s has ``num_persons = i % 4``.
     """
-    import webdataset as wds
+    from curation.writer import write_shard  # the curation job's own writer
 
     rng = random.Random(seed)
     base = locate(root)
     keys: list[list[str]] = []
     for shard in range(shards):
-        buf, rows = io.BytesIO(), []
-        with wds.TarWriter(buf, encoder=False) as tar:
-            for i in range(per_shard):
-                fmt, ext = ("PNG", "png") if i % 5 == 4 else ("JPEG", "jpg")
-                data = encode(smooth_image(rng, *size), fmt)
-                if (shard, i) in corrupt:
-                    data = b"not an image" + data[:20]
-                key = sample_key(f"test://{seed}/{shard}/{i}")
-                image_member, json_member = member_names(key, ext)
-                row = {
-                    "key": key, "shard": shard, "image_member": image_member,
-                    "json_member": json_member, "source_uri": f"test://{seed}/{shard}/{i}",
-                    "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data),
-                    "format": fmt, "width": size[0], "height": size[1], "mode": "RGB",
-                    "fetched_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "num_persons": i % 4,
-                }  # fmt: skip
-                rows.append(row)
-                tar.write({"__key__": key, ext: data, "json": row_to_json(row)})
-        write_bytes_atomic(base.join(layout.shard_file(shard)), buf.getvalue())
-        table = rows_to_table(rows, SAMPLE_SCHEMA)
-        out = io.BytesIO()
-        pq.write_table(table, out)
-        write_bytes_atomic(base.join(layout.manifest_file(shard)), out.getvalue())
+        rows, images = [], []
+        for i in range(per_shard):
+            fmt = "PNG" if i % 5 == 4 else "JPEG"
+            data = encode(smooth_image(rng, *size), fmt)
+            if (shard, i) in corrupt:
+                data = b"not an image" + data[:20]
+            uri = f"test://{seed}/{shard}/{i}"
+            rows.append({
+                "key": sample_key(uri), "source_uri": uri,
+                "sha256": hashlib.sha256(data).hexdigest(), "num_bytes": len(data),
+                "format": fmt, "width": size[0], "height": size[1], "mode": "RGB",
+                "fetched_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "num_persons": i % 4,
+            })  # fmt: skip
+            images.append(data)
+        write_shard(base, shard, rows, images)
         keys.append([row["key"] for row in rows])
     return keys
