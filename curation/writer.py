@@ -66,6 +66,7 @@ class ShardBuilder:
         self.rows: list[dict[str, Any]] = []
         self.num_bytes = 0
         fd, self._tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; shards are read by other users and services
         self._stream = os.fdopen(fd, "wb")
         self._tar = wds.TarWriter(self._stream, encoder=False)
 

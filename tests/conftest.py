@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Ultralytics must never reach the network in tests and needs a writable config folder.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".pytest_cache" / "ultralytics"))
+# Ray workers share this venv; Ray reads the flag at import (see pipeline/__init__.py).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def free_port() -> int:
@@ -84,8 +86,12 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """A real local Ray instance (2 CPUs, as on CI) shared by the tests that need one."""
+def ray_cluster(s3_server: str) -> Iterator[None]:
+    """A real local Ray instance (2 CPUs, as on CI) shared by the tests that need one.
+
+    Started after the S3 server so that its workers inherit the S3 endpoint and credentials,
+    as workers on a real cluster get them from their node's environment.
+    """
     import ray
 
     if not ray.is_initialized():

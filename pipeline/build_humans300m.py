@@ -1,0 +1,200 @@
+"""Build a Humans-300M-style dataset: ``python -m pipeline.build_humans300m --help``.
+
+    python -m pipeline.build_humans300m --input urls.parquet --output ./out      # local Ray
+    ray job submit --working-dir . -- python -m pipeline.build_humans300m \\
+        --input s3://bucket/urls/ --output s3://bucket/humans/v1                  # a cluster
+    python -m pipeline.build_humans300m --demo                                   # sample corpus
+
+Run the same command again after a crash (or kill -9): finished work is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.classify import ClassifierConfig
+from curation.dedup.config import DedupConfig
+from curation.detect import DetectorConfig
+from curation.fetch import FetchConfig
+from curation.sources import SourceConfig
+from curation.storage import Location, locate
+from curation.validate import ValidateConfig
+from pipeline import config as cli
+from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
+from pipeline.plan import Plan, load_or_build_plan
+from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
+from pipeline.stages import StageConfig, fetch_and_validate
+
+log = logging.getLogger("humans300m")
+
+# (section in config files, flag prefix, dataclass, help title, extra flag names)
+SECTIONS = [
+    ("source", "", SourceConfig, "inputs", {"inputs": ["--input", "-i"]}),
+    ("fetch", "fetch", FetchConfig, "fetching", {}),
+    ("validate", "validate", ValidateConfig, "validation", {}),
+    ("detector", "detector", DetectorConfig, "person detector", {"weights": ["--detector"]}),
+    ("dedup", "dedup", DedupConfig, "deduplication", {}),
+    ("output", "", OutputConfig, "output", {"output": ["-o"]}),
+    ("run", "", RunConfig, "execution", {}),
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.build_humans300m",
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        help="YAML or JSON file with one mapping per section "
+        "(source, fetch, validate, detector, classifiers, dedup, output, run)",
+    )
+    p.add_argument(
+        "--classifier",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a pre-filter classifier as JSON (fields of ClassifierConfig); repeatable",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="generate a sample corpus, serve it on 127.0.0.1 and build it into "
+        "--output (default ./demo_out/dataset)",
+    )
+    for section, prefix, cls, title, aliases in SECTIONS:
+        cli.add_flags(p, cls, section, prefix, title, aliases)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    file = cli.load_file(args.config)
+    unknown = set(file) - {s[0] for s in SECTIONS} - {"classifiers"}
+    if unknown:
+        raise ValueError(f"{args.config}: unknown sections {sorted(unknown)}")
+    built = {
+        section: cli.build(cls, section, file.get(section), args)
+        for section, _, cls, _, _ in SECTIONS
+    }
+    classifiers = [ClassifierConfig(**c) for c in file.get("classifiers", [])]
+    classifiers += [ClassifierConfig(**json.loads(c)) for c in args.classifier]
+    return JobConfig(classifiers=classifiers, **built)
+
+
+def run(config: JobConfig) -> dict:
+    """Run the whole job; returns the summary that was written to ``summary.json``."""
+    from pipeline.detect_stage import check_filters_ready
+
+    started = time.time()
+    if not config.source.inputs:
+        raise ValueError("no inputs: pass --input (a URL list, folder, s3:// prefix or .tar)")
+    dataset = locate(config.output.output)
+    check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
+    init_ray(config.run)
+    plan = load_or_build_plan(dataset, config.source, config.run.plan_partitions)
+    removed = remove_leftovers(dataset)
+    if removed:
+        log.warning("removed %d unfinished files of an earlier run", len(removed))
+    done = finished_keys(dataset)
+    log.info("plan: %d unique inputs, %d already finished", plan.rows, len(done))
+    processed = stream(dataset, plan, done, config)
+    dedup_counts: dict = {}
+    if config.run.dedup:
+        from pipeline.dedup import run_dedup
+
+        dedup_counts = run_dedup(dataset.uri, config.dedup)
+    extra = {"detector": detector_note(config), "dedup": dedup_counts}
+    return write_summary(dataset, config, started, processed, extra)
+
+
+def detector_note(config: JobConfig) -> str:
+    if not config.detector.enabled:
+        return "none: run without the person detector; every valid image was kept"
+    return config.detector.weights
+
+
+def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig) -> int:
+    """The streaming pass over unfinished inputs; returns how many inputs it processed."""
+    import ray
+
+    from pipeline.detect_stage import add_filter_stages, filter_input_size
+    from pipeline.sink import ShardCounter, ShardDatasink
+
+    stage = StageConfig(
+        fetch=config.fetch,
+        validate=config.validate,
+        det_size=filter_input_size(config.detector, config.classifiers),
+        detector_identity=None if config.detector.enabled else json.dumps({"model": "none"}),
+    )
+    ds = ray.data.read_parquet([f.path for f in plan.files], filesystem=dataset.fs)
+    if len(done):
+        ds = ds.map_batches(_drop_finished, fn_kwargs={"done": done}, batch_format="pyarrow")
+    ds = ds.map_batches(
+        fetch_and_validate,
+        fn_kwargs={"config": stage},
+        batch_size=config.run.batch_size,
+        batch_format="numpy",
+    )
+    ds = add_filter_stages(ds, config.detector, config.classifiers)
+    counter = ShardCounter.remote(next_shard_number(dataset))
+    sink = ShardDatasink(
+        dataset.uri,
+        config.output.max_shard_samples,
+        config.output.max_shard_bytes,
+        counter,
+        new_run_id(),
+    )
+    # no task retries for writes: a retried write would publish the same samples again
+    ds.write_datasink(sink, ray_remote_args={"max_retries": 0})
+    return sum(s.kept + s.rejected for s in sink.stats)
+
+
+def _drop_finished(batch: pa.Table, done: pa.Array) -> pa.Table:
+    return batch.filter(pc.invert(pc.is_in(batch["key"], value_set=done)))
+
+
+def print_summary(summary: dict, output: str) -> None:
+    counts = summary["counts"]
+    print(f"\nDataset: {output}")
+    print(
+        f"  inputs {counts['inputs']:,}   kept {counts['kept']:,}   rejected {counts['rejected']:,}"
+        f"   shards {summary['shards']}   {summary['bytes'] / 1e6:,.1f} MB"
+    )
+    print(
+        f"  this run: {summary['processed_this_run']:,} inputs in {summary['wall_s']:.1f}s "
+        f"({summary['images_per_s']:.1f} images/s)"
+    )
+    print(f"  detector: {summary['detector']}")
+    for stage, reasons in sorted(counts["by_stage"].items()):
+        listed = ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        print(f"  rejected at {stage}: {listed}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        if args.demo:
+            from pipeline.demo import run_demo
+
+            return run_demo(args, config_from_args)
+        config = config_from_args(args)
+        summary = run(config)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary, config.output.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The embedded demo: a generated sample corpus, served over HTTP on 127.0.0.1, built into a dataset.
+
+The corpus holds photo-like images of mixed sizes and formats plus the things a crawl meets: a
+byte copy, a re-encode, an HTML page, a truncated file, an image too small, a dead link and a
+line that is not a URL, so the summary shows every kind of outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from curation.synthetic import encode, photo_jpeg, photo_like
+
+log = logging.getLogger("humans300m")
+DEMO_ROOT = Path("demo_out")
+
+
+def make_corpus(folder: Path, count: int = 120) -> list[tuple[str, str, str]]:
+    """Write the corpus files; returns (file name, caption, license) rows for the URL list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    sizes = [(640, 480), (1024, 768), (800, 1200), (1600, 1200), (480, 640), (2000, 1500)]
+    for i in range(count):
+        width, height = sizes[i % len(sizes)]
+        name = f"photo_{i:04d}.jpg"
+        if i % 10 == 9:
+            name = f"photo_{i:04d}.png"
+            (folder / name).write_bytes(encode(photo_like(width // 2, height // 2, seed=i), "PNG"))
+        else:
+            (folder / name).write_bytes(photo_jpeg(width, height, seed=i))
+        rows.append((name, f"sample photo {i}", "cc-by-4.0" if i % 3 else "cc0"))
+    first = (folder / "photo_0000.jpg").read_bytes()
+    (folder / "copy_of_0000.jpg").write_bytes(first)  # exact duplicate
+    (folder / "reencode_of_0001.jpg").write_bytes(photo_jpeg(1024, 768, seed=1, quality=70))
+    (folder / "page.jpg").write_bytes(b"<!doctype html><html><body>a web page</body></html>")
+    (folder / "truncated.jpg").write_bytes(photo_jpeg(800, 600, seed=999)[:5000])
+    (folder / "thumbnail.jpg").write_bytes(photo_jpeg(120, 90, seed=998))
+    for name in (
+        "copy_of_0000.jpg",
+        "reencode_of_0001.jpg",
+        "page.jpg",
+        "truncated.jpg",
+        "thumbnail.jpg",
+        "missing.jpg",
+    ):
+        rows.append((name, "", "unknown"))
+    return rows
+
+
+def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
+    """Serve ``folder`` on 127.0.0.1 (a free port) from a background thread."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
+    from curation.weights import WeightsError
+    from pipeline.build_humans300m import print_summary, run
+    from pipeline.detect_stage import check_filters_ready
+
+    corpus = DEMO_ROOT / "corpus"
+    rows = make_corpus(corpus)
+    server, base = serve(corpus)
+    try:
+        url_list = DEMO_ROOT / "urls.csv"
+        with url_list.open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["url", "caption", "license"])
+            writer.writerows([f"{base}/{name}", caption, lic] for name, caption, lic in rows)
+            writer.writerow(["not a url", "", ""])
+        if not getattr(args, "source__inputs", None):
+            args.source__inputs = [str(url_list)]
+        if not getattr(args, "output__output", None):
+            args.output__output = str(DEMO_ROOT / "dataset")
+        args.fetch__allow_private_addresses = True  # the corpus is served on loopback
+        config = config_from_args(args)
+        try:
+            check_filters_ready(config.detector, config.classifiers)
+        except WeightsError as exc:
+            print(
+                f"\nNo person-detector weights available ({exc}).\n"
+                "The demo runs WITHOUT the person filter: every valid image is kept. "
+                "Online, Ultralytics downloads the weights; or pass --detector-weights PATH.\n"
+            )
+            config = dataclasses.replace(
+                config, detector=dataclasses.replace(config.detector, weights="none")
+            )
+        summary = run(config)
+    finally:
+        server.shutdown()
+    print_summary(summary, config.output.output)
+    print(
+        f'\nQuery it:  python -m curation.query "SELECT format, count(*) FROM samples GROUP BY 1" '
+        f"--dataset {config.output.output}"
+    )
+    return 0

@@ -1,0 +1,165 @@
+"""The curation job: plan → fetch/validate/sign → filters → shards, then dedup and a summary.
+
+Engine wiring only; the domain logic lives in ``curation``. Every step is resumable: the plan is
+kept, finished samples are skipped, unpublished output is removed, and dedup is idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.classify import ClassifierConfig
+from curation.detect import DetectorConfig
+from curation.fetch import FetchConfig
+from curation.sources import SourceConfig
+from curation.storage import Location, write_bytes_atomic
+from curation.validate import ValidateConfig
+from pipeline.config import to_dict
+from schemas import SCHEMA_VERSION
+from schemas.layout import SUMMARY_FILE
+from schemas.summary import validate_summary
+
+log = logging.getLogger("humans300m")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(kw_only=True)
+class OutputConfig:
+    output: str = field(
+        default="./humans300m", metadata={"help": "dataset folder or s3:// prefix to write"}
+    )
+    max_shard_samples: int = field(default=10_000, metadata={"help": "samples per shard at most"})
+    max_shard_bytes: int = field(
+        default=1_000_000_000, metadata={"help": "image bytes per shard at most (about)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_shard_samples < 1 or self.max_shard_bytes < 1:
+            raise ValueError("shard limits must be positive")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ray cluster to join ('auto', 'ray://host:10001'); default: RAY_ADDRESS "
+            "when set (ray job submit), else an embedded local Ray"
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "inputs per fetch/validate batch"})
+    plan_partitions: int = field(
+        default=16, metadata={"help": "partitions of the input plan (more for huge URL lists)"}
+    )
+    dedup: bool = field(default=True, metadata={"help": "run the dedup pass after writing"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.plan_partitions < 1:
+            raise ValueError("batch_size and plan_partitions must be positive")
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    source: SourceConfig
+    fetch: FetchConfig
+    validate: ValidateConfig
+    detector: DetectorConfig
+    classifiers: list[ClassifierConfig]
+    dedup: Any  # curation.dedup.DedupConfig
+    output: OutputConfig
+    run: RunConfig
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def init_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)  # code comes with `ray job submit --working-dir`
+        return
+    # embedded local Ray: workers import this project from its checkout
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+
+
+def dataset_counts(dataset: Location) -> dict[str, Any]:
+    """Counts from what the dataset holds (all runs): kept, rejected by stage and reason."""
+    from curation.manifest import rejections_dataset, samples_dataset
+
+    samples = samples_dataset(dataset.uri)
+    kept = samples.count_rows()
+    shards = len(samples.files)
+    size = pc.sum(samples.to_table(columns=["num_bytes"])["num_bytes"]).as_py() or 0
+    rejections = rejections_dataset(dataset.uri).to_table(columns=["stage", "reason"])
+    by_stage: dict[str, dict[str, int]] = {}
+    if rejections.num_rows:
+        grouped = rejections.group_by(["stage", "reason"]).aggregate([([], "count_all")])
+        for row in grouped.to_pylist():
+            by_stage.setdefault(row["stage"], {})[row["reason"]] = row["count_all"]
+    rejected = rejections.num_rows
+    return {
+        "counts": {
+            "inputs": kept + rejected,
+            "kept": kept,
+            "rejected": rejected,
+            "by_stage": by_stage,
+        },
+        "shards": shards,
+        "bytes": int(size),
+    }
+
+
+def write_summary(
+    dataset: Location, config: JobConfig, started: float, processed: int, extra: dict
+) -> dict:
+    wall = max(time.time() - started, 1e-9)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "code_version": code_version(),
+        "config": to_dict(config),
+        "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        **dataset_counts(dataset),
+        "images_per_s": round(processed / wall, 2),
+        "processed_this_run": processed,
+        "wall_s": round(wall, 2),
+        **extra,
+    }
+    validate_summary(summary)
+    write_bytes_atomic(dataset.join(SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def empty_keys() -> pa.Array:
+    return pa.array([], pa.string())

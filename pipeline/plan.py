@@ -1,0 +1,154 @@
+"""The plan: every input the user named, read once, keyed, and split into partitions.
+
+Reading the inputs is the only step that runs on the driver: it streams them (a URL list of any
+length needs only a partition's worth of memory), spreads the rows over hash partitions of their
+key, drops repeated sources (the first listing wins, later ones become ``duplicate_input``
+rejections) and records malformed rows as ``malformed_input``. The plan is written under
+``_work/`` and marked done, so a rerun with the same inputs skips this step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.sources import BYTE_RANGE, SourceConfig, iter_inputs
+from curation.storage import Location, exists, list_files, read_bytes, write_bytes_atomic
+from curation.writer import table_to_parquet_bytes, write_rejections
+from schemas import PASSTHROUGH_COLUMNS, Reason, Stage, sample_key
+from schemas.layout import WORK_DIR
+
+PLAN_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source_uri", pa.string()),
+        *((name, pa.string()) for name in PASSTHROUGH_COLUMNS),
+        ("extra", pa.string()),
+        (BYTE_RANGE, pa.string()),
+        ("order", pa.int64()),  # position among all inputs: the first listing of a source wins
+    ]
+)
+REJECTIONS_CHUNK = 100_000
+
+
+@dataclass
+class Plan:
+    plan_id: str
+    files: list[Location]  # partitions of unique inputs
+    rows: int  # unique inputs to process
+    malformed: int
+    duplicates: int
+
+
+def plan_id(config: SourceConfig) -> str:
+    spec = json.dumps({"inputs": list(config.inputs), "url_column": config.url_column})
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def load_or_build_plan(dataset: Location, config: SourceConfig, partitions: int = 16) -> Plan:
+    pid = plan_id(config)
+    folder = dataset.join(WORK_DIR, f"plan-{pid}")
+    marker = folder.join("DONE.json")
+    if exists(marker):
+        done = json.loads(read_bytes(marker))
+        files = list_files(folder, ".parquet")
+        return Plan(pid, files, done["rows"], done["malformed"], done["duplicates"])
+    return _build(dataset, folder, pid, config, partitions)
+
+
+def _build(
+    dataset: Location, folder: Location, pid: str, config: SourceConfig, partitions: int
+) -> Plan:
+    malformed: list[dict] = []
+    order = 0
+    with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
+        writers = [
+            pq.ParquetWriter(os.path.join(tmp, f"{p:04d}.parquet"), PLAN_SCHEMA)
+            for p in range(partitions)
+        ]
+        for spec in config.inputs:
+            for batch in iter_inputs(spec, config):
+                malformed.extend(_malformed_row(where, detail) for where, detail in batch.malformed)
+                rows = batch.rows
+                for row in rows:
+                    row["key"] = sample_key(row["source_uri"])
+                    row["order"] = order
+                    order += 1
+                _spread(rows, writers)
+        for writer in writers:
+            writer.close()
+        rows, duplicates = 0, []
+        for p in range(partitions):
+            unique, repeated = _dedupe(pq.read_table(os.path.join(tmp, f"{p:04d}.parquet")))
+            duplicates.extend(repeated)
+            rows += unique.num_rows
+            write_bytes_atomic(
+                folder.join(f"inputs-{p:04d}.parquet"), table_to_parquet_bytes(unique)
+            )
+    rejected = malformed + duplicates
+    for start in range(0, len(rejected), REJECTIONS_CHUNK):
+        chunk = rejected[start : start + REJECTIONS_CHUNK]
+        write_rejections(dataset, f"source-{pid}-{start // REJECTIONS_CHUNK:05d}", chunk)
+    summary = {"rows": rows, "malformed": len(malformed), "duplicates": len(duplicates)}
+    write_bytes_atomic(
+        folder.join("DONE.json"), json.dumps({"inputs": list(config.inputs), **summary}).encode()
+    )
+    return Plan(pid, list_files(folder, ".parquet"), rows, len(malformed), len(duplicates))
+
+
+def _spread(rows: list[dict], writers: list[pq.ParquetWriter]) -> None:
+    """Append rows to the partition of their key (keys are uniform hex: any prefix spreads)."""
+    if not rows:
+        return
+    table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+    part = pa.array([int(row["key"][:7], 16) % len(writers) for row in rows], pa.int64())
+    for p in range(len(writers)):
+        chunk = table.filter(pc.equal(part, p))
+        if chunk.num_rows:
+            writers[p].write_table(chunk)
+
+
+def _dedupe(table: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """Unique keys (first by order) and the rejection rows of the repeats."""
+    table = table.sort_by("order")
+    seen: dict[str, int] = {}
+    keep = []
+    repeated = []
+    now = dt.datetime.now(dt.UTC)
+    for i, (key, uri, position) in enumerate(
+        zip(
+            table["key"].to_pylist(),
+            table["source_uri"].to_pylist(),
+            table["order"].to_pylist(),
+            strict=True,
+        )
+    ):
+        if key in seen:
+            repeated.append(
+                {"key": key, "source_uri": uri, "stage": str(Stage.SOURCE),
+                 "reason": str(Reason.DUPLICATE_INPUT),
+                 "detail": f"input #{position} repeats input #{seen[key]}", "rejected_at": now}
+            )  # fmt: skip
+        else:
+            seen[key] = position
+            keep.append(i)
+    return table.take(pa.array(keep, pa.int64())), repeated
+
+
+def _malformed_row(where: str, detail: str) -> dict:
+    return {
+        "key": None,
+        "source_uri": None,
+        "stage": str(Stage.SOURCE),
+        "reason": str(Reason.MALFORMED_INPUT),
+        "detail": f"{where}: {detail}",
+        "rejected_at": dt.datetime.now(dt.UTC),
+    }

@@ -1,0 +1,133 @@
+"""The CPU half of the curation stream: fetch, validate and sign each input, one batch at a time.
+
+Runs as Ray Data tasks (``map_batches`` with a plain function). Inside a task a thread pool
+fetches and decodes concurrently: fetching waits on the network and Pillow releases the GIL while
+decoding, so a task keeps one core busy while many downloads are in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from curation.fetch import FetchConfig, Fetcher
+from curation.record import OK, REJECTED, Batch, object_column
+from curation.sources import BYTE_RANGE
+from curation.validate import Rejected, ValidateConfig, decode
+from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
+
+# Columns the stage adds, with their value for a row that never got that far.
+_EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
+OUTPUT_DEFAULTS: dict[str, Any] = {
+    "status": OK, "stage": None, "reason": None, "detail": None, "image": None,
+    "http_status": -1, "fetched_at": 0, "format": None, "mode": None, "width": 0, "height": 0,
+    "sha256": None, "num_bytes": 0, "pixel_hash": None, "phash": 0, "det_input": _EMPTY,
+    "prefilter": None, "persons": None, "num_persons": None, "detector": None,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    fetch: FetchConfig
+    validate: ValidateConfig
+    det_size: int  # long side of det_input for the detector/classifiers; 0 when none runs
+    detector_identity: str | None = None  # manifest value when no detector stage fills it
+
+
+_FETCHERS: dict[str, Fetcher] = {}
+
+
+def _fetcher(config: FetchConfig) -> Fetcher:
+    """One fetcher per worker process and config: connection pools are reused across tasks."""
+    key = repr(config)
+    if key not in _FETCHERS:
+        _FETCHERS[key] = Fetcher(config)
+    return _FETCHERS[key]
+
+
+@lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="fetch")
+
+
+def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
+    """Adds the fetch, validate and signature columns (curation.record) to an input batch."""
+    inputs = [
+        (str(uri), None if rng is None else str(rng))
+        for uri, rng in zip(
+            batch["source_uri"], batch.get(BYTE_RANGE, [None] * len(batch["key"])), strict=True
+        )
+    ]
+    fetcher = _fetcher(config.fetch)
+    results = list(
+        _pool(config.fetch.concurrency).map(lambda item: process_one(fetcher, item, config), inputs)
+    )
+    out: Batch = {
+        name: batch[name]
+        for name in ("key", "source_uri", *PASSTHROUGH_COLUMNS, "extra")
+        if name in batch
+    }
+    for name, default in OUTPUT_DEFAULTS.items():
+        if name == "detector":
+            default = config.detector_identity
+        values = [result.get(name, default) for result in results]
+        if name in ("http_status", "width", "height", "num_bytes", "fetched_at"):
+            out[name] = np.asarray(values, dtype=np.int64)
+        elif name == "phash":
+            out[name] = np.asarray(values, dtype=np.uint64)
+        else:
+            out[name] = object_column(values)
+    return out
+
+
+def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageConfig) -> dict:
+    """Fetch, decode and sign one input; a rejection is a dict with status/stage/reason."""
+    from curation.dedup.signatures import phash64, pixel_hash
+
+    uri, byte_range = item
+    fetched = fetcher.fetch(uri, byte_range)
+    base: dict[str, Any] = {"fetched_at": time.time_ns() // 1000}
+    if fetched.http_status is not None:
+        base["http_status"] = fetched.http_status
+    if fetched.reason is not None:
+        return {**base, **_rejected(Stage.FETCH, fetched.reason, fetched.detail)}
+    data = fetched.data or b""
+    try:
+        decoded = decode(data, config.validate)
+    except Rejected as rejection:
+        return {**base, **_rejected(Stage.VALIDATE, rejection.reason, rejection.detail)}
+    row = {
+        **base,
+        "image": data,
+        "format": decoded.format,
+        "mode": decoded.mode,
+        "width": decoded.width,
+        "height": decoded.height,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "num_bytes": len(data),
+        "pixel_hash": pixel_hash(decoded.image),
+        "phash": phash64(decoded.image),
+    }
+    if config.det_size:
+        from curation.detect import detector_input
+
+        row["det_input"] = detector_input(decoded.image, config.det_size)
+    return row
+
+
+def _rejected(stage: Stage, reason: Reason, detail: str) -> dict:
+    return {"status": REJECTED, "stage": str(stage), "reason": str(reason), "detail": detail[:2000]}
+
+
+def extra_to_map(extra: object) -> list[tuple[str, str]] | None:
+    """The in-flight ``extra`` JSON string as the manifest's map<string, string> value."""
+    if not extra:
+        return None
+    return sorted(json.loads(str(extra)).items())

@@ -1,0 +1,147 @@
+"""The curation job end to end on a real local Ray against the loopback crawl server."""
+
+import dataclasses
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from curation.manifest import rejections_dataset, samples_dataset
+from pipeline.build_humans300m import config_from_args, parser, run
+from schemas.summary import validate_summary
+from tests.support.corpus import build_corpus
+from tests.support.httpserver import CrawlServer
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def job_args(url_list, output, *extra):
+    return [
+        "--input", str(url_list), "--output", str(output), "--detector", "none",
+        "--fetch-allow-private-addresses", "--fetch-backoff", "0.05", "--fetch-total-timeout", "3",
+        "--fetch-read-timeout", "2", "--validate-min-side", "100", "--max-shard-samples", "7",
+        "--batch-size", "8", *extra,
+    ]  # fmt: skip
+
+
+def check_dataset(output):
+    """Shards equal their manifests row for row; returns (manifest rows, rejection rows)."""
+    manifests = sorted((output / "manifests").glob("*.parquet"))
+    rows = []
+    for manifest in manifests:
+        table = pq.read_table(manifest).to_pylist()
+        tar = output / "shards" / (manifest.stem + ".tar")
+        samples = list(wds.WebDataset(str(tar), shardshuffle=False))
+        assert [s["__key__"] for s in samples] == [r["key"] for r in table]
+        for sample, row in zip(samples, table, strict=True):
+            ext = row["image_member"].rsplit(".", 1)[1]
+            import hashlib
+
+            assert hashlib.sha256(sample[ext]).hexdigest() == row["sha256"]
+            stored = json.loads(sample["json"])
+            assert stored["key"] == row["key"] and stored["shard"] == row["shard"] == int(
+                manifest.stem
+            )
+            assert stored["sha256"] == row["sha256"] and stored["caption"] == row["caption"]
+        rows += table
+    assert sorted(p.stem for p in (output / "shards").glob("*.tar")) == [m.stem for m in manifests]
+    rejections = rejections_dataset(str(output)).to_table().to_pylist()
+    leftovers = [
+        p
+        for p in output.rglob("*")
+        if p.is_file() and (p.name.startswith(".") or "tmp" in p.relative_to(output).parts)
+    ]
+    assert leftovers == []
+    return rows, rejections
+
+
+def test_every_input_is_accounted_for_exactly_once(tmp_path):
+    with CrawlServer() as server:
+        corpus = build_corpus(server, tmp_path)
+        output = tmp_path / "out"
+        summary = run(config_from_args(parser().parse_args(job_args(corpus.url_list, output))))
+
+    rows, rejections = check_dataset(output)
+    validate_summary(summary)
+    assert summary == json.loads((output / "summary.json").read_text())
+    total_inputs = len(corpus.inputs) + corpus.malformed_rows
+    assert summary["counts"]["inputs"] == len(rows) + len(rejections) == total_inputs
+
+    outcome = Counter()
+    for row in rows:
+        outcome[row["source_uri"]] += 1
+        assert corpus.expected[row["source_uri"]] is None, row["source_uri"]
+        assert row["caption"].startswith("caption") and row["license"] == "cc-by"
+        assert row["width"] >= 100 and row["phash"] is not None and row["pixel_hash"]
+    for rejection in rejections:
+        if rejection["reason"] == "malformed_input":
+            assert "javascript" in rejection["detail"]
+            continue
+        outcome[rejection["source_uri"]] += 1
+        if rejection["reason"] != "duplicate_input":
+            assert rejection["reason"] == corpus.expected[rejection["source_uri"]], rejection
+    # each distinct URL once, the repeated listing once more
+    assert all(n == 1 for url, n in outcome.items() if url != corpus.inputs[-1])
+    assert outcome[corpus.inputs[-1]] == 2
+    assert set(outcome) == set(corpus.inputs)
+    # the byte copy names the sample it duplicates
+    dup = next(r for r in rejections if r["source_uri"].endswith("/img/copy.jpg"))
+    kept_keys = {r["key"] for r in rows}
+    assert dup["duplicate_of"] in kept_keys
+    assert max(Counter(r["shard"] for r in rows).values()) <= 7
+
+
+def test_rerun_of_a_finished_job_changes_nothing(tmp_path):
+    with CrawlServer() as server:
+        corpus = build_corpus(server, tmp_path, good=6)
+        output = tmp_path / "out"
+        args = job_args(corpus.url_list, output)
+        run(config_from_args(parser().parse_args(args)))
+        first = check_dataset(output)
+        hits = sum(server.hits.values())
+        summary = run(config_from_args(parser().parse_args(args)))
+        assert sum(server.hits.values()) == hits  # nothing fetched again
+    second = check_dataset(output)
+    assert sorted(r["key"] for r in first[0]) == sorted(r["key"] for r in second[0])
+    assert len(first[1]) == len(second[1])
+    assert summary["processed_this_run"] == 0
+
+
+def test_s3_input_and_output(s3_bucket, tmp_path):
+    import boto3
+
+    from curation.synthetic import photo_jpeg
+
+    s3 = boto3.client("s3")
+    for i in range(5):
+        s3.put_object(Bucket=s3_bucket, Key=f"raw/{i}.jpg", Body=photo_jpeg(200, 150, seed=i))
+    s3.put_object(Bucket=s3_bucket, Key="raw/notes.txt", Body=b"not an image")
+    output = f"s3://{s3_bucket}/humans/v1"
+    args = job_args(f"s3://{s3_bucket}/raw/", output)
+    summary = run(config_from_args(parser().parse_args(args)))
+    assert summary["counts"]["kept"] == 5 and summary["counts"]["rejected"] == 1
+    samples = samples_dataset(output).to_table()
+    assert sorted(samples["source_uri"].to_pylist()) == [
+        f"s3://{s3_bucket}/raw/{i}.jpg" for i in range(5)
+    ]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="humans/v1/")["Contents"]}
+    assert "humans/v1/summary.json" in keys and "humans/v1/shards/000000.tar" in keys
+
+
+def test_bad_configuration_is_refused_before_work(tmp_path):
+    with pytest.raises(ValueError, match="no inputs"):
+        run(
+            config_from_args(parser().parse_args(["--output", str(tmp_path), "--detector", "none"]))
+        )
+    with pytest.raises(FileNotFoundError):
+        run(
+            config_from_args(
+                parser().parse_args(job_args(tmp_path / "missing.csv", tmp_path / "o"))
+            )
+        )
+    with pytest.raises(ValueError):
+        config_from_args(parser().parse_args(["--fetch-concurrency", "0"]))
+    config = config_from_args(parser().parse_args(job_args(tmp_path / "x.csv", tmp_path / "o")))
+    assert dataclasses.asdict(config.fetch)["allow_private_addresses"] is True
