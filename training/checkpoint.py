@@ -132,3 +132,24 @@ def export_encoder(folder: str, out: str) -> int:
         raise ValueError(f"{folder}/model.pt holds no encoder.* tensors; is it an MAE checkpoint?")
     _save(state, out)
     return len(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.checkpoint RUN_OR_CHECKPOINT OUT``: export an encoder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.checkpoint",
+        description="Export the encoder of a pretraining checkpoint for fine-tuning.",
+    )
+    parser.add_argument("source", help="run folder (its latest checkpoint) or a step_* folder")
+    parser.add_argument("out", help="file to write (local or s3://), e.g. encoder.pt")
+    args = parser.parse_args(argv)
+    folder = latest(args.source) or args.source.rstrip("/")
+    count = export_encoder(folder, args.out)
+    print(f"{count} encoder tensors from {folder} written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

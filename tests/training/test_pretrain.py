@@ -60,6 +60,9 @@ def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> No
     assert list(Path(summary["log_dir"], "tensorboard").iterdir())
     encoder = VisionTransformer(vit_test(img_size=32))
     assert load_encoder_state(encoder, torch.load(summary["encoder"])) == ([], [])
+    exported = tmp_path / "again.pt"
+    assert checkpoint.main([str(tmp_path / "run"), str(exported)]) == 0
+    assert torch.load(exported).keys() == torch.load(summary["encoder"]).keys()
 
 
 def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
