@@ -15,6 +15,7 @@ peak; on a device without a known peak the achieved TFLOP/s are printed instead.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import subprocess
 import sys
@@ -79,15 +80,17 @@ def measure(args, name: str, batch: int, device: torch.device) -> float:
 
 
 def largest_batch(args, name: str, device: torch.device) -> tuple[int, float]:
-    batch, best = args.max_batch, None
+    batch = args.max_batch
     while batch >= 1:
         try:
             return batch, measure(args, name, batch, device)
         except torch.OutOfMemoryError:
-            best = None
-            torch.cuda.empty_cache()
-            batch //= 2
-    raise RuntimeError(f"{name}: even a batch of 1 does not fit ({best})")
+            pass
+        # outside the except block, so the failed attempt's tensors are unreachable
+        gc.collect()
+        torch.cuda.empty_cache()
+        batch //= 2
+    raise RuntimeError(f"{name}: even a batch of 1 does not fit on {device}")
 
 
 def device_label(device: torch.device) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -52,7 +51,6 @@ def _worker(rank: int, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two spawned interpreters: ~30 s idle, ~100 s on a loaded 2-core machine
 def test_fsdp_with_activation_checkpointing_trains_saves_and_restores(tmp_path) -> None:
     mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=2)
     saved = torch.load(tmp_path / "checkpoints" / "step_00000002" / "model.pt")
