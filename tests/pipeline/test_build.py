@@ -11,7 +11,7 @@ import webdataset as wds
 from curation.manifest import rejections_dataset, samples_dataset
 from pipeline.build_humans300m import config_from_args, parser, run
 from schemas.summary import validate_summary
-from tests.support.corpus import build_corpus
+from tests.support.corpus import build_corpus, check_outcomes
 from tests.support.httpserver import CrawlServer
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -69,27 +69,10 @@ def test_every_input_is_accounted_for_exactly_once(tmp_path):
     total_inputs = len(corpus.inputs) + corpus.malformed_rows
     assert summary["counts"]["inputs"] == len(rows) + len(rejections) == total_inputs
 
-    outcome = Counter()
+    check_outcomes(corpus, rows, rejections)
     for row in rows:
-        outcome[row["source_uri"]] += 1
-        assert corpus.expected[row["source_uri"]] is None, row["source_uri"]
         assert row["caption"].startswith("caption") and row["license"] == "cc-by"
         assert row["width"] >= 100 and row["phash"] is not None and row["pixel_hash"]
-    for rejection in rejections:
-        if rejection["reason"] == "malformed_input":
-            assert "javascript" in rejection["detail"]
-            continue
-        outcome[rejection["source_uri"]] += 1
-        if rejection["reason"] != "duplicate_input":
-            assert rejection["reason"] == corpus.expected[rejection["source_uri"]], rejection
-    # each distinct URL once, the repeated listing once more
-    assert all(n == 1 for url, n in outcome.items() if url != corpus.inputs[-1])
-    assert outcome[corpus.inputs[-1]] == 2
-    assert set(outcome) == set(corpus.inputs)
-    # the byte copy names the sample it duplicates
-    dup = next(r for r in rejections if r["source_uri"].endswith("/img/copy.jpg"))
-    kept_keys = {r["key"] for r in rows}
-    assert dup["duplicate_of"] in kept_keys
     assert max(Counter(r["shard"] for r in rows).values()) <= 7
 
 

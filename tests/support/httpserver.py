@@ -27,6 +27,7 @@ class CrawlServer:
     def __init__(self, images: dict[str, bytes] | None = None) -> None:
         self.images = dict(images or {})
         self.hits: Counter[str] = Counter()
+        self.lag = 0.5  # seconds before /lag/ answers
         self._lock = threading.Lock()
         handler = self._handler()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -82,6 +83,9 @@ class CrawlServer:
                 if image is None:
                     return self._send(404, b"", "text/plain")
                 if route == "img":
+                    return self._send(200, image)
+                if route == "lag":
+                    time.sleep(server.lag)
                     return self._send(200, image)
                 if route == "redirect":
                     return self._send(302, Location=f"/img/{name}")
