@@ -1,0 +1,163 @@
+"""Curation job throughput vs the floor: a bare Pillow decode loop over the same images.
+
+    uv run python bench/build_job.py --images 300 --repeat-sizes 1,2
+
+Generates photo-like JPEGs of mixed sizes (up to 4000 px), serves them on 127.0.0.1 and runs
+the job (no detector, no dedup: the I/O, validate, sign and write path) on an embedded local
+Ray. Prints images/s per core for both, their ratio, and the peak resident memory of the whole
+process tree for corpora of N and k*N images (it must not grow with the corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curation.synthetic import photo_jpeg  # noqa: E402
+from pipeline.demo import serve  # noqa: E402
+
+SIZES = [
+    (640, 480),
+    (1024, 768),
+    (1280, 960),
+    (1600, 1200),
+    (2048, 1536),
+    (3000, 2000),
+    (4000, 3000),
+]
+
+
+def make_corpus(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:05d}.jpg"
+        if not path.exists():
+            width, height = SIZES[i % len(SIZES)]
+            if i % 3 == 1:
+                width, height = height, width
+            path.write_bytes(photo_jpeg(width, height, seed=i, quality=88))
+        paths.append(path)
+    return paths
+
+
+def decode_floor(paths: list[Path]) -> float:
+    """Images/s of one core doing nothing but a full Pillow decode of each file."""
+    blobs = [p.read_bytes() for p in paths]
+    start = time.perf_counter()
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as image:
+            image.load()
+    return len(blobs) / (time.perf_counter() - start)
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its descendants (Ray included)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += proc.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_job(base: str, names: list[str], workdir: Path) -> tuple[float, int, int]:
+    """(images/s of the streaming pass, kept, peak RSS bytes) for one job run."""
+    from pipeline.build_humans300m import config_from_args, parser, run
+
+    url_list = workdir / "urls.txt"
+    url_list.write_text("".join(f"{base}/{name}\n" for name in names))
+    output = workdir / "out"
+    args = parser().parse_args([
+        "--input", str(url_list), "--output", str(output), "--detector", "none", "--no-dedup",
+        "--fetch-allow-private-addresses", "--validate-min-side", "64",
+    ])  # fmt: skip
+    with PeakMemory() as memory:
+        summary = run(config_from_args(args))
+    return summary["images_per_s"], summary["counts"]["kept"], memory.peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--repeat-sizes", default="1,2", help="corpus multiples for the memory check")
+    p.add_argument(
+        "--cache", default=os.path.join(tempfile.gettempdir(), "humans300m-bench-corpus")
+    )
+    args = p.parse_args()
+    import ray
+
+    multiples = [int(m) for m in args.repeat_sizes.split(",")]
+    corpus = make_corpus(Path(args.cache), args.images * max(multiples))
+    floor = decode_floor(corpus[: args.images])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    cores = os.cpu_count() or 1
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {cores} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB; commit {commit}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"corpus: {args.images} JPEGs, {sum(p.stat().st_size for p in corpus[: args.images]) / 1e6:.0f} MB, "
+        f"sizes up to 4000x3000"
+    )
+    print(f"floor (bare Pillow decode, 1 core): {floor:.1f} images/s")
+    server, base = serve(Path(args.cache))
+    try:
+        ray.init(
+            num_cpus=cores,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+        for multiple in multiples:
+            names = [p.name for p in corpus[: args.images * multiple]]
+            with tempfile.TemporaryDirectory() as tmp:
+                rate, kept, peak = run_job(base, names, Path(tmp))
+            print(
+                f"job, {len(names)} images: {rate:.1f} images/s on {cores} cores = "
+                f"{rate / cores:.1f} per core = {rate / cores / floor:.2f} x floor; "
+                f"kept {kept}; peak RSS of all processes {peak / 2**20:.0f} MiB"
+            )
+    finally:
+        server.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
