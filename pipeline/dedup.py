@@ -1,10 +1,20 @@
 """The global dedup pass over a published dataset, on an initialised Ray.
 
 Steps (datatrove's split): signatures are already in the manifests (streaming pass); "bucket"
-groups equal sha256 / pixel hashes with a Ray Data hash shuffle and finds phash pairs with
-banded search spread over Ray tasks; "cluster" resolves them best-first
-(curation.dedup.cluster); "filter" applies them shard by shard (curation.dedup.apply).
-Passes run in order: earlier releases, then exact/pixels, then near, each on the survivors.
+groups equal sha256 / pixel hashes (on the driver below ``ray_above`` rows, else a Ray Data
+hash shuffle with one partition per ``rows_per_partition`` rows) and finds phash pairs with
+banded search spread over Ray tasks; the optional semantic pass embeds the survivors on a Ray
+Data actor pool and searches k-means partitions (curation.dedup.semantic); "cluster" resolves
+pairs best-first (curation.dedup.cluster); "filter" applies them shard by shard
+(curation.dedup.apply). Passes run in order: earlier releases, exact/pixels, near, semantic,
+each on the survivors of the ones before. A step with nothing to do starts no Ray work.
+
+Limit, stated plainly: the driver reads the signature columns of every manifest (about 150
+bytes per sample: about 45 GB at 300M samples), the near-duplicate clustering, the semantic
+embeddings ([N, D] float32: 300M x 768 is about 920 GB) and the earlier-release lookups are
+held and resolved on the driver. This is fine to some tens of millions of samples on a large
+driver; beyond that the cluster step must be split by connected component over Ray tasks
+(see bench/notes/dedup.md).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import pyarrow.parquet as pq
 from curation.dedup.apply import Drop, apply_shard
 from curation.dedup.cluster import cluster_sizes, greedy_canonical, priority_order, resolve_chains
 from curation.dedup.config import INDEX_DIR, DedupConfig
+from curation.dedup.groups import candidate_rows, group_ids, resolve_group, resolve_locally
 from curation.dedup.near import banded_pairs, exact_pairs, tables_needed
 from curation.manifest import rejections_dataset, samples_dataset
 from curation.storage import Location, list_files, locate, write_bytes_atomic
@@ -42,7 +53,7 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     """Deduplicate ``dataset_uri`` in place; returns counts of newly dropped samples by reason."""
     dataset = locate(dataset_uri)
     table, drops = plan_dedup(dataset_uri, config)
-    apply_plan(dataset, table, drops)
+    apply_plan(dataset, table, drops, local=table.num_rows < config.ray_above)
     if config.write_index:
         _write_index(dataset, table, set(drops))
     return dict(Counter(d.reason for d in drops.values()))
@@ -55,9 +66,13 @@ def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[st
     drops: dict[str, Drop] = {}
     for uri in config.against:
         drops.update(_previous_release_drops(table, uri, config))
-    drops.update(_group_drops(dataset, config, set(drops)))
+    drops.update(_group_drops(dataset, table, config, set(drops)))
     if config.near:
         drops.update(_near_drops(table, config, set(drops)))
+    if config.semantic:
+        from pipeline.dedup_semantic import semantic_drops
+
+        drops.update(semantic_drops(dataset, table, config, set(drops)))
     return table, drops
 
 
@@ -112,12 +127,29 @@ def _near_previous(
     return {key: f"{old_key}:phash within {d} bits" for key, (d, old_key) in best.items()}
 
 
-def _group_drops(dataset: Location, config: DedupConfig, excluded: set[str]) -> dict[str, Drop]:
-    """Exact and pixel duplicates: a Ray Data hash shuffle on the signature, best-first per group."""
-    import ray.data
-
+def _group_drops(
+    dataset: Location, table: pa.Table, config: DedupConfig, excluded: set[str]
+) -> dict[str, Drop]:
+    """Exact and pixel duplicates: samples sharing a signature, best-first per group."""
     if not (config.exact or config.pixels):
         return {}
+    table = _without(table, excluded)
+    candidates = candidate_rows(table, config.pixels)
+    if candidates.num_rows == 0:  # nothing shares a signature: no shuffle to start
+        return {}
+    if table.num_rows < config.ray_above:
+        rows = resolve_locally(candidates)
+    else:
+        rows = _shuffle_groups(dataset, config, excluded, table.num_rows)
+    return {row["key"]: Drop(**row) for row in rows}
+
+
+def _shuffle_groups(
+    dataset: Location, config: DedupConfig, excluded: set[str], num_rows: int
+) -> list[dict]:
+    """The groups resolved on a Ray Data hash shuffle of the manifests (the scalable path)."""
+    import ray.data
+
     files = list_files(dataset.join(MANIFESTS_DIR), ".parquet")
     ds = ray.data.read_parquet(
         [f.path for f in files],
@@ -127,74 +159,29 @@ def _group_drops(dataset: Location, config: DedupConfig, excluded: set[str]) -> 
     use_pixels = config.pixels
 
     def add_group(batch: dict) -> dict:
-        pixel = batch["pixel_hash"]
-        batch["group"] = np.array(
-            [
-                f"p:{p}" if use_pixels and p is not None else f"s:{s}"
-                for p, s in zip(pixel, batch["sha256"], strict=True)
-            ],
-            dtype=object,
-        )
+        batch["group"] = group_ids(batch["sha256"], batch["pixel_hash"], use_pixels)
         keep = np.array([k not in excluded for k in batch["key"]], dtype=bool)
         return {name: column[keep] for name, column in batch.items()}
 
+    partitions = max(1, -(-num_rows // config.rows_per_partition))
     drops = (
         ds.map_batches(add_group, batch_format="numpy")
-        .groupby("group")
-        .map_groups(_resolve_group, batch_format="pandas")
+        .groupby("group", num_partitions=partitions)
+        .map_groups(resolve_group, batch_format="pandas")
     )
-    return {
-        row["key"]: Drop(
-            **{k: row[k] for k in ("key", "source_uri", "reason", "duplicate_of", "detail")}
-        )
-        for row in drops.take_all()
-    }
+    return drops.take_all()
 
 
-def _resolve_group(group):
-    """One signature group (pandas): the best sample stays, the others name it."""
-    import pandas as pd
-
-    columns = ["key", "source_uri", "reason", "duplicate_of", "detail"]
-    if len(group) < 2:
-        return pd.DataFrame(columns=columns)
-    order = priority_order(group["key"].to_numpy(), (group["width"] * group["height"]).to_numpy())
-    ranked = group.iloc[order]
-    best = ranked.iloc[0]["key"]
-    first_with_sha: dict[str, str] = {}
-    out = []
-    for _, row in ranked.iterrows():  # byte copies name the first holder of their bytes in detail
-        holder = first_with_sha.setdefault(row["sha256"], row["key"])
-        if row["key"] == best:
-            continue
-        if holder != row["key"]:
-            out.append(
-                [
-                    row["key"],
-                    row["source_uri"],
-                    str(Reason.DUPLICATE_EXACT),
-                    best,
-                    f"same bytes (sha256) as {holder}",
-                ]
-            )
-        else:
-            out.append(
-                [
-                    row["key"],
-                    row["source_uri"],
-                    str(Reason.DUPLICATE_PIXELS),
-                    best,
-                    "same decoded pixels, other bytes",
-                ]
-            )
-    return pd.DataFrame(out, columns=columns)
+def _without(table: pa.Table, excluded: set[str]) -> pa.Table:
+    if not excluded:
+        return table
+    dropped = pa.array(sorted(excluded), pa.string())
+    return table.filter(pa.compute.invert(pa.compute.is_in(table["key"], dropped)))
 
 
 def _near_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dict[str, Drop]:
     """Near duplicates among the survivors: phash pairs within the radius, resolved best-first."""
-    rows = table.filter(
-        pa.compute.invert(pa.compute.is_in(table["key"], pa.array(sorted(excluded), pa.string())))
-    )
+    rows = _without(table, excluded)
     rows = rows.filter(pa.compute.is_valid(rows["phash"])).to_pydict()
     keys = np.array(rows["key"], dtype=object)
     order = priority_order(
@@ -258,8 +245,10 @@ def apply_plan(
     *,
     rejections_only: bool = False,
     shards: set[int] | None = None,
+    local: bool = False,
 ) -> None:
-    """Resolve chains to the finally kept sample, size clusters, and apply shard by shard.
+    """Resolve chains to the finally kept sample, size clusters, and apply shard by shard:
+    on Ray tasks, or one after another in this process when ``local``.
 
     ``rejections_only`` and ``shards`` exist to reproduce a crash part-way (tests).
     """
@@ -285,8 +274,12 @@ def apply_plan(
     for canonical, size in sizes.items():
         if canonical in shard_of and canonical not in drops:
             by_shard.setdefault(shard_of[canonical], ([], {}))[1][canonical] = (canonical, size)
-    task = ray.remote(apply_shard)
     todo = sorted((s, v) for s, v in by_shard.items() if shards is None or s in shards)
+    if local or not todo:
+        for shard, (d, c) in todo:
+            apply_shard(dataset, shard, d, c, rejections_only=rejections_only)
+        return
+    task = ray.remote(apply_shard)
     ray.get([task.remote(dataset, s, d, c, rejections_only=rejections_only) for s, (d, c) in todo])
 
 
@@ -309,8 +302,5 @@ def _earlier_dedup_rejections(dataset: Location) -> list[tuple[str, str]]:
 
 def _write_index(dataset: Location, table: pa.Table, dropped: set[str]) -> None:
     """<dataset>/dedup_index/: signatures of the kept samples, for a later release's ``against``."""
-    kept = table.filter(
-        pa.compute.invert(pa.compute.is_in(table["key"], pa.array(sorted(dropped), pa.string())))
-    )
-    kept = kept.select(INDEX_COLUMNS).sort_by("key")
+    kept = _without(table, dropped).select(INDEX_COLUMNS).sort_by("key")
     write_bytes_atomic(dataset.join(INDEX_DIR, "signatures.parquet"), table_to_parquet_bytes(kept))
