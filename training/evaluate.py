@@ -1,6 +1,6 @@
 """Measure a fine-tuned checkpoint on labelled shards with the metrics of its task.
 
-    python -m training.evaluate --checkpoint runs/finetune-pose/checkpoint_000001 \
+    python -m training.evaluate --checkpoint runs/pose \
         --data s3://bucket/labelled-val --output metrics.json
 
 Pose is top-down on the ground-truth boxes (as COCO's gt-box protocol), scored with OKS AP
@@ -31,20 +31,31 @@ from training.tasks.transforms import decode_heatmaps, invert_affine, warp_point
 
 
 def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
-    """Model (eval mode, CPU) and its FinetuneConfig fields from ``checkpoint.pt`` or a Ray
-    checkpoint folder holding it (local or S3)."""
+    """Model (eval mode, CPU) and its FinetuneConfig fields from a fine-tuning run folder (its
+    latest checkpoint), a ``checkpoints/step_*`` folder, or a single ``.pt`` file holding
+    ``{"model": state dict, "config": fields}`` (local or S3)."""
+    from training import checkpoint
     from training.finetune import FinetuneConfig, build_model
 
-    loc = storage.locate(uri)
-    if not loc.path.endswith(".pt"):
-        loc = loc.join("checkpoint.pt")
-    if not storage.exists(loc):
-        raise FileNotFoundError(f"no fine-tuning checkpoint at {loc.uri}")
-    state = torch.load(io.BytesIO(storage.read_bytes(loc)), map_location="cpu", weights_only=False)
-    config = {**state["config"], "pretrained": None}
+    uri = uri.rstrip("/")
+    if uri.endswith(".pt"):
+        state = _load(uri)
+        weights, config = state["model"], state["config"]
+    else:
+        folder = checkpoint.latest(uri) or uri
+        if not storage.exists(storage.locate(f"{folder}/model.pt")):
+            raise FileNotFoundError(f"no fine-tuning checkpoint at {uri}")
+        weights = _load(f"{folder}/model.pt")
+        config = _load(f"{folder}/state.pt")["extra"]["config"]
+    config = {**config, "pretrained": None}
     model = build_model(FinetuneConfig(**config))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return model.eval(), config
+
+
+def _load(uri: str):
+    data = storage.read_bytes(storage.locate(uri))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def batches(uri: str, task: str, input_hw: tuple[int, int], batch_size: int) -> Iterable[dict]:
@@ -69,16 +80,37 @@ def _pose(predict: Predict, loader: Iterable[dict]) -> dict:
         xy, scores = decode_heatmaps(heat, stride=4)
         for i in range(len(heat)):
             image_xy = warp_points(xy[i], invert_affine(batch["matrix"][i].numpy()))
-            points = batch["keypoints"][i].numpy()
+            points = batch["keypoints"][i].numpy()  # [K, 3]
             x, y, w, h = batch["bbox"][i].tolist()
             image_id = len(gts) + 1
-            gts.append({"id": image_id, "image_id": image_id, "keypoints": points.ravel().tolist(),
-                        "num_keypoints": int((points[:, 2] > 0).sum()), "bbox": [x, y, w, h],
-                        "area": w * h, "iscrowd": 0})  # fmt: skip
+            gts.append({"id": image_id, "image_id": image_id, "keypoints": points,
+                        "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
             det = np.concatenate([image_xy, np.ones((len(image_xy), 1))], 1)
-            dts.append({"image_id": image_id, "keypoints": det.ravel().tolist(),
-                        "score": float(scores[i].mean())})  # fmt: skip
-    return {**M.oks_ap(gts, dts, kp.SIGMAS), "instances": len(gts)}
+            dts.append({"image_id": image_id, "keypoints": det, "scores": scores[i]})
+    body = np.arange(len(kp.BODY))
+    return {
+        **_pose_scores(gts, dts, None),
+        **{f"body_{k}": v for k, v in _pose_scores(gts, dts, body).items()},
+        "instances": len(gts),
+    }
+
+
+def _pose_scores(gts: list[dict], dts: list[dict], points: np.ndarray | None) -> dict:
+    """COCO OKS AP and the normalised mean error (NME: distance over sqrt(box area), mean
+    over labelled points) on the keypoints ``points`` (None: all 308)."""
+    pick = slice(None) if points is None else points
+    sigmas = kp.SIGMAS[pick]
+    g = [{**a, "keypoints": a["keypoints"][pick].ravel().tolist(),
+          "num_keypoints": int((a["keypoints"][pick, 2] > 0).sum())} for a in gts]  # fmt: skip
+    d = [{"image_id": a["image_id"], "keypoints": a["keypoints"][pick].ravel().tolist(),
+          "score": float(a["scores"][pick].mean())} for a in dts]  # fmt: skip
+    errors = []
+    for gt, dt in zip(gts, dts, strict=True):
+        labelled = gt["keypoints"][pick, 2] > 0
+        dist = np.linalg.norm(dt["keypoints"][pick, :2] - gt["keypoints"][pick, :2], axis=1)
+        errors.append(dist[labelled] / np.sqrt(max(gt["area"], 1e-9)))
+    nme = float(np.concatenate(errors).mean()) if errors else float("nan")
+    return {**M.oks_ap(g, d, sigmas), "NME": nme}
 
 
 def _seg(predict: Predict, loader: Iterable[dict]) -> dict:
@@ -117,7 +149,7 @@ def _normal(predict: Predict, loader: Iterable[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a fine-tuned checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or its folder")
+    parser.add_argument("--checkpoint", required=True, help="run folder, step folder or .pt")
     parser.add_argument("--data", required=True, help="labelled dataset (local or s3://)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", help="write the metrics here as JSON")

@@ -1,6 +1,6 @@
 """Run a fine-tuned checkpoint on images and write overlays a person can look at.
 
-    python -m training.predict --task pose --checkpoint runs/.../checkpoint_000003 \
+    python -m training.predict --task pose --checkpoint runs/pose \
         --images photos/*.jpg --output overlays/
 
 Pose draws the skeleton and keypoints on the image (top-down on a whole-image box unless

@@ -11,17 +11,19 @@ import torch
 
 from schemas.labelled import NUM_CLASSES, TASKS
 from training.evaluate import batches, evaluate, load_checkpoint
-from training.finetune import FinetuneConfig, build_model, lr_at, param_groups
+from training.finetune import FinetuneConfig, build_model, param_groups
 from training.models.mae import MAE, MAEConfig
 from training.models.vit import vit_test
+from training.optim import adamw, warmup_cosine
 from training.tasks.shards import write_dataset
 from training.tasks.synthetic import synthetic_samples
 
 INPUT = (64, 48)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory) -> dict[str, str]:
+    """Synthetic train / held-out sets and one MAE checkpoint, made once per session."""
     root = tmp_path_factory.mktemp("finetune")
     train, val = str(root / "train"), str(root / "val")
     write_dataset(train, synthetic_samples(96, seed=1, height=96, width=72), list(TASKS), 32)
@@ -34,42 +36,82 @@ def data(tmp_path_factory) -> dict[str, str]:
     return {"train": train, "val": val, "mae": str(root / "mae.pt"), "root": str(root)}
 
 
-def _config(task: str, data: dict, **kw) -> FinetuneConfig:
-    base = dict(task=task, data=data["train"], output=data["root"] + "/runs", preset="vit_test",
+# Pose learns slowly with Sapiens' head lr: 308 heatmaps of 16x12 pixels, most of them face
+# points packed into a head a few pixels wide. A higher lr and a sigma of 1.5 heatmap pixels
+# (the paper's 6 px at 256x192 would be 0.4 px here, below one pixel) make it learn the
+# figure in a few hundred steps.
+TASK_KW = {"pose": {"lr": 1e-2, "heatmap_sigma": 1.5}}
+
+
+def _config(task: str, data: dict, output: str, **kw) -> FinetuneConfig:
+    base = dict(task=task, data=data["train"], output=output, preset="vit_test",
                 input_size=INPUT, pretrained=data["mae"], head_channels=32, steps=120,
-                batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=60, log_every=20)  # fmt: skip
+                batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=1000, log_every=20,
+                **TASK_KW.get(task, {}))  # fmt: skip
     return FinetuneConfig(**{**base, **kw})
 
 
-def test_config_and_schedule(data):
+def test_config_groups_and_schedule(data, tmp_path):
     with pytest.raises(ValueError, match="task"):
-        _config("bogus", data)
+        _config("bogus", data, str(tmp_path))
     with pytest.raises(ValueError, match="multiples of 16"):
-        _config("seg", data, input_size=(60, 48))
-    cfg = _config("seg", data, steps=100, warmup_steps=10, lr=1.0)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(99, cfg) < 0.01
+        _config("seg", data, str(tmp_path), input_size=(60, 48))
+    cfg = _config("seg", data, str(tmp_path), lr=1.0, head_lr_scale=3.0)
     model = build_model(cfg)
-    scales = {g["lr_scale"] for g in param_groups(model, cfg)}
+    groups = param_groups(model, cfg)
+    lr_of = {n: g["lr"] for g in groups for n in g["names"]}
     depth = model.encoder.config.depth
-    assert max(scales) == 1.0 and min(scales) == pytest.approx(0.85 ** (depth + 1))
-    for group in param_groups(model, cfg):
-        if group["weight_decay"] > 0:
-            assert all(p.ndim > 1 for p in group["params"])
+    assert lr_of["norm.weight"] == 1.0 and lr_of["final.weight"] == 3.0
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(0.85 ** (depth + 1))
+    assert lr_of["blocks.1.attn.qkv.weight"] == pytest.approx(0.85)
+    for group in groups:  # decay on matrices and kernels only
+        assert (group["weight_decay"] > 0) == all(p.ndim > 1 for p in group["params"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups for p in g["params"]) == trainable
+    opt = adamw(groups, lr=1.0, betas=(0.9, 0.999))
+    sched = warmup_cosine(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+    head = next(g for g in opt.param_groups if g["lr_scale"] == 3.0)
+    assert head["lr"] == pytest.approx(3.0 / cfg.warmup_steps)
+    for _ in range(cfg.steps - 1):
+        opt.step()
+        sched.step()
+    assert head["lr"] < 0.01
 
 
-def test_pretrained_encoder_is_loaded(data):
+def test_pretrained_encoder_is_loaded(data, tmp_path):
     mae_state = torch.load(data["mae"], weights_only=True)["model"]
-    model = build_model(_config("depth", data))
+    model = build_model(_config("depth", data, str(tmp_path)))
     block = model.encoder.state_dict()["blocks.0.attn.qkv.weight"]
     torch.testing.assert_close(block, mae_state["encoder.blocks.0.attn.qkv.weight"])
-    assert model.encoder.pos_embed.shape[1] == 1 + 4 * 3
+    assert model.encoder.pos_embed_for(model.encoder.config.grid).shape[1] == 1 + 4 * 3
+
+
+def test_checkpoint_resume_and_metrics_log(data, tmp_path):
+    """In process (--no-ray): 4 steps, then a rerun to 6 resumes from step 4."""
+    out = str(tmp_path / "run")
+    first = FinetuneConfig(**{**_config("normal", data, out).__dict__, "steps": 4,
+                              "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2,
+                              "no_ray": True, "log_dir": None})  # fmt: skip
+    from training.finetune import run
+
+    summary = run(first)
+    assert summary["final_step"] == 4 and summary["resumed_from"] is None
+    again = run(FinetuneConfig(**{**first.__dict__, "steps": 6, "log_dir": None}))
+    assert again["start_step"] == 4 and again["resumed_from"].endswith("step_00000004")
+    assert again["checkpoint"].endswith("step_00000006")
+    lines = (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in rows)
+    assert rows[0]["lr"] > rows[-1]["lr"] == 0.0  # the cosine ends at min_lr_ratio = 0
+    model, config = load_checkpoint(out)
+    assert config["task"] == "normal" and not model.training
 
 
 def _baseline(task: str, train: str):
     """A trivial predictor fitted on the training set, same output format as the model."""
     items = list(batches(train, task, INPUT, batch_size=16))
-    if task == "pose":  # the mean heatmap: the average pose, whatever the image
+    if task == "pose":  # the mean heatmap: the average pose in the box, whatever the image
         mean = torch.cat([b["heatmap"] for b in items]).mean(0, keepdim=True)
         return lambda x: mean.expand(len(x), -1, -1, -1)
     if task == "seg":  # the most frequent class at each pixel
@@ -82,26 +124,55 @@ def _baseline(task: str, train: str):
     return lambda x: torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(len(x), 3, *INPUT)
 
 
-# The first figure of each task is higher-is-better (or lower for errors).
-GOAL = {"pose": ("AP", 1), "seg": ("mIoU", 1), "depth": ("RMSE", -1), "normal": ("mean", -1)}
+# (figure, +1 higher is better / -1 lower is better). Pose: the normalised mean keypoint
+# error over all labelled points (cheap and smooth) by default; COCO's OKS AP over the 17
+# body points in the long run, beside the 308-point AP (see bench/notes/finetune.md).
+GOAL = {"pose": ("NME", -1), "seg": ("mIoU", 1), "depth": ("RMSE", -1), "normal": ("mean", -1)}
 
 
-# One task runs by default (about a minute on 2 idle cores, several under load); all four
-# together took 6.6 minutes on the loaded test machine, so the others are marked slow.
-@pytest.mark.parametrize(
-    "task", [t if t == "depth" else pytest.param(t, marks=pytest.mark.slow) for t in TASKS]
-)
-def test_finetune_beats_baseline_on_ray(ray_cluster, data, task, tmp_path):
+def _fit_and_compare(task: str, data: dict, output: str, **kw) -> tuple[dict, dict]:
     from training.finetune import run
 
-    result = run(_config(task, data))
-    assert result.error is None
-    model, config = load_checkpoint(result.checkpoint.path)
-    assert config["task"] == task
+    summary = run(_config(task, data, output, **kw))
+    model, config = load_checkpoint(summary["checkpoint"])
+    assert config["task"] == task and summary["final_step"] == config["steps"]
     ours = evaluate(model, data["val"], task, INPUT)
     base = evaluate(_baseline(task, data["train"]), data["val"], task, INPUT)
+    return ours, base
+
+
+def _margin(task: str, ours: dict, base: dict) -> float:
+    """How much better than the baseline, as a fraction of the baseline's figure."""
     name, sign = GOAL[task]
-    print(f"\n{task}: fine-tuned {name}={ours[name]:.4f} baseline {name}={base[name]:.4f}")
+    return sign * (ours[name] - base[name]) / abs(base[name])
+
+
+# Short runs, all four tasks through the session's Ray: the default check.
+SHORT = {"pose": 200, "seg": 80, "depth": 40, "normal": 40}
+
+
+def test_four_tasks_beat_baselines_on_ray(ray_cluster, data, tmp_path):
+    margins = {}
+    for task, steps in SHORT.items():
+        ours, base = _fit_and_compare(task, data, str(tmp_path / task), steps=steps,
+                                      warmup_steps=min(10, steps // 4))  # fmt: skip
+        margins[task] = _margin(task, ours, base)
+        name = GOAL[task][0]
+        print(f"\n{task} {steps} steps: {name} {ours[name]:.4f} vs baseline {base[name]:.4f}")
+    assert all(m > 0.05 for m in margins.values()), margins
+
+
+# Longer runs, one task each, with stronger requirements.
+LONG = {"pose": 600, "seg": 240, "depth": 240, "normal": 240}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_finetune_beats_baseline_on_ray_long(ray_cluster, data, task, tmp_path):
+    ours, base = _fit_and_compare(task, data, str(tmp_path / "run"), steps=LONG[task])
     (tmp_path / "result.json").write_text(json.dumps({"ours": ours, "baseline": base}))
-    assert sign * (ours[name] - base[name]) > 0
-    assert np.isfinite(ours[name])
+    print(f"\n{task}: {json.dumps({'ours': ours, 'baseline': base})}")
+    assert _margin(task, ours, base) > 0.1
+    if task == "pose":  # COCO-17 body AP, and the 308-point AP above the baseline's
+        assert ours["body_AP"] > base["body_AP"] + 0.1
+        assert ours["AP"] > base["AP"]
