@@ -85,8 +85,10 @@ def test_predict_writes_overlays(tmp_path, task):
     model = build_model(cfg)
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg)},
                tmp_path / "checkpoint.pt")  # fmt: skip
-    loaded, config = load_checkpoint(str(tmp_path))
+    loaded, config = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert config["task"] == task and not loaded.training
+    with pytest.raises(FileNotFoundError, match="no fine-tuning checkpoint"):
+        load_checkpoint(str(tmp_path / "nowhere"))
     figures = _figure_files(tmp_path, n=1)
     predict.main(["--task", task, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--images",
                   str(tmp_path / "img" / "p0.png"), "--output", str(tmp_path / "out")])  # fmt: skip
@@ -96,4 +98,6 @@ def test_predict_writes_overlays(tmp_path, task):
     assert not np.array_equal(overlay[:, :w], figures[0].image) or overlay.shape[1] == 2 * w
     with pytest.raises(SystemExit):
         other = "seg" if task != "seg" else "depth"
-        predict.main(["--task", other, "--checkpoint", str(tmp_path), "--images", "x.png"])
+        predict.main(
+            ["--task", other, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--images", "x.png"]
+        )
