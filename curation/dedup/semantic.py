@@ -124,7 +124,7 @@ def semantic_pairs(x: np.ndarray, threshold: float, partitions: np.ndarray) -> n
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x[members])
         lims, sims, found = index.range_search(x[members], radius)
-        rows = np.repeat(np.arange(len(members)), np.diff(lims))
+        rows = np.repeat(np.arange(len(members)), np.diff(lims.astype(np.int64)))
         keep = (sims >= threshold) & (rows < found)
         out.append(np.stack([members[rows[keep]], members[found[keep]]], axis=1))
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), dtype=np.int64)

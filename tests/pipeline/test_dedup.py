@@ -1,5 +1,6 @@
-"""run_dedup end to end on a real local Ray: decisions, shards vs manifests, determinism,
-idempotent rerun, a crash between rejections and shard rewrite, and --dedup-against."""
+"""run_dedup end to end on a real local Ray: decisions, shards vs manifests, determinism (driver
+path vs Ray path, 1 vs 2 encoder actors), idempotent rerun, a crash between rejections and shard
+rewrite, --dedup-against, and the semantic pass with a tiny TorchScript encoder."""
 
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ from pipeline import dedup as dedup_pipeline
 from pipeline.dedup import run_dedup
 from schemas import sample_key
 from schemas.layout import MANIFESTS_DIR
+from tests.curation.test_dedup_semantic import IMAGE_SIZE, THRESHOLD, tiny_encoder
 from tests.curation.test_dedup_signatures import encode, scene
-
-# minutes on the shared 2-core machine (Ray Data shuffle start-up dominates)
-pytestmark = pytest.mark.slow
 
 
 def _row(name: str, data: bytes, fmt: str) -> dict:
@@ -117,8 +116,10 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
         assert kept[sample_key(f"src/{seed}/big")] == (sample_key(f"src/{seed}/big"), 5)
         assert sample_key(f"src/{seed}/shifted") in kept  # a look-alike survives
     check_shards_match_manifests(path)
-    # determinism: other block and task counts give the same result
-    run_dedup(str(tmp_path / "other"), DedupConfig(read_blocks=4, near_tasks=3))
+    # determinism: the Ray path (hash shuffle in 4 partitions, 4 blocks, rewrites on Ray tasks)
+    # decides what the driver path decided
+    ray_path = DedupConfig(ray_above=0, rows_per_partition=10, read_blocks=4, near_tasks=3)
+    assert run_dedup(str(tmp_path / "other"), ray_path) == counts
     assert snapshot(tmp_path / "other") == snap
     # idempotent rerun
     assert run_dedup(str(path), DedupConfig()) == {}
@@ -154,3 +155,39 @@ def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
     assert counts["duplicate_previous_release"] == 6
     kept = {k for k, _, _ in snapshot(tmp_path / "v2")["kept"]}
     assert kept == {sample_key(f"v2/{s}/{k}") for s in (3, 4) for k in ("big", "shifted")}
+
+
+def semantic_only(tmp_path: Path, **kw) -> DedupConfig:
+    return DedupConfig(
+        exact=False,
+        near=False,
+        pixels=False,
+        semantic=True,
+        semantic_model=tiny_encoder(tmp_path / "encoder.pt"),
+        semantic_threshold=THRESHOLD,
+        semantic_image_size=IMAGE_SIZE,
+        semantic_partition_size=8,  # 24 samples: 3 k-means partitions
+        **kw,
+    )
+
+
+def test_semantic_dedup(ray_cluster, tmp_path: Path) -> None:
+    """The embedding pass alone finds every planted family (byte copies, PNG, JPEG q30, 1.5x
+    resize) and keeps the shifted look-alikes; 1 and 2 actors decide the same."""
+    expect = build(tmp_path / "ds", range(4))
+    shutil.copytree(tmp_path / "ds", tmp_path / "other")
+    counts = run_dedup(str(tmp_path / "ds"), semantic_only(tmp_path, semantic_actors=1))
+    print(f"\nsemantic counts: {counts}")
+    snap = snapshot(tmp_path / "ds")
+    rejected = {k: (r, d) for k, r, d in snap["rejected"]}
+    assert rejected == {
+        sample_key(n): ("duplicate_semantic", sample_key(c)) for n, c in expect.items()
+    }
+    kept = {k: (c, s) for k, c, s in snap["kept"]}
+    for seed in range(4):
+        assert kept[sample_key(f"src/{seed}/big")] == (sample_key(f"src/{seed}/big"), 5)
+        assert sample_key(f"src/{seed}/shifted") in kept
+    check_shards_match_manifests(tmp_path / "ds")
+    two = semantic_only(tmp_path, semantic_actors=2, semantic_chunk=2)
+    assert run_dedup(str(tmp_path / "other"), two) == counts
+    assert snapshot(tmp_path / "other") == snap
