@@ -9,11 +9,13 @@ pairs best-first (curation.dedup.cluster); "filter" applies them shard by shard
 (curation.dedup.apply). Passes run in order: earlier releases, exact/pixels, near, semantic,
 each on the survivors of the ones before. A step with nothing to do starts no Ray work.
 
-Limit, stated plainly: the driver reads the signature columns of every manifest (about 150
-bytes per sample: about 45 GB at 300M samples), the near-duplicate clustering, the semantic
-embeddings ([N, D] float32: 300M x 768 is about 920 GB) and the earlier-release lookups are
-held and resolved on the driver. This is fine to some tens of millions of samples on a large
-driver; beyond that the cluster step must be split by connected component over Ray tasks
+Limit, stated plainly: apart from the hash shuffle, the banded search, the encoder and the
+shard rewrites, the pass runs on the driver over all samples at once. The driver reads the
+signature columns of every manifest (about 150 bytes a sample: 45 GB at 300M) and holds them
+for the whole pass; the near-duplicate clustering, the earlier-release lookups, and the
+semantic k-means and searches run there, on every embedding collected there ([N, D] float32:
+3 GB per million samples at D = 768). Fine to some tens of millions of samples on a large
+driver; beyond that the cluster steps must be split by connected component over Ray tasks
 (see bench/notes/dedup.md).
 """
 

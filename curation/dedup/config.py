@@ -47,7 +47,7 @@ class DedupConfig:
         default=500_000, metadata={"help": "hash-shuffle partitions: one per this many rows"}
     )
     semantic: bool = field(
-        default=False, metadata={"help": "embedding dedup (SemDeDup) with --semantic-model"}
+        default=False, metadata={"help": "embedding dedup (SemDeDup); needs semantic_model"}
     )
     semantic_model: str | None = field(
         default=None,

@@ -86,6 +86,9 @@ class ShardEmbedder:
             if sample["__key__"] in wanted:
                 ext = next(k for k in sample if not k.startswith("__") and k != "json")
                 found.append((sample["__key__"], sample[ext]))
+        if len(found) != len(wanted):  # the manifest names samples the tar lacks
+            missing = sorted(wanted - {key for key, _ in found})
+            raise ValueError(f"shard {shard} lacks {len(missing)} samples, e.g. {missing[:3]}")
         return sorted(found)
 
 
