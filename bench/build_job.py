@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curation.synthetic import photo_jpeg  # noqa: E402
-from pipeline.demo import serve  # noqa: E402
 
 SIZES = [
     (640, 480),
@@ -54,6 +54,12 @@ def make_corpus(folder: Path, count: int) -> list[Path]:
             path.write_bytes(photo_jpeg(width, height, seed=i, quality=88))
         paths.append(path)
     return paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def decode_floor(paths: list[Path]) -> float:
@@ -137,7 +143,14 @@ def main() -> None:
         f"sizes up to 4000x3000"
     )
     print(f"floor (bare Pillow decode, 1 core): {floor:.1f} images/s")
-    server, base = serve(Path(args.cache))
+    # a separate process, as a real web server would be: not competing for the driver's GIL
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", args.cache],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    time.sleep(1.0)
     try:
         ray.init(
             num_cpus=cores,
@@ -155,7 +168,7 @@ def main() -> None:
                 f"kept {kept}; peak RSS of all processes {peak / 2**20:.0f} MiB"
             )
     finally:
-        server.shutdown()
+        server.terminate()
         ray.shutdown()
 
 

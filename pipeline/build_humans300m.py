@@ -26,6 +26,7 @@ from curation.fetch import FetchConfig
 from curation.sources import SourceConfig
 from curation.storage import Location, locate
 from curation.validate import ValidateConfig
+from curation.weights import WeightsError
 from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
 from pipeline.plan import Plan, load_or_build_plan
@@ -138,6 +139,8 @@ def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig) -> 
     ds = ray.data.read_parquet([f.path for f in plan.files], filesystem=dataset.fs)
     if len(done):
         ds = ds.map_batches(_drop_finished, fn_kwargs={"done": done}, batch_format="pyarrow")
+    # one block per fetch batch: blocks are the unit of parallelism across workers
+    ds = ds.repartition(target_num_rows_per_block=config.run.batch_size)
     ds = ds.map_batches(
         fetch_and_validate,
         fn_kwargs={"config": stage},
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args, config_from_args)
         config = config_from_args(args)
         summary = run(config)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary, config.output.output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,10 +88,14 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
     return out
 
 
+# Many threads wait on the network, but only a few decode at once: decoding is CPU-bound
+# (Pillow releases the GIL, so two overlap on two cores) and each decode of a large photo holds
+# tens of megabytes, so this also bounds a worker's memory.
+_DECODE_SLOTS = threading.BoundedSemaphore(2)
+
+
 def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageConfig) -> dict:
     """Fetch, decode and sign one input; a rejection is a dict with status/stage/reason."""
-    from curation.dedup.signatures import phash64, pixel_hash
-
     uri, byte_range = item
     fetched = fetcher.fetch(uri, byte_range)
     base: dict[str, Any] = {"fetched_at": time.time_ns() // 1000}
@@ -98,13 +103,19 @@ def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageCon
         base["http_status"] = fetched.http_status
     if fetched.reason is not None:
         return {**base, **_rejected(Stage.FETCH, fetched.reason, fetched.detail)}
-    data = fetched.data or b""
+    with _DECODE_SLOTS:
+        return {**base, **_validate_and_sign(fetched.data or b"", config)}
+
+
+def _validate_and_sign(data: bytes, config: StageConfig) -> dict:
+    from curation.dedup.signatures import signatures
+
     try:
         decoded = decode(data, config.validate)
     except Rejected as rejection:
-        return {**base, **_rejected(Stage.VALIDATE, rejection.reason, rejection.detail)}
+        return _rejected(Stage.VALIDATE, rejection.reason, rejection.detail)
+    pixel_digest, phash = signatures(decoded.image)
     row = {
-        **base,
         "image": data,
         "format": decoded.format,
         "mode": decoded.mode,
@@ -112,8 +123,8 @@ def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageCon
         "height": decoded.height,
         "sha256": hashlib.sha256(data).hexdigest(),
         "num_bytes": len(data),
-        "pixel_hash": pixel_hash(decoded.image),
-        "phash": phash64(decoded.image),
+        "pixel_hash": pixel_digest,
+        "phash": phash,
     }
     if config.det_size:
         from curation.detect import detector_input

@@ -18,17 +18,39 @@ HASH_SIZE = 8  # 8x8 low-frequency coefficients -> 64 bits
 DCT_SIZE = 32  # working resolution; 4x the hash side, as in the usual pHash
 
 
-def pixel_hash(image: Image.Image) -> str:
-    """Hex digest (128-bit BLAKE2b) of the decoded RGB pixels and the size.
+# Largest short side hashed pixel for pixel; larger images are box-reduced to about this first.
+PIXEL_HASH_SIDE = 512
 
-    The size is part of the digest so that the same bytes reshaped (W x H vs H x W) differ.
+
+def _hashable(image: Image.Image) -> Image.Image:
+    """The RGB image the pixel hash covers: itself up to PIXEL_HASH_SIDE, else its box reduction.
+
+    Copying out and hashing every pixel of a 12-megapixel photo costs more than decoding it;
+    identical pixels still give identical box averages, so re-encodes of the same pixels still
+    match (so do pictures differing only below the averages' rounding: duplicates by any measure).
     """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    factor = max(1, min(image.width, image.height) // PIXEL_HASH_SIDE)
+    if factor > 1:
+        image = image.reduce(factor)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _digest(size: tuple[int, int], image: Image.Image) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{image.width}x{image.height}:".encode())
+    digest.update(f"{size[0]}x{size[1]}:".encode())  # same bytes reshaped must differ
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """Hex digest (128-bit BLAKE2b) of the decoded RGB pixels (see ``_hashable``) and the size."""
+    return _digest(image.size, _hashable(image))
+
+
+def signatures(image: Image.Image) -> tuple[str, int]:
+    """``(pixel_hash, phash64)`` of a decoded image from one shared pass over its pixels."""
+    small = _hashable(image)
+    return _digest(image.size, small), phash64(small)
 
 
 @lru_cache(maxsize=1)
