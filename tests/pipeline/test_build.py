@@ -128,3 +128,34 @@ def test_bad_configuration_is_refused_before_work(tmp_path):
         config_from_args(parser().parse_args(["--fetch-concurrency", "0"]))
     config = config_from_args(parser().parse_args(job_args(tmp_path / "x.csv", tmp_path / "o")))
     assert dataclasses.asdict(config.fetch)["allow_private_addresses"] is True
+
+
+def test_job_with_a_local_detector_file_and_with_missing_weights(tmp_path):
+    from curation.synthetic import photo_jpeg
+    from curation.weights import WeightsError
+    from tests.support.models import build_yolo
+
+    weights = build_yolo(tmp_path / "yolo-random.pt")
+    with CrawlServer({f"p{i}.jpg": photo_jpeg(480, 360, seed=i) for i in range(6)}) as server:
+        url_list = tmp_path / "urls.txt"
+        url_list.write_text("".join(server.url("img", f"p{i}.jpg") + "\n" for i in range(6)))
+        base = job_args(url_list, tmp_path / "out")
+        base[base.index("--detector") + 1] = str(weights)
+        # random weights: permissive thresholds so that boxes exist and reach the manifest
+        args = [*base, "--detector-min-score", "0.0", "--detector-min-side", "1",
+                "--detector-conf", "0.01", "--detector-cpus-per-actor", "0.5", "--no-dedup"]  # fmt: skip
+        summary = run(config_from_args(parser().parse_args(args)))
+        missing = job_args(url_list, tmp_path / "never")
+        missing[missing.index("--detector") + 1] = str(tmp_path / "no-such-weights.pt")
+        with pytest.raises(WeightsError):
+            run(config_from_args(parser().parse_args(missing)))
+    assert not (tmp_path / "never").exists()  # refused before any work
+    rows, rejections = check_dataset(tmp_path / "out")
+    assert summary["detector"] == str(weights)
+    assert len(rows) + len(rejections) == 6
+    assert all(r["stage"] == "detect" for r in rejections)
+    for row in rows:
+        identity = json.loads(row["detector"])
+        assert identity["weights_sha256"] and row["num_persons"] >= 1
+        for box in row["persons"]:  # original-pixel coordinates of a 480x360 image
+            assert -1 <= box["x0"] <= box["x1"] <= 481 and -1 <= box["y0"] <= box["y1"] <= 361
