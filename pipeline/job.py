@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.classify import ClassifierConfig
+from curation.dedup.config import DedupConfig
 from curation.detect import DetectorConfig
 from curation.fetch import FetchConfig
 from curation.sources import SourceConfig
@@ -77,7 +78,7 @@ class JobConfig:
     validate: ValidateConfig
     detector: DetectorConfig
     classifiers: list[ClassifierConfig]
-    dedup: Any  # curation.dedup.DedupConfig
+    dedup: DedupConfig
     output: OutputConfig
     run: RunConfig
 
