@@ -116,9 +116,9 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
         assert kept[sample_key(f"src/{seed}/big")] == (sample_key(f"src/{seed}/big"), 5)
         assert sample_key(f"src/{seed}/shifted") in kept  # a look-alike survives
     check_shards_match_manifests(path)
-    # determinism: the Ray path (hash shuffle in 4 partitions, 4 blocks, rewrites on Ray tasks)
+    # determinism: the Ray path (hash shuffle in 2 partitions, 4 blocks, rewrites on Ray tasks)
     # decides what the driver path decided
-    ray_path = DedupConfig(ray_above=0, rows_per_partition=10, read_blocks=4, near_tasks=3)
+    ray_path = DedupConfig(ray_above=0, rows_per_partition=18, read_blocks=4, near_tasks=3)
     assert run_dedup(str(tmp_path / "other"), ray_path) == counts
     assert snapshot(tmp_path / "other") == snap
     # idempotent rerun
