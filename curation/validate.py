@@ -72,6 +72,10 @@ def decode(data: bytes, config: ValidateConfig) -> Decoded:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise Rejected(Reason.NOT_AN_IMAGE, _head(data)) from exc
+    except ImportError as exc:
+        # a lazily registered opener (Ultralytics adds one for HEIF) probed the bytes and lacks
+        # its decoder: no installed plugin recognised them
+        raise Rejected(Reason.NOT_AN_IMAGE, f"{_head(data)}; {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is a broken header
         raise _decode_failure(exc) from exc
     _check_header(image, config)

@@ -109,3 +109,10 @@ def test_modes_become_8bit_rgb(mode):
 def test_transparency_is_composited_on_white():
     image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
     assert np.asarray(to_rgb(image)).min() == 255
+
+
+def test_unknown_bytes_after_ultralytics_registered_its_openers():
+    import ultralytics  # noqa: F401 - registers a HEIF opener whose decoder is not installed
+
+    assert _reason(b"") == Reason.NOT_AN_IMAGE
+    assert _reason(b"<!doctype html><html></html>") == Reason.NOT_AN_IMAGE
