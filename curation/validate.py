@@ -83,15 +83,13 @@ def decode(data: bytes, config: ValidateConfig) -> Decoded:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
-            oriented = ImageOps.exif_transpose(image)
+            # in place: without an orientation tag the out-of-place form still copies the image
+            fmt, mode = image.format, image.mode
+            ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad data
         raise _decode_failure(exc) from exc
     return Decoded(
-        image=to_rgb(oriented),
-        format=image.format or "",
-        mode=image.mode,
-        width=oriented.width,
-        height=oriented.height,
+        image=to_rgb(image), format=fmt or "", mode=mode, width=image.width, height=image.height
     )
 
 
