@@ -19,6 +19,9 @@ from schemas import Reason
 # We check the pixel count ourselves, against the configured limit, before decoding.
 Image.MAX_IMAGE_PIXELS = None
 
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+_EXIF_ORIENTATION = 0x0112
+
 
 @dataclass(kw_only=True)
 class ValidateConfig:
@@ -36,13 +39,20 @@ class ValidateConfig:
     allow_animated: bool = field(
         default=False, metadata={"help": "keep animated images (their first frame is used)"}
     )
+    decode_side: int = field(
+        default=512,
+        metadata={
+            "help": "large JPEGs decode at reduced scale down to this short side (the "
+            "detector and signatures need no more); 0 decodes every image in full"
+        },
+    )
     formats: tuple[str, ...] = field(
         default=("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"),
         metadata={"help": "image formats (Pillow names) kept; others are rejected"},
     )
 
     def __post_init__(self) -> None:
-        if self.max_pixels < 1 or self.min_side < 0:
+        if self.max_pixels < 1 or self.min_side < 0 or self.decode_side < 0:
             raise ValueError("max_pixels must be positive and min_side not negative")
         if self.max_aspect_ratio < 1:
             raise ValueError("max_aspect_ratio must be at least 1")
@@ -51,7 +61,7 @@ class ValidateConfig:
 
 @dataclass
 class Decoded:
-    image: Image.Image  # 8-bit RGB, EXIF-oriented
+    image: Image.Image  # 8-bit RGB, EXIF-oriented; large JPEGs at reduced scale
     format: str  # Pillow format name of the original
     mode: str  # Pillow mode of the original
     width: int  # oriented
@@ -64,8 +74,13 @@ class Rejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-def decode(data: bytes, config: ValidateConfig) -> Decoded:
-    """Decode and check ``data``; raises ``Rejected`` with a reason for anything unusable."""
+def decode(data: bytes, config: ValidateConfig, min_long_side: int = 0) -> Decoded:
+    """Decode and check ``data``; raises ``Rejected`` with a reason for anything unusable.
+
+    ``width`` and ``height`` are the original oriented size; ``image`` may be smaller (large
+    JPEGs decode at reduced scale, keeping at least ``config.decode_side`` on the short side and
+    ``min_long_side`` on the long side).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on odd EXIF/ICC; we judge by errors
@@ -79,18 +94,34 @@ def decode(data: bytes, config: ValidateConfig) -> Decoded:
     except Exception as exc:  # noqa: BLE001 - any parser failure is a broken header
         raise _decode_failure(exc) from exc
     _check_header(image, config)
+    fmt, mode, (width, height) = image.format or "", image.mode, image.size
+    _reduce_jpeg_decode(image, config.decode_side, min_long_side)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPPING_ORIENTATIONS:
+                width, height = height, width
             # in place: without an orientation tag the out-of-place form still copies the image
-            fmt, mode = image.format, image.mode
             ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad data
         raise _decode_failure(exc) from exc
-    return Decoded(
-        image=to_rgb(image), format=fmt or "", mode=mode, width=image.width, height=image.height
-    )
+    return Decoded(image=to_rgb(image), format=fmt, mode=mode, width=width, height=height)
+
+
+def _reduce_jpeg_decode(image: Image.Image, short_side: int, long_side: int) -> None:
+    """Let a large JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling).
+
+    Every stage after validation works at about 512-640 pixels, so decoding a 12-megapixel
+    photo in full would be paid for and thrown away. The entropy-coded data is still read to
+    its end, so truncated and corrupt files fail exactly as in a full decode.
+    """
+    if image.format not in ("JPEG", "MPO") or short_side <= 0:
+        return
+    width, height = image.size
+    scale = max(short_side / min(width, height), long_side / max(width, height))
+    if scale <= 0.5:  # draft picks the smallest DCT scale that stays at or above this size
+        image.draft(image.mode, (int(width * scale) + 1, int(height * scale) + 1))
 
 
 def _decode_failure(exc: Exception) -> Rejected:

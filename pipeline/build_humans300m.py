@@ -11,10 +11,12 @@ Run the same command again after a crash (or kill -9): finished work is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -99,22 +101,42 @@ def run(config: JobConfig) -> dict:
     if not config.source.inputs:
         raise ValueError("no inputs: pass --input (a URL list, folder, s3:// prefix or .tar)")
     dataset = locate(config.output.output)
-    check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
-    init_ray(config.run)
-    plan = load_or_build_plan(dataset, config.source, config.run.plan_partitions)
-    removed = remove_leftovers(dataset)
-    if removed:
-        log.warning("removed %d unfinished files of an earlier run", len(removed))
-    done = finished_keys(dataset)
+    phases = Phases()
+    with phases("check filters"):
+        check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
+    with phases("start Ray"):
+        init_ray(config.run)
+    with phases("plan"):
+        plan = load_or_build_plan(dataset, config.source, config.run.plan_partitions)
+        removed = remove_leftovers(dataset)
+        if removed:
+            log.warning("removed %d unfinished files of an earlier run", len(removed))
+        done = finished_keys(dataset)
     log.info("plan: %d unique inputs, %d already finished", plan.rows, len(done))
-    processed = stream(dataset, plan, done, config)
+    with phases("stream"):
+        processed = stream(dataset, plan, done, config)
     dedup_counts: dict = {}
     if config.run.dedup:
         from pipeline.dedup import run_dedup
 
-        dedup_counts = run_dedup(dataset.uri, config.dedup)
-    extra = {"detector": detector_note(config), "dedup": dedup_counts}
+        with phases("dedup"):
+            dedup_counts = run_dedup(dataset.uri, config.dedup)
+    extra = {"detector": detector_note(config), "dedup": dedup_counts, "phases_s": phases.seconds}
     return write_summary(dataset, config, started, processed, extra)
+
+
+class Phases:
+    """Wall seconds per phase of the job, logged as each ends and kept for the summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        log.info("%s: %.1f s", name, self.seconds[name])
 
 
 def detector_note(config: JobConfig) -> str:

@@ -111,7 +111,7 @@ def _validate_and_sign(data: bytes, config: StageConfig) -> dict:
     from curation.dedup.signatures import signatures
 
     try:
-        decoded = decode(data, config.validate)
+        decoded = decode(data, config.validate, min_long_side=config.det_size)
     except Rejected as rejection:
         return _rejected(Stage.VALIDATE, rejection.reason, rejection.detail)
     pixel_digest, phash = signatures(decoded.image)

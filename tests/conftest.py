@@ -94,12 +94,14 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     """
     import ray
 
+    from pipeline.job import add_to_pythonpath
+
+    add_to_pythonpath(str(ROOT))  # inherited by the workers Ray prestarts
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
         )
     yield
     ray.shutdown()

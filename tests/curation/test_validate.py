@@ -116,3 +116,26 @@ def test_unknown_bytes_after_ultralytics_registered_its_openers():
 
     assert _reason(b"") == Reason.NOT_AN_IMAGE
     assert _reason(b"<!doctype html><html></html>") == Reason.NOT_AN_IMAGE
+
+
+def test_large_jpegs_decode_at_reduced_scale_but_report_their_size():
+    data = photo_jpeg(2400, 1800, seed=9)
+    decoded = decode(data, ValidateConfig(decode_side=512))
+    assert (decoded.width, decoded.height) == (2400, 1800)  # the original size
+    assert 512 <= min(decoded.image.size) < 1800  # decoded at 1/2 or 1/4 scale
+    full = decode(data, ValidateConfig(decode_side=0))
+    assert full.image.size == (2400, 1800)
+    assert decode(data, ValidateConfig(decode_side=512), min_long_side=2000).image.size[0] >= 2000
+    # truncation is still found: the whole entropy-coded stream is read
+    assert (
+        _reason(data[: len(data) // 2], ValidateConfig(decode_side=512)) == Reason.TRUNCATED_IMAGE
+    )
+
+
+def test_large_rotated_jpeg_reports_the_oriented_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo_like(2400, 1800, seed=10), "JPEG", exif=exif.tobytes())
+    decoded = decode(data, ValidateConfig(decode_side=512))
+    assert (decoded.width, decoded.height) == (1800, 2400)
+    assert decoded.image.height > decoded.image.width
