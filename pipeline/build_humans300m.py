@@ -206,6 +206,7 @@ def print_summary(summary: dict, output: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists CPU variants it skips
     args = parser().parse_args(argv)
     try:
         if args.demo:
