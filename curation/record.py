@@ -50,12 +50,3 @@ def reject(batch: Batch, index: int, stage: Stage, reason: Reason, detail: str =
     batch["stage"][index] = str(stage)
     batch["reason"][index] = str(reason)
     batch["detail"][index] = detail[:2000]
-
-
-def ensure_columns(batch: Batch, defaults: dict[str, object]) -> Batch:
-    """Add missing columns filled with a default (None for object columns)."""
-    n = len(batch["status"])
-    for name, default in defaults.items():
-        if name not in batch:
-            batch[name] = object_column([default] * n)
-    return batch
