@@ -128,6 +128,10 @@ def main() -> None:
     p.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "humans300m-bench-corpus")
     )
+    p.add_argument(
+        "--object-store-mb", type=int, default=None,
+        help="cap Ray's shared-memory object store (its pages count in every process's RSS)",
+    )  # fmt: skip
     args = p.parse_args()
     import ray
 
@@ -160,7 +164,10 @@ def main() -> None:
         from pipeline.job import add_to_pythonpath
 
         add_to_pythonpath(str(ROOT))
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        store = args.object_store_mb * 2**20 if args.object_store_mb else None
+        ray.init(
+            num_cpus=cores, include_dashboard=False, log_to_driver=False, object_store_memory=store
+        )
         # A first small run pays the one-off costs (worker processes importing Ray Data,
         # pyarrow, torch via webdataset): reported apart, as a 300M-image job never sees them.
         with tempfile.TemporaryDirectory() as tmp:
