@@ -161,7 +161,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     time.sleep(1.0)
     try:
-        from pipeline.job import add_to_pythonpath
+        from pipeline.ray_env import add_to_pythonpath
 
         add_to_pythonpath(str(ROOT))
         store = args.object_store_mb * 2**20 if args.object_store_mb else None

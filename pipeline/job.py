@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import subprocess
 import time
 import uuid
@@ -27,6 +26,7 @@ from curation.sources import SourceConfig
 from curation.storage import Location, write_bytes_atomic
 from curation.validate import ValidateConfig
 from pipeline.config import to_dict
+from pipeline.ray_env import start_ray
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
 from schemas.summary import validate_summary
@@ -96,26 +96,8 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def add_to_pythonpath(path: str) -> None:
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if path not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([path, *parts])
-
-
 def init_ray(config: RunConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)  # code comes with `ray job submit --working-dir`
-        return
-    # embedded local Ray: workers import this project from its checkout. Through the inherited
-    # environment rather than a runtime_env, so the workers Ray prestarts can take tasks at once
-    # (a runtime_env makes Ray start fresh ones, seconds each, on the first tasks).
-    add_to_pythonpath(str(ROOT))
-    ray.init(log_to_driver=False)
+    start_ray(config.ray_address, log_to_driver=False)
 
 
 def dataset_counts(dataset: Location) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     """
     import ray
 
-    from pipeline.job import add_to_pythonpath
+    from pipeline.ray_env import add_to_pythonpath
 
     add_to_pythonpath(str(ROOT))  # inherited by the workers Ray prestarts
     if not ray.is_initialized():

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.ray_env import start_ray
+
 log = logging.getLogger(__name__)
 
 
@@ -68,22 +70,12 @@ def worker_context() -> WorkerContext:
 
 def launch(train_loop: Callable[[dict], None], config: dict, scaling: RayScaling) -> None:
     """Run ``train_loop(config)`` on ``scaling.num_workers`` Ray Train workers and wait."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # bounded start: with too few resources Ray Train would otherwise retry for ever
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(scaling.start_timeout_s))
-    if not ray.is_initialized():
-        address = scaling.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:
-            log.info("no Ray cluster given: starting an embedded local Ray")
-            # workers import this project by name: put its root on their path
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-            ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    start_ray(scaling.address, include_dashboard=False)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
