@@ -1,41 +1,58 @@
 """The semantic dedup pass (SemDeDup) on Ray: embed the survivors on a Ray Data actor pool,
 then k-means partitions and within-partition cosine search on the driver (FAISS).
 
-One input row per shard (its surviving keys), so the work unit and its embedding chunks are
-fixed by the data, not by the worker count. The embeddings are collected on the driver:
-[N, D] float32, 3 GB per million samples at D = 768; see pipeline.dedup's docstring.
+The model file is checked first (``describe_encoder``): a missing or invalid one fails before
+any work. Embeddings already in the dataset's cache (curation.dedup.semantic's docstring) are
+read on the driver; only shards with uncached survivors go to the actor pool, one input row
+per shard (its uncached keys), so the work unit and its embedding chunks are fixed by the data,
+not by the worker count. A fully cached rerun starts no actor and loads no model there.
+The embeddings are collected on the driver: [N, D] float32, 3 GB per million samples at
+D = 768; see pipeline.dedup's docstring.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.dedup.apply import Drop
 from curation.dedup.cluster import greedy_canonical, priority_order
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import (
+    EncoderInfo,
     ShardEmbedder,
+    describe_encoder,
+    embedding_matrix,
     kmeans_partitions,
     partitions_for,
     semantic_pairs,
 )
-from curation.storage import Location
+from curation.storage import Location, exists, list_files, write_bytes_atomic
 from schemas import Reason
+from schemas.layout import EMBEDDINGS_DIR, shard_of
+
+log = logging.getLogger(__name__)
+# an empty cache; the files hold a fixed-size list of the model's width
+CACHE_SCHEMA = pa.schema(
+    [("key", pa.string()), ("sha256", pa.string()), ("embedding", pa.list_(pa.float32()))]
+)
 
 
 def semantic_drops(
     dataset: Location, table: pa.Table, config: DedupConfig, excluded: set[str]
 ) -> dict[str, Drop]:
     """Semantic duplicates among the samples not in ``excluded``, resolved best-first."""
-    from curation.weights import resolve_file
-
-    resolve_file(config.semantic_model)  # a missing model fails here, not inside an actor
+    encoder = describe_encoder(config.semantic_model)  # before any work, not inside an actor
+    image_size = encoder.input_size(config.semantic_image_size)
     rows = table.to_pydict()
     survivors = [i for i, key in enumerate(rows["key"]) if key not in excluded]
     if len(survivors) < 2:
         return {}
-    keys, vectors = _embed(dataset, config, [(rows["key"][i], rows["shard"][i]) for i in survivors])
+    wanted = table.select(["key", "shard", "sha256"]).take(survivors)
+    keys, vectors = _embed(dataset, config, encoder, image_size, wanted)
     position = {key: i for i, key in enumerate(rows["key"])}
     areas = np.array([rows["width"][position[k]] * rows["height"][position[k]] for k in keys])
     order = priority_order(keys, areas)
@@ -58,24 +75,79 @@ def semantic_drops(
 
 
 def _embed(
-    dataset: Location, config: DedupConfig, wanted: list[tuple[str, int]]
+    dataset: Location,
+    config: DedupConfig,
+    encoder: EncoderInfo,
+    image_size: int,
+    wanted: pa.Table,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard) samples."""
+    """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard, sha256) rows: from the
+    cache where it has them, the rest embedded on Ray (and cached)."""
+    fingerprint = encoder.fingerprint(image_size)
+    folder = dataset.join(EMBEDDINGS_DIR, fingerprint)
+    card = folder.join("model.json")
+    if not exists(card):
+        write_bytes_atomic(card, encoder.card(image_size))
+    cached = _read_cache(folder, set(wanted["shard"].to_pylist()))
+    # Acero joins no list columns: join on (key, sha256) to a row number of the cache
+    rows = pa.table({"key": cached["key"], "sha256": cached["sha256"]}).append_column(
+        "row", pa.array(np.arange(cached.num_rows, dtype=np.int64))
+    )
+    joined = wanted.join(rows, keys=["key", "sha256"], join_type="left outer")
+    hit = joined.filter(pc.is_valid(joined["row"]))
+    miss = joined.filter(pc.is_null(joined["row"]))
+    keys = hit["key"].to_pylist()
+    vectors = [embedding_matrix(cached["embedding"].take(hit["row"]))] if hit.num_rows else []
+    if miss.num_rows:
+        new_keys, new_vectors = _embed_on_ray(dataset, config, fingerprint, image_size, miss)
+        keys.extend(new_keys)
+        vectors.append(new_vectors)
+    log.info(
+        "semantic embeddings (%s): %d from the cache, %d embedded",
+        folder.uri, hit.num_rows, miss.num_rows,
+    )  # fmt: skip
+    order = np.argsort(np.array(keys, dtype=str), kind="stable")
+    return np.array(keys, dtype=object)[order], np.concatenate(vectors)[order]
+
+
+def _read_cache(folder: Location, shards: set[int]) -> pa.Table:
+    """Cached (key, sha256, embedding) rows of the given shards' files (empty if none)."""
+    import pyarrow.dataset as pads
+
+    files = [
+        f for f in list_files(folder, ".parquet") if shard_of(f.uri.rsplit("/", 1)[1]) in shards
+    ]
+    if not files:
+        return CACHE_SCHEMA.empty_table()
+    return pads.dataset(
+        [f.path for f in files], filesystem=files[0].fs, format="parquet"
+    ).to_table()
+
+
+def _embed_on_ray(
+    dataset: Location, config: DedupConfig, fingerprint: str, image_size: int, miss: pa.Table
+) -> tuple[list[str], np.ndarray]:
     import ray.data
 
-    by_shard: dict[int, list[str]] = {}
-    for key, shard in wanted:
-        by_shard.setdefault(int(shard), []).append(key)
-    items = [{"shard": s, "keys": sorted(k)} for s, k in sorted(by_shard.items())]
+    by_shard: dict[int, list[tuple[str, str]]] = {}
+    for key, shard, sha256 in zip(
+        *(miss[c].to_pylist() for c in ("key", "shard", "sha256")), strict=True
+    ):
+        by_shard.setdefault(int(shard), []).append((key, sha256))
+    items = [
+        {"shard": s, "keys": [k for k, _ in sorted(p)], "sha256": [h for _, h in sorted(p)]}
+        for s, p in sorted(by_shard.items())
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardEmbedder,
         fn_constructor_kwargs=dict(
             dataset_uri=dataset.uri,
             model=config.semantic_model,
-            image_size=config.semantic_image_size,
+            image_size=image_size,
             chunk=config.semantic_chunk,
             threads=config.semantic_threads,
             device="cuda" if config.semantic_gpus > 0 else "cpu",
+            cache=fingerprint,
         ),
         batch_size=1,
         batch_format="numpy",
@@ -87,5 +159,4 @@ def _embed(
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         keys.extend(batch["key"].tolist())
         vectors.append(np.asarray(batch["embedding"], dtype=np.float32))
-    order = np.argsort(np.array(keys, dtype=str), kind="stable")
-    return np.array(keys, dtype=object)[order], np.concatenate(vectors)[order]
+    return keys, np.concatenate(vectors)

@@ -5,6 +5,7 @@
     <dataset>/rejections/{name}.parquet       inputs that did not make it (REJECTION_SCHEMA)
     <dataset>/summary.json                    the run's summary (schemas.summary)
     <dataset>/_work/                          the job's bookkeeping (resume state)
+    <dataset>/_work/embeddings/{fp}/{shard:06d}.parquet   semantic dedup's cached embeddings
 
 A shard exists for readers once its manifest exists: the tar is published first, then the
 manifest, so a manifest never names a missing tar.
@@ -15,6 +16,7 @@ MANIFESTS_DIR = "manifests"
 REJECTIONS_DIR = "rejections"
 SUMMARY_FILE = "summary.json"
 WORK_DIR = "_work"
+EMBEDDINGS_DIR = f"{WORK_DIR}/embeddings"  # one folder per model fingerprint
 
 
 def shard_file(shard: int) -> str:
@@ -32,3 +34,7 @@ def rejection_file(name: str) -> str:
 def shard_of(file_name: str) -> int:
     """Shard number of ``000123.tar`` or ``000123.parquet`` (a base name)."""
     return int(file_name.split(".", 1)[0])
+
+
+def embedding_file(fingerprint: str, shard: int) -> str:
+    return f"{EMBEDDINGS_DIR}/{fingerprint}/{shard:06d}.parquet"

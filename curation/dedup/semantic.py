@@ -1,27 +1,224 @@
 """Semantic (embedding) dedup, SemDeDup style: embed, k-means partitions, cosine search inside.
 
 Engine-free: ``ShardEmbedder`` is a callable class over one shard at a time (the shape of a
-Ray Data actor-pool stage), ``semantic_pairs`` is plain FAISS. The model is the user's
-TorchScript module: [N, 3, H, W] float images normalised with ImageNet mean/std -> [N, D].
+Ray Data actor-pool stage), ``semantic_pairs`` is plain FAISS (on a GPU when FAISS sees one).
+
+The model is either a TorchScript module ([N, 3, H, W] float images normalised with ImageNet
+mean/std -> [N, D]) or this project's MAE encoder as ``python -m training.checkpoint`` exports
+it (a state dict of ``training.models.vit.VisionTransformer``). The format is read from the
+file, never from its name; ``describe_encoder`` checks it on the driver before any work.
 
 Determinism: a shard's images are embedded in fixed chunks in key order, with a fixed number
 of torch threads, so an embedding never depends on which worker or batch it landed in; the
-k-means input is in priority order with a fixed seed.
+k-means input is in priority order with a fixed seed. FAISS on a GPU computes k-means with
+other kernels than on a CPU, so a GPU and a CPU run may partition differently.
+
+Cache: each shard's embeddings are published under ``<dataset>/_work/embeddings/<fp>/``
+(``schemas.layout.embedding_file``) as soon as the shard is done, keyed by sample key and the
+manifest's sha256 (dedup rewrites shards, so row positions move), where ``fp`` is a
+fingerprint of the model file's bytes and of the preprocessing. A rerun, or a resumed run after
+a crash, embeds only the samples that have no cached row.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import json
 import math
+import zipfile
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from curation.storage import locate
-from curation.writer import iter_shard
-from schemas.layout import shard_file
+from curation.storage import exists, locate, write_bytes_atomic
+from curation.writer import iter_shard, table_to_parquet_bytes
+from schemas.layout import embedding_file, shard_file
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+DEFAULT_IMAGE_SIZE = 224  # a TorchScript module carries no input size
+# Part of the cache fingerprint: bump it whenever preprocess() or the MAE pooling changes, so
+# that embeddings made the old way are never mixed with new ones.
+PREPROCESS = "resize-bilinear-imagenet-v1"
+# The MAE encoder's embedding: the mean of its patch tokens after the final norm, not the class
+# token. MAE's loss scores reconstructed patches only, so the class token gets no direct
+# training signal (it stays near its initialisation in short runs), while every patch token
+# carries its patch's content; MAE's own fine-tuning pools the same way (global_pool).
+MAE_POOLING = "mean-patch-tokens-after-norm"
+# faiss GPU k-NN selects at most 2048 neighbours; a partition row with more above the threshold
+# than this is searched again exactly on the CPU (semantic_pairs).
+GPU_MAX_K = 1024
+
+
+class EncoderError(ValueError):
+    """The semantic model is missing, unreadable, or not an encoder this stage can run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderInfo:
+    """What the driver reads from the model file before any work starts."""
+
+    uri: str  # as given: local path or s3://
+    kind: str  # "torchscript" or "mae"
+    sha256: str  # of the file's bytes
+    preset: str | None = None  # MAE: the training.models.vit preset its tensors match
+    image_size: int | None = None  # MAE: the side it was trained at (position grid x patch)
+    patch_size: int | None = None  # MAE
+
+    def input_size(self, configured: int | None) -> int:
+        """The side images are resized to: the configured one, else the checkpoint's own."""
+        size = configured or self.image_size or DEFAULT_IMAGE_SIZE
+        if self.patch_size and size % self.patch_size:
+            raise EncoderError(
+                f"semantic image size {size} is not a multiple of the encoder's patch size "
+                f"{self.patch_size} ({self.uri})"
+            )
+        return size
+
+    def fingerprint(self, image_size: int) -> str:
+        """Cache folder name: the model's bytes plus every setting that changes an embedding.
+        Not the device or the chunk size: those change the last float bits only."""
+        settings = dict(
+            sha256=self.sha256, kind=self.kind, preset=self.preset, image_size=image_size,
+            preprocess=PREPROCESS, pooling=MAE_POOLING if self.kind == "mae" else None,
+        )  # fmt: skip
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def card(self, image_size: int) -> bytes:
+        """model.json beside the cached embeddings: which model and settings made them."""
+        fields = asdict(self) | dict(input_size=image_size, preprocess=PREPROCESS)
+        if self.kind == "mae":
+            fields["pooling"] = MAE_POOLING
+        return json.dumps(fields, indent=2).encode()
+
+
+def describe_encoder(uri: str) -> EncoderInfo:
+    """Check the model file (local or s3://) and read what the driver needs; EncoderError if
+    it is missing, corrupt, or neither TorchScript nor an exported MAE encoder."""
+    from curation.weights import WeightsError, file_sha256, resolve_file
+
+    try:
+        path = resolve_file(uri)
+    except WeightsError as exc:
+        raise EncoderError(f"semantic model: {exc}") from exc
+    kind = _format_of(path, uri, verify=True)
+    sha256 = file_sha256(path)
+    if kind == "torchscript":
+        return EncoderInfo(uri=uri, kind=kind, sha256=sha256)
+    name, image_size, patch = mae_preset(_encoder_tensors(path, uri), uri)
+    return EncoderInfo(
+        uri=uri, kind="mae", sha256=sha256, preset=name, image_size=image_size, patch_size=patch
+    )
+
+
+def load_encoder(uri: str, image_size: int, device: str):
+    """The model as a torch module [N, 3, S, S] -> [N, D], in eval mode on ``device``."""
+    import torch
+
+    from curation.weights import resolve_file
+
+    path = resolve_file(uri)  # per node: s3:// objects are fetched into the local cache
+    if _format_of(path, uri, verify=False) == "torchscript":
+        return torch.jit.load(path, map_location=device).eval()
+    from training.models.vit import VisionTransformer, load_encoder_state, preset
+
+    class MeanPatchTokens(torch.nn.Module):  # see MAE_POOLING for why the mean of patches
+        def __init__(self, vit: VisionTransformer) -> None:
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.vit.forward_features(x).mean(dim=1)  # [N, L, D] -> [N, D]
+
+    state = _encoder_tensors(path, uri)
+    name, _, _ = mae_preset(state, uri)
+    encoder = VisionTransformer(preset(name, img_size=image_size))
+    load_encoder_state(encoder, state)  # interpolates the position table to image_size
+    return MeanPatchTokens(encoder).to(device).eval()
+
+
+def _format_of(path: str, uri: str, *, verify: bool) -> str:
+    """ "torchscript" or "checkpoint", from the archive's members (both are zip archives)."""
+    not_model = (
+        f"semantic model {uri!r} is neither a TorchScript module nor an encoder exported by "
+        "'python -m training.checkpoint RUN encoder.pt'"
+    )
+    if not zipfile.is_zipfile(path):
+        raise EncoderError(f"{not_model}: not a zip archive (corrupt or truncated?)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            # CRC of every member, on the driver only: a damaged file fails here, not in actors
+            bad = archive.testzip() if verify else None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise EncoderError(f"{not_model}: unreadable archive ({exc})") from exc
+    if bad is not None:
+        raise EncoderError(f"{not_model}: member {bad!r} is corrupt")
+    if any(name.endswith("/constants.pkl") for name in names):  # torch.jit.save's layout
+        return "torchscript"
+    if any(name.endswith("/data.pkl") for name in names):  # torch.save's layout
+        return "checkpoint"
+    raise EncoderError(f"{not_model}: a zip archive of something else")
+
+
+def _encoder_tensors(path: str, uri: str) -> dict:
+    """The encoder's tensors of a checkpoint file: an exported encoder, or a full MAE state
+    dict (``encoder.*`` kept, the decoder dropped), bare or under "model"/"state_dict"."""
+    import torch
+
+    from training.checkpoint import encoder_state
+
+    try:  # mmap: the driver reads shapes without copying a multi-GB file into memory
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several kinds for a bad pickle
+        raise EncoderError(f"semantic model {uri!r}: cannot load the checkpoint ({exc})") from exc
+    for wrapper in ("model", "state_dict", "encoder"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict):
+        raise EncoderError(f"semantic model {uri!r}: a checkpoint, but not a state dict")
+    return encoder_state(state) or state
+
+
+def mae_preset(state: dict, uri: str = "") -> tuple[str, int, int]:
+    """(preset, image side, patch size) of a ViT encoder state dict, read from its shapes.
+
+    The exported file is a bare state dict: width, depth, MLP width and patch size identify
+    the preset (the presets differ in all of them), the position table gives the grid."""
+    from training.models.vit import PRESETS, preset
+
+    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    missing = [name for name in needed if name not in state]
+    if missing:
+        raise EncoderError(
+            f"semantic model {uri!r}: a checkpoint without {missing}; not an encoder of this "
+            "project (export one with 'python -m training.checkpoint RUN encoder.pt')"
+        )
+    dim = state["cls_token"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    shape = (dim, depth, mlp, patch)
+    matches = [
+        name
+        for name in PRESETS
+        if ((c := preset(name)).embed_dim, c.depth, c.mlp_dim, c.patch_size) == shape
+    ]
+    if len(matches) != 1:
+        raise EncoderError(
+            f"semantic model {uri!r}: width {dim}, depth {depth}, MLP {mlp}, patch {patch} "
+            f"match {'presets ' + str(matches) if matches else 'no preset'} of "
+            f"{sorted(PRESETS)}"
+        )
+    tokens = state["pos_embed"].shape[1] - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise EncoderError(f"semantic model {uri!r}: {tokens} position tokens, not a square grid")
+    return matches[0], side * patch, patch
 
 
 def preprocess(data: bytes, size: int) -> np.ndarray:
@@ -35,10 +232,31 @@ def preprocess(data: bytes, size: int) -> np.ndarray:
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
+def embedding_table(keys: list[str], sha256: list[str], vectors: np.ndarray) -> pa.Table:
+    """Cached rows: key, the manifest's sha256 (a re-fetched key misses), embedding [D]."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "sha256": pa.array(sha256, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """[N, D] float32 of a fixed-size-list embedding column."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), -1)
+
+
 class ShardEmbedder:
-    """Ray Data stage: batch {"shard": [s], "keys": [[k, ...]]} -> {"key": [N], "embedding": [N, D]}.
+    """Ray Data stage: batch {"shard": [s], "keys": [[k, ...]], "sha256": [[h, ...]]} ->
+    {"key": [N], "embedding": [N, D]}.
 
     Reads the listed samples of shard ``s`` of ``dataset_uri``; embeddings are L2-normalised.
+    With ``cache`` (a fingerprint, ``EncoderInfo.fingerprint``) each shard's embeddings are
+    merged into its cache file, published atomically before the batch is returned.
     """
 
     def __init__(
@@ -50,25 +268,33 @@ class ShardEmbedder:
         chunk: int,
         threads: int,
         device: str,
+        cache: str | None = None,
     ) -> None:
         import torch
 
-        from curation.weights import resolve_file
-
         torch.set_num_threads(threads)
         self.torch, self.device = torch, device
-        self.model = torch.jit.load(resolve_file(model), map_location=device).eval()
+        self.model = load_encoder(model, image_size, device)
         self.dataset = locate(dataset_uri)
-        self.image_size, self.chunk = image_size, chunk
+        self.image_size, self.chunk, self.cache = image_size, chunk, cache
 
     def __call__(self, batch: dict) -> dict:
         keys, vectors = [], []
-        for shard, wanted in zip(batch["shard"], batch["keys"], strict=True):
+        hashes = batch.get("sha256", [None] * len(batch["shard"]))
+        for shard, wanted, sha256 in zip(batch["shard"], batch["keys"], hashes, strict=True):
             images = self._images(int(shard), set(wanted))
-            for start in range(0, len(images), self.chunk):
-                part = images[start : start + self.chunk]
-                keys.extend(k for k, _ in part)
-                vectors.append(self.embed([data for _, data in part]))
+            found = [k for k, _ in images]
+            x = np.concatenate(
+                [
+                    self.embed([data for _, data in images[start : start + self.chunk]])
+                    for start in range(0, len(images), self.chunk)
+                ]
+            )
+            if self.cache is not None:
+                sha_of = dict(zip(wanted, sha256, strict=True))
+                self._store(int(shard), embedding_table(found, [sha_of[k] for k in found], x))
+            keys.extend(found)
+            vectors.append(x)
         return {"key": np.array(keys, dtype=object), "embedding": np.concatenate(vectors)}
 
     def embed(self, images: list[bytes]) -> np.ndarray:
@@ -78,6 +304,17 @@ class ShardEmbedder:
             out = self.model(self.torch.from_numpy(x).to(self.device))  # [N, D]
         out = out.float().cpu().numpy().reshape(len(images), -1)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def _store(self, shard: int, table: pa.Table) -> None:
+        """Merge into the shard's cache file (rows of keys embedded before are kept)."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        loc = self.dataset.join(embedding_file(self.cache, shard))
+        if exists(loc):
+            old = pq.read_table(loc.path, filesystem=loc.fs)
+            table = pa.concat_tables([old.filter(~pc.is_in(old["key"], table["key"])), table])
+        write_bytes_atomic(loc, table_to_parquet_bytes(table.sort_by("key")))
 
     def _images(self, shard: int, wanted: set[str]) -> list[tuple[str, bytes]]:
         """(key, image bytes) of the wanted samples of the shard, in key order."""
@@ -97,13 +334,24 @@ def partitions_for(n: int, partition_size: int) -> int:
     return max(1, math.ceil(n / partition_size))
 
 
+@functools.cache
+def gpu_resources():
+    """FAISS GPU resources when FAISS sees a GPU (a faiss-gpu build on a GPU node), else None."""
+    import faiss
+
+    return faiss.StandardGpuResources() if faiss.get_num_gpus() > 0 else None
+
+
 def kmeans_partitions(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Partition of each row of ``x`` [N, D] (L2-normalised) by spherical k-means."""
     import faiss
 
     if k <= 1:
         return np.zeros(len(x), dtype=np.int64)
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+    kmeans = faiss.Kmeans(
+        x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
+        gpu=gpu_resources() is not None,
+    )  # fmt: skip
     kmeans.train(x)
     _, assign = kmeans.index.search(x, 1)
     return assign[:, 0].astype(np.int64)
@@ -112,22 +360,49 @@ def kmeans_partitions(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 def semantic_pairs(x: np.ndarray, threshold: float, partitions: np.ndarray) -> np.ndarray:
     """Pairs (i, j), i < j, in the same partition with cosine >= ``threshold``; [P, 2] int64.
 
-    ``x`` [N, D] float32 L2-normalised, so inner product is cosine (FAISS IndexFlatIP).
+    ``x`` [N, D] float32 L2-normalised, so inner product is cosine. On a GPU: k-NN within the
+    partition (FAISS has no GPU range search), exact unless a row has ``GPU_MAX_K`` neighbours
+    at or above the threshold, in which case that partition is searched again on the CPU.
     """
-    import faiss
-
     x = np.ascontiguousarray(x, dtype=np.float32)
-    # FAISS keeps inner products strictly above the radius: search just below, filter exactly
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    resources = gpu_resources()
     out = []
     for part in np.unique(partitions):
         members = np.flatnonzero(partitions == part)
         if len(members) < 2:
             continue
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x[members])
-        lims, sims, found = index.range_search(x[members], radius)
-        rows = np.repeat(np.arange(len(members)), np.diff(lims.astype(np.int64)))
-        keep = (sims >= threshold) & (rows < found)
-        out.append(np.stack([members[rows[keep]], members[found[keep]]], axis=1))
+        xm = np.ascontiguousarray(x[members])
+        pairs = _gpu_pairs(resources, xm, threshold) if resources is not None else None
+        if pairs is None:
+            pairs = _cpu_pairs(xm, threshold)
+        out.append(members[pairs])
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), dtype=np.int64)
+
+
+def _cpu_pairs(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Local pairs (i < j) with cosine >= threshold: FAISS IndexFlatIP range search."""
+    import faiss
+
+    # FAISS keeps inner products strictly above the radius: search just below, filter exactly
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    lims, sims, found = index.range_search(x, radius)
+    rows = np.repeat(np.arange(len(x)), np.diff(lims.astype(np.int64)))
+    keep = (sims >= threshold) & (rows < found)
+    return np.stack([rows[keep], found[keep]], axis=1)
+
+
+def _gpu_pairs(resources, x: np.ndarray, threshold: float) -> np.ndarray | None:
+    """As _cpu_pairs with a GPU brute-force k-NN; None when the k nearest may not hold every
+    neighbour at or above the threshold (the k-th is itself at or above it)."""
+    import faiss
+
+    k = min(len(x), GPU_MAX_K)
+    sims, found = faiss.knn_gpu(resources, x, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    if k < len(x) and bool((sims[:, -1] >= threshold).any()):
+        return None
+    rows = np.repeat(np.arange(len(x)), k)
+    sims, found = sims.ravel(), found.ravel().astype(np.int64)
+    keep = (sims >= threshold) & (rows < found)
+    return np.stack([rows[keep], found[keep]], axis=1)

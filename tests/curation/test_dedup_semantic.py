@@ -1,4 +1,5 @@
-"""Semantic dedup without Ray: a tiny TorchScript encoder on planted families and look-alikes,
+"""Semantic dedup without Ray: a tiny TorchScript encoder and a tiny MAE encoder (exported by
+``python -m training.checkpoint``) on planted families and look-alikes, the model file checks,
 and the partitioned cosine search against brute force."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from PIL import Image
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import (
+    EncoderError,
     ShardEmbedder,
+    describe_encoder,
     kmeans_partitions,
     partitions_for,
     semantic_pairs,
@@ -21,6 +24,10 @@ from tests.curation.test_dedup_signatures import encode, scene
 
 THRESHOLD = 0.995  # for the tiny encoder below at IMAGE_SIZE; measured margins are printed
 IMAGE_SIZE = 64
+# For the random vit_test MAE encoder below at its own 32 px: planted copies measured >= 0.9991,
+# look-alikes <= 0.9907 (printed by test_mae_encoder_separates_copies_from_lookalikes).
+MAE_THRESHOLD = 0.995
+MAE_IMAGE_SIZE = 32
 
 
 def tiny_encoder(path: Path) -> str:
@@ -42,21 +49,38 @@ def tiny_encoder(path: Path) -> str:
     return str(path)
 
 
+def mae_encoder(folder: Path) -> str:
+    """A random vit_test MAE (32 px) saved as a pretraining checkpoint, then exported the way
+    users do: ``python -m training.checkpoint RUN encoder.pt``. Returns the encoder file."""
+    import torch
+
+    from training import checkpoint
+    from training.models.mae import MAE, MAEConfig
+    from training.models.vit import vit_test
+
+    out = folder / "encoder.pt"
+    if out.exists():
+        return str(out)
+    torch.manual_seed(0)
+    mae = MAE(MAEConfig(encoder=vit_test(img_size=MAE_IMAGE_SIZE), decoder_dim=32,
+                        decoder_depth=1, decoder_heads=4, decoder_mlp_dim=64))  # fmt: skip
+    optimizer = torch.optim.AdamW(mae.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    run = str(folder / "run")
+    checkpoint.save(run, step=1, model=mae, optimizer=optimizer, scheduler=scheduler,
+                    data_position={})  # fmt: skip
+    assert checkpoint.main([run, str(out)]) == 0
+    return str(out)
+
+
 def _bytes(image: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
     return buf.getvalue()
 
 
-def test_encoder_separates_copies_from_lookalikes(tmp_path: Path) -> None:
-    embedder = ShardEmbedder(
-        dataset_uri=str(tmp_path),
-        model=tiny_encoder(tmp_path / "enc.pt"),
-        image_size=IMAGE_SIZE,
-        chunk=8,
-        threads=1,
-        device="cpu",
-    )
+def _margins(embedder: ShardEmbedder, dim: int) -> tuple[float, float]:
+    """(lowest cosine within planted families, highest to a look-alike or another scene)."""
     worst_copy, closest_other = 1.0, -1.0
     for seed in range(6):
         image = scene(seed)
@@ -69,12 +93,77 @@ def test_encoder_separates_copies_from_lookalikes(tmp_path: Path) -> None:
         ]
         others = [_bytes(scene(seed, shift=0.15))] + [_bytes(scene(s)) for s in range(50, 60)]
         x = embedder.embed(family + others)
-        assert x.shape == (len(family) + len(others), 512)
+        assert x.shape == (len(family) + len(others), dim)
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
         worst_copy = min(worst_copy, float((x[:5] @ x[:5].T).min()))
         closest_other = max(closest_other, float((x[:5] @ x[5:].T).max()))
     print(f"\ncosine: planted copies >= {worst_copy:.4f}, look-alikes <= {closest_other:.4f}")
+    return worst_copy, closest_other
+
+
+def _embedder(model: str, image_size: int) -> ShardEmbedder:
+    return ShardEmbedder(
+        dataset_uri="unused", model=model, image_size=image_size, chunk=8, threads=1, device="cpu"
+    )
+
+
+def test_encoder_separates_copies_from_lookalikes(tmp_path: Path) -> None:
+    embedder = _embedder(tiny_encoder(tmp_path / "enc.pt"), IMAGE_SIZE)
+    worst_copy, closest_other = _margins(embedder, 512)
     assert worst_copy >= THRESHOLD > closest_other
+
+
+def test_mae_encoder_separates_copies_from_lookalikes(tmp_path: Path) -> None:
+    """Mean patch token of the exported encoder at its own size; byte copies embed identically
+    whatever else is in their batch."""
+    embedder = _embedder(mae_encoder(tmp_path), MAE_IMAGE_SIZE)
+    worst_copy, closest_other = _margins(embedder, 64)
+    print(f"MAE threshold {MAE_THRESHOLD}")
+    assert worst_copy >= MAE_THRESHOLD > closest_other
+    one = _bytes(scene(3), quality=90)
+    alone = embedder.embed([one])
+    among = embedder.embed([_bytes(scene(s)) for s in range(5)] + [one, one])
+    np.testing.assert_array_equal(among[5], among[6])
+    np.testing.assert_allclose(among[5], alone[0], atol=1e-6)
+
+
+def test_models_are_described_from_their_files(tmp_path: Path) -> None:
+    import torch
+
+    mae = describe_encoder(mae_encoder(tmp_path))
+    assert (mae.kind, mae.preset, mae.image_size, mae.patch_size) == ("mae", "vit_test", 32, 16)
+    assert mae.input_size(None) == 32 and mae.input_size(64) == 64  # configured wins
+    with pytest.raises(EncoderError, match="multiple of the encoder's patch size 16"):
+        mae.input_size(40)
+    # the pretraining checkpoint itself (decoder and all) names the same encoder
+    (full,) = (tmp_path / "run" / "checkpoints").glob("step_*/model.pt")
+    assert describe_encoder(str(full)).preset == "vit_test"
+    script = describe_encoder(tiny_encoder(tmp_path / "enc.torchscript"))  # no .pt: by content
+    assert (script.kind, script.input_size(None)) == ("torchscript", 224)
+    # the cache key follows the bytes and the input size
+    assert mae.fingerprint(32) != mae.fingerprint(64) != script.fingerprint(64)
+    assert describe_encoder(mae.uri).fingerprint(32) == mae.fingerprint(32)
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(EncoderError, match="not an encoder of this project"):
+        describe_encoder(str(tmp_path / "other.pt"))
+
+
+def test_bad_model_files_fail_clearly(tmp_path: Path) -> None:
+    good = Path(mae_encoder(tmp_path)).read_bytes()
+    with pytest.raises(EncoderError, match="file not found"):
+        describe_encoder(str(tmp_path / "missing.pt"))
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(EncoderError, match="corrupt or truncated"):
+        describe_encoder(str(tmp_path / "truncated.pt"))
+    flipped = bytearray(good)
+    middle = len(flipped) // 2
+    flipped[middle : middle + 64] = bytes(64)  # inside a tensor's bytes: its CRC fails
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(EncoderError, match="member .* is corrupt"):
+        describe_encoder(str(tmp_path / "flipped.pt"))
+    (tmp_path / "text.pt").write_text("not a model")
+    with pytest.raises(EncoderError, match="neither a TorchScript module nor an encoder"):
+        describe_encoder(str(tmp_path / "text.pt"))
 
 
 def test_partitioned_search_against_brute_force() -> None:
