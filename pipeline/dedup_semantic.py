@@ -51,7 +51,10 @@ def semantic_drops(
     survivors = [i for i, key in enumerate(rows["key"]) if key not in excluded]
     if len(survivors) < 2:
         return {}
-    wanted = table.select(["key", "shard", "sha256"]).take(survivors)
+    # the sha256 column, when the caller has it, also invalidates a cached row whose key now
+    # names other bytes; without it the cache is matched by key alone
+    match = ["key", "sha256"] if "sha256" in table.column_names else ["key"]
+    wanted = table.select(["shard", *match]).take(survivors)
     keys, vectors = _embed(dataset, config, encoder, image_size, wanted)
     position = {key: i for i, key in enumerate(rows["key"])}
     areas = np.array([rows["width"][position[k]] * rows["height"][position[k]] for k in keys])
@@ -81,7 +84,7 @@ def _embed(
     image_size: int,
     wanted: pa.Table,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard, sha256) rows: from the
+    """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard[, sha256]) rows: from the
     cache where it has them, the rest embedded on Ray (and cached)."""
     fingerprint = encoder.fingerprint(image_size)
     folder = dataset.join(EMBEDDINGS_DIR, fingerprint)
@@ -89,11 +92,12 @@ def _embed(
     if not exists(card):
         write_bytes_atomic(card, encoder.card(image_size))
     cached = _read_cache(folder, set(wanted["shard"].to_pylist()))
-    # Acero joins no list columns: join on (key, sha256) to a row number of the cache
-    rows = pa.table({"key": cached["key"], "sha256": cached["sha256"]}).append_column(
+    # Acero joins no list columns: join on (key[, sha256]) to a row number of the cache
+    match = [name for name in ("key", "sha256") if name in wanted.column_names]
+    rows = cached.select(match).append_column(
         "row", pa.array(np.arange(cached.num_rows, dtype=np.int64))
     )
-    joined = wanted.join(rows, keys=["key", "sha256"], join_type="left outer")
+    joined = wanted.join(rows, keys=match, join_type="left outer")
     hit = joined.filter(pc.is_valid(joined["row"]))
     miss = joined.filter(pc.is_null(joined["row"]))
     keys = hit["key"].to_pylist()
@@ -130,8 +134,9 @@ def _embed_on_ray(
     import ray.data
 
     by_shard: dict[int, list[tuple[str, str]]] = {}
+    hashes = miss["sha256"].to_pylist() if "sha256" in miss.column_names else [""] * len(miss)
     for key, shard, sha256 in zip(
-        *(miss[c].to_pylist() for c in ("key", "shard", "sha256")), strict=True
+        miss["key"].to_pylist(), miss["shard"].to_pylist(), hashes, strict=True
     ):
         by_shard.setdefault(int(shard), []).append((key, sha256))
     items = [

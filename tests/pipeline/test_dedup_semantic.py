@@ -15,7 +15,10 @@ import pytest
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import EncoderError, describe_encoder, embedding_matrix
+from curation.manifest import samples_dataset
+from curation.storage import locate
 from pipeline.dedup import run_dedup
+from pipeline.dedup_semantic import semantic_drops
 from schemas import sample_key
 from schemas.layout import EMBEDDINGS_DIR
 from tests.curation.test_dedup_semantic import MAE_IMAGE_SIZE, MAE_THRESHOLD, mae_encoder
@@ -76,9 +79,8 @@ def test_semantic_dedup_with_mae_encoder_and_cache(
     assert sorted(p.name for p in cache.iterdir()) == [
         "000000.parquet", "000001.parquet", "000002.parquet", "model.json",
     ]  # fmt: skip
-    rows = pq.read_table(sorted(cache.glob("*.parquet"))).to_pydict()
-    assert len(rows["key"]) == 24
     table = pq.read_table(sorted(cache.glob("*.parquet")))
+    assert table.num_rows == 24
     x = dict(zip(table["key"].to_pylist(), embedding_matrix(table["embedding"]), strict=True))
     for seed in range(4):
         a, b = x[sample_key(f"src/{seed}/orig.jpg")], x[sample_key(f"src/{seed}/copy.jpg")]
@@ -96,6 +98,11 @@ def test_semantic_dedup_with_mae_encoder_and_cache(
     assert run_dedup(str(tmp_path / "ds"), config(model)) == {}
     assert embedded(caplog) == (8, 0)  # the 16 dropped rows are no longer asked for
     assert snapshot(tmp_path / "ds") == snap
+    # a caller without the sha256 column (pipeline.dedup_ray's) matches the cache by key
+    columns = ["key", "shard", "source_uri", "width", "height"]
+    survivors = samples_dataset(str(tmp_path / "ds")).to_table(columns=columns)
+    assert semantic_drops(locate(str(tmp_path / "ds")), survivors, config(model), set()) == {}
+    assert embedded(caplog) == (8, 0)
 
 
 def test_corrupt_model_is_refused_before_any_work(ray_cluster, tmp_path: Path) -> None:
