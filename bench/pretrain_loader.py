@@ -1,6 +1,7 @@
 """Pretraining loader throughput: decoded + augmented images/s per core, against the floor.
 
     uv run python bench/pretrain_loader.py --images 300 --size 1280 960 --out-size 224 1024
+    uv run python bench/pretrain_loader.py --corpus mixed --images 140 --out-size 224 1024
 
 The floor, measured in the same run over the same image bytes, is a bare Pillow loop:
 ``Image.open(bytes).convert("RGB")`` (a full decode, nothing else). The loader does more
@@ -8,6 +9,12 @@ The floor, measured in the same run over the same image bytes, is a bare Pillow 
 uint8 tensor) but may decode JPEGs at a reduced scale when the crop allows it, so
 ``ratio = loader / floor`` can exceed 1 at small output sizes. Both run in one process on
 one core (OMP_NUM_THREADS=1); ``--processes`` adds a multi-process DataLoader figure.
+
+Corpora: ``fixed`` (default) is ``--images`` JPEGs of ``--size``, all alike; ``mixed`` cycles
+through the sizes of the curation bench (bench/build_job.py, 640x480 to 4000x3000, every
+third one portrait, ``curation.synthetic.photo_jpeg`` q=88). Each rate is given both by wall
+time and by this process's CPU time (user + system): on a shared machine the wall figures
+move with the other jobs' load, the CPU ones much less (both are printed; neither is tuned).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_job's corpus sizes
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -41,7 +49,22 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(root: str, images: list[bytes], per_shard: int, size: tuple[int, int]) -> None:
+def mixed_corpus(count: int) -> list[bytes]:
+    """The curation bench's corpus: its sizes in turn, every third image portrait."""
+    from build_job import SIZES
+
+    from curation.synthetic import photo_jpeg
+
+    images = []
+    for i in range(count):
+        width, height = SIZES[i % len(SIZES)]
+        if i % 3 == 1:
+            width, height = height, width
+        images.append(photo_jpeg(width, height, seed=i, quality=88))
+    return images
+
+
+def write_shards(root: str, images: list[bytes], per_shard: int) -> None:
     import datetime as dt
     import hashlib
 
@@ -57,6 +80,7 @@ def write_shards(root: str, images: list[bytes], per_shard: int, size: tuple[int
         with wds.TarWriter(f"{root}/{layout.shard_file(number)}", encoder=False) as tar:
             for i, data in enumerate(images[shard : shard + per_shard]):
                 key = sample_key(f"bench://{number}/{i}")
+                size = Image.open(io.BytesIO(data)).size
                 row = {
                     "key": key, "shard": number, "image_member": f"{key}.jpg",
                     "json_member": f"{key}.json", "source_uri": f"bench://{number}/{i}",
@@ -69,14 +93,20 @@ def write_shards(root: str, images: list[bytes], per_shard: int, size: tuple[int
         pq.write_table(rows_to_table(rows, SAMPLE_SCHEMA), f"{root}/{layout.manifest_file(number)}")
 
 
-def floor_rate(images: list[bytes]) -> float:
-    start = time.perf_counter()
+def floor_rate(images: list[bytes]) -> tuple[float, float]:
+    """Images/s of a bare Pillow decode, by wall time and by CPU time."""
+    start, cpu = time.perf_counter(), time.process_time()
     for data in images:
         Image.open(io.BytesIO(data)).convert("RGB")
-    return len(images) / (time.perf_counter() - start)
+    return (
+        len(images) / (time.perf_counter() - start),
+        len(images) / (time.process_time() - cpu),
+    )
 
 
-def loader_rate(root: str, out_size: int, count: int, workers: int) -> float:
+def loader_rate(root: str, out_size: int, count: int, workers: int) -> tuple[float, float]:
+    """Images/s of the loader, by wall time and by this process's CPU time (which leaves out
+    the loader processes' when ``workers`` > 0: only the wall figure counts then)."""
     from training.data import PretrainDataConfig, make_loader
 
     cfg = PretrainDataConfig(
@@ -85,10 +115,10 @@ def loader_rate(root: str, out_size: int, count: int, workers: int) -> float:
     )  # fmt: skip
     stream = iter(make_loader(cfg))
     next(stream)  # start-up (process spawn, first shard) is not throughput
-    seen, start = 0, time.perf_counter()
+    seen, start, cpu = 0, time.perf_counter(), time.process_time()
     while seen < count:
         seen += next(stream).shape[0]
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), seen / (time.process_time() - cpu)
 
 
 def machine() -> str:
@@ -103,19 +133,24 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300, help="distinct images generated")
-    parser.add_argument("--size", type=int, nargs=2, default=(1280, 960), help="source W H")
+    parser.add_argument("--corpus", choices=("fixed", "mixed"), default="fixed")
+    parser.add_argument("--size", type=int, nargs=2, default=(1280, 960), help="fixed: W H")
     parser.add_argument("--out-size", type=int, nargs="+", default=(224, 1024), help="crop sides")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--processes", type=int, default=0, help="also time N loader processes")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    images = [photo_like(rng, *args.size) for _ in range(args.images)]
+    if args.corpus == "mixed":
+        images = mixed_corpus(args.images)
+        label = "mixed sizes 640x480-4000x3000"
+    else:
+        rng = np.random.default_rng(0)
+        images = [photo_like(rng, *args.size) for _ in range(args.images)]
+        label = f"{args.size[0]}x{args.size[1]}"
     print(f"# {machine()}")
-    print(
-        f"# {len(images)} JPEGs {args.size[0]}x{args.size[1]}, mean {np.mean([len(i) for i in images]) / 1e3:.0f} kB"
-    )
+    mean_kb = np.mean([len(i) for i in images]) / 1e3
+    print(f"# {len(images)} JPEGs {label}, mean {mean_kb:.0f} kB; load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as root:
-        write_shards(root, images, per_shard=50, size=tuple(args.size))
+        write_shards(root, images, per_shard=50)
         floor_rate(images[:10])  # warm caches
         for out in args.out_size:
             # alternate floor and loader rounds; the best of each resists a noisy machine
@@ -123,16 +158,18 @@ def main() -> None:
             for _ in range(args.rounds):
                 floors.append(floor_rate(images))
                 rates.append(loader_rate(root, out, len(images), workers=0))
-            floor, rate = max(floors), max(rates)
-            print(
-                f"{out}x{out}: floor (bare Pillow decode) {floor:.1f} images/s, loader "
-                f"{rate:.1f} images/s per core, ratio {rate / floor:.2f} "
-                f"(rounds: floor {', '.join(f'{f:.0f}' for f in floors)}; "
-                f"loader {', '.join(f'{r:.0f}' for r in rates)})"
-            )
+            for i, clock in enumerate(("wall", "cpu")):
+                floor, rate = max(f[i] for f in floors), max(r[i] for r in rates)
+                print(
+                    f"{out}x{out} by {clock} time: floor (bare Pillow decode) {floor:.1f} "
+                    f"images/s, loader {rate:.1f} images/s per core, ratio {rate / floor:.2f} "
+                    f"(rounds: floor {', '.join(f'{f[i]:.0f}' for f in floors)}; "
+                    f"loader {', '.join(f'{r[i]:.0f}' for r in rates)})"
+                )
             if args.processes:
-                rate = loader_rate(root, out, 2 * len(images), workers=args.processes)
+                rate, _ = loader_rate(root, out, 2 * len(images), workers=args.processes)
                 print(f"{out}x{out}: loader with {args.processes} processes {rate:.1f} images/s")
+        print(f"# load {os.getloadavg()}")
 
 
 if __name__ == "__main__":

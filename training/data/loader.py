@@ -13,11 +13,13 @@ to restart each process at shard granularity; a shard half-consumed at a kill is
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -90,7 +92,15 @@ def shards_for(
 
 
 class PretrainData(IterableDataset):
-    """Yields {"key", "image": uint8 [3, H, W], "pos": [worker, epoch, done], "errors": [4]}."""
+    """Augmented samples, or whole batches when ``batch_size`` is set.
+
+    Samples: {"key", "image": uint8 [3, H, W], "pos": [worker, epoch, done], "errors": [4]}.
+    Batches: {"key": [B keys], "image": uint8 [B, 3, H, W], "pos" and "errors" as of the last
+    sample}. A batch's images are written by the resize straight into one buffer, which saves
+    torch.stack's copy of every image in the collate. The buffer is [B, H, W, 3] in memory, so
+    ``image`` is a channels-last view; uint8 throughout, normalised on the device
+    (``normalize``).
+    """
 
     def __init__(
         self,
@@ -100,14 +110,40 @@ class PretrainData(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         start: DataPosition | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.config = config
         self.shards = shards
         self.rank = rank
         self.world_size = world_size
         self.start = start
+        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[dict]:
+        if self.batch_size is None:
+            for key, out, pos, errors in self._augmented(lambda: None):
+                image = torch.from_numpy(out).permute(2, 0, 1)
+                yield {"key": key, "image": image, "pos": _pos(pos), "errors": _counts(errors)}
+            return
+        buffers = _Buffers((self.batch_size, *self.config.img_size, 3))
+        images, keys = buffers.take(), []
+        # the next free slot of the current batch (late binding intended: the buffer changes
+        # every batch); a sample that fails to decode leaves its slot to the next one
+        next_slot = lambda: images[len(keys)].numpy()  # noqa: B023, E731
+        for key, out, pos, errors in self._augmented(next_slot):
+            del out  # a view of the buffer: it must not count as a user of it (_Buffers)
+            keys.append(key)
+            if len(keys) == self.batch_size:
+                batch = images.permute(0, 3, 1, 2)
+                yield {"key": keys, "image": batch, "pos": _pos(pos), "errors": _counts(errors)}
+                del batch
+                images, keys = buffers.take(), []
+
+    def _augmented(
+        self, slot_of_next: Callable[[], np.ndarray | None]
+    ) -> Iterator[tuple[str, np.ndarray, tuple[int, int, int], Counter]]:
+        """(key, pixels [H, W, 3], (worker, epoch, done), errors) per usable sample; the pixels
+        are resized into the array ``slot_of_next()`` returns (a new one when it returns None)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot, slots = self.rank * workers + worker, self.world_size * workers
@@ -121,20 +157,19 @@ class PretrainData(IterableDataset):
             )
             yielded = 0
             for sample in self._epoch(mine, done, (slot, slots) if modulo else None, rng, errors):
-                key_bytes, shard_done = sample
+                (key, data), shard_done = sample
+                out = slot_of_next()
+                if out is None:
+                    out = np.empty((*self.config.img_size, 3), dtype=np.uint8)
                 try:
-                    image = augment(key_bytes[1])
+                    augment(data, out=out)
                 except Exception as exc:  # any decoder failure: count it, never stop training
                     errors["decode"] += 1
-                    log.debug("undecodable sample %s: %s", key_bytes[0], exc)
+                    log.debug("undecodable sample %s: %s", key, exc)
                     continue
                 yielded += 1
-                yield {
-                    "key": key_bytes[0],
-                    "image": image,
-                    "pos": torch.tensor([worker, epoch, shard_done]),
-                    "errors": torch.tensor([errors[k] for k in ERROR_KINDS]),
-                }
+                yield key, out, (worker, epoch, shard_done), errors
+                del out
             if yielded == 0 and done == 0:
                 raise RuntimeError(
                     f"rank {self.rank} loader process {worker} found no usable sample in a whole "
@@ -191,6 +226,50 @@ class PretrainData(IterableDataset):
             yield key, data
 
 
+def _pos(pos: tuple[int, int, int]) -> torch.Tensor:
+    return torch.tensor(pos)
+
+
+def _counts(errors: Counter) -> torch.Tensor:
+    return torch.tensor([errors[k] for k in ERROR_KINDS])
+
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    """Tensors (views included) holding this tensor's memory, plus one for the query itself."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+class _Buffers:
+    """Batch buffers [B, H, W, 3] uint8, reused once their consumer has let go of them.
+
+    Fresh memory costs the kernel a page fault and a zeroing per 4 kB page on first write, ~1.3
+    ms per 1024x1024 image on the reference machine, as much as the bicubic resize itself.
+    In-process (no loader processes) a buffer is reused once no tensor other than ours refers
+    to it. A loader process hands its batches to the training process through shared memory
+    and cannot know when that one is done with them, so it takes a fresh shared buffer per
+    batch, as the default collate does (see bench/notes/pretrain.md for the cost).
+    """
+
+    KEEP = 2  # buffers kept for reuse: the consumer's current batch and ours
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.shared = get_worker_info() is not None
+        self.kept: list[torch.Tensor] = []
+        self.alone = _storage_users(torch.empty(1))  # the count of a tensor nobody else uses
+
+    def take(self) -> torch.Tensor:
+        if self.shared:
+            storage = torch.UntypedStorage._new_shared(math.prod(self.shape))
+            return torch.empty(0, dtype=torch.uint8).set_(storage).view(self.shape)
+        for buffer in self.kept:
+            if _storage_users(buffer) == self.alone:
+                return buffer
+        buffer = torch.empty(self.shape, dtype=torch.uint8)
+        self.kept = [*self.kept[1 - self.KEEP :], buffer]
+        return buffer
+
+
 class Batches:
     """Iterates uint8 image batches [B, 3, H, W] and remembers the consumed position."""
 
@@ -208,10 +287,10 @@ class Batches:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for batch in self.loader:
-            worker, epoch, done = batch["pos"][-1].tolist()
+            worker, epoch, done = batch["pos"].tolist()  # as of the batch's last sample
             self.position.epochs[worker] = epoch
             self.position.done[worker] = done
-            self._errors[worker] = batch["errors"][-1]
+            self._errors[worker] = batch["errors"]
             yield batch["image"]
 
     def errors(self) -> dict[str, int]:
@@ -245,13 +324,20 @@ def make_loader(
         )
         epoch = max(position.epochs)
         position = DataPosition(world_size, workers, [epoch] * workers, [0] * workers)
-    dataset = PretrainData(config, shards, rank=rank, world_size=world_size, start=position)
+    dataset = PretrainData(
+        config,
+        shards,
+        rank=rank,
+        world_size=world_size,
+        start=position,
+        batch_size=config.batch_size,
+    )
     extra = {}
     if config.num_workers > 0:
         extra = {"prefetch_factor": config.prefetch_factor, "persistent_workers": True}
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=None,  # the dataset yields whole batches, assembled in place
         num_workers=config.num_workers,
         pin_memory=torch.cuda.is_available(),
         **extra,
