@@ -74,21 +74,37 @@ def decode_floor(paths: list[Path]) -> float:
 
 
 class PeakMemory:
-    """Samples the resident memory of this process and all its descendants (Ray included)."""
+    """Samples the memory of this process and all its descendants (Ray included).
+
+    Sums PSS, not RSS: the object store's shared pages are mapped by every worker that reads
+    them, and RSS would count them once per process. ``peak_private`` is the peak sum of USS
+    (pages no other process maps: Python heaps, decode buffers), which leaves out the object
+    store, capped by its own size. ``breakdown`` is the per-process PSS at the peak, by
+    command name, to say where memory goes.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_private = 0
+        self.breakdown: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
-        while not self._stop.wait(0.2):
-            total = 0
+        while not self._stop.wait(0.5):
+            sizes: dict[str, int] = {}
+            private = 0
             for proc in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += proc.memory_info().rss
-            self.peak = max(self.peak, total)
+                    name = _process_name(proc)
+                    info = proc.memory_full_info()
+                    sizes[name] = sizes.get(name, 0) + info.pss
+                    private += info.uss
+            self.peak_private = max(self.peak_private, private)
+            total = sum(sizes.values())
+            if total > self.peak:
+                self.peak, self.breakdown = total, sizes
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -99,8 +115,17 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_job(base: str, names: list[str], workdir: Path) -> tuple[float, int, int]:
-    """(images/s end to end, kept, peak RSS bytes) for one job run.
+def _process_name(proc: psutil.Process) -> str:
+    """Ray workers rename themselves (ray::IDLE, ray::MapWorker(...)); others by executable."""
+    name = proc.name()
+    cmdline = proc.cmdline()
+    if cmdline and cmdline[0].startswith("ray::"):
+        name = cmdline[0].split("(")[0]
+    return name
+
+
+def run_job(base: str, names: list[str], workdir: Path) -> tuple[float, int, PeakMemory]:
+    """(images/s end to end, kept, peak memory) for one job run.
 
     Shards of 64 MB (instead of 1 GB) so that, as in a job much larger than this corpus,
     writing finished shards overlaps with fetching the next ones.
@@ -116,7 +141,7 @@ def run_job(base: str, names: list[str], workdir: Path) -> tuple[float, int, int
     ])  # fmt: skip
     with PeakMemory() as memory:
         summary = run(config_from_args(args))
-    return summary["images_per_s"], summary["counts"]["kept"], memory.peak
+    return summary["images_per_s"], summary["counts"]["kept"], memory
 
 
 def main() -> None:
@@ -125,6 +150,12 @@ def main() -> None:
     )
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--repeat-sizes", default="1,2", help="corpus multiples for the memory check")
+    p.add_argument(
+        "--distinct", type=int, default=None,
+        help="distinct image files to generate (default: all of them); past that, URLs repeat "
+        "files with a query string (a new key to the job, the same bytes), since generating "
+        "thousands of 12 MP photos here takes about 0.5 s each",
+    )  # fmt: skip
     p.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "humans300m-bench-corpus")
     )
@@ -135,8 +166,11 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
+    from pipeline.ray_env import start_ray  # before ray.init: no `uv run` worker wrapper
+
     multiples = [int(m) for m in args.repeat_sizes.split(",")]
-    corpus = make_corpus(Path(args.cache), args.images * max(multiples))
+    total = args.images * max(multiples)
+    corpus = make_corpus(Path(args.cache), min(total, args.distinct or total))
     floor = decode_floor(corpus[: args.images])
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -161,11 +195,9 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     time.sleep(1.0)
     try:
-        from pipeline.ray_env import add_to_pythonpath
-
-        add_to_pythonpath(str(ROOT))
         store = args.object_store_mb * 2**20 if args.object_store_mb else None
-        ray.init(
+        # the job's own way of starting an embedded Ray, with the bench's resource caps
+        start_ray(
             num_cpus=cores, include_dashboard=False, log_to_driver=False, object_store_memory=store
         )
         # A first small run pays the one-off costs (worker processes importing Ray Data,
@@ -178,14 +210,20 @@ def main() -> None:
             f"{time.perf_counter() - started:.1f} s"
         )
         for multiple in multiples:
-            names = [p.name for p in corpus[: args.images * multiple]]
+            names = [
+                corpus[i % len(corpus)].name + (f"?copy={i // len(corpus)}" if i >= len(corpus) else "")
+                for i in range(args.images * multiple)
+            ]  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
-                rate, kept, peak = run_job(base, names, Path(tmp))
+                rate, kept, memory = run_job(base, names, Path(tmp))
             print(
                 f"job, {len(names)} images: {rate:.1f} images/s on {cores} cores = "
                 f"{rate / cores:.1f} per core = {rate / cores / floor:.2f} x floor; "
-                f"kept {kept}; peak RSS of all processes {peak / 2**20:.0f} MiB"
+                f"kept {kept}; peak memory of all processes: {memory.peak / 2**20:.0f} MiB PSS, "
+                f"{memory.peak_private / 2**20:.0f} MiB private (USS)"
             )
+            top = sorted(memory.breakdown.items(), key=lambda kv: -kv[1])
+            print("  at the peak: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in top[:8]))
     finally:
         server.terminate()
         ray.shutdown()
