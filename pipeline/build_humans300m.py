@@ -31,6 +31,7 @@ from curation.validate import ValidateConfig
 from curation.weights import WeightsError
 from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
+from pipeline.lock import OutputBusy, OutputLock
 from pipeline.plan import Plan, load_or_build_plan
 from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
 from pipeline.stages import StageConfig, fetch_and_validate
@@ -104,8 +105,23 @@ def run(config: JobConfig) -> dict:
     phases = Phases()
     with phases("check filters"):
         check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
-    with phases("start Ray"):
-        init_ray(config.run)
+    run_id = new_run_id()
+    with OutputLock(dataset, run_id):  # before Ray starts: a busy output fails at once
+        with phases("start Ray"):
+            init_ray(config.run)
+        processed, dedup_counts = _run_locked(dataset, config, run_id, phases)
+        extra = {
+            "detector": detector_note(config),
+            "dedup": dedup_counts,
+            "phases_s": phases.seconds,
+        }
+        return write_summary(dataset, config, started, processed, extra)
+
+
+def _run_locked(
+    dataset: Location, config: JobConfig, run_id: str, phases: Phases
+) -> tuple[int, dict]:
+    """Everything that writes the dataset: only ever one job at a time (pipeline.lock)."""
     with phases("plan"):
         plan = load_or_build_plan(dataset, config.source, config.run.plan_partitions)
         removed = remove_leftovers(dataset)
@@ -114,15 +130,14 @@ def run(config: JobConfig) -> dict:
         done = finished_keys(dataset)
     log.info("plan: %d unique inputs, %d already finished", plan.rows, len(done))
     with phases("stream"):
-        processed = stream(dataset, plan, done, config)
+        processed = stream(dataset, plan, done, config, run_id)
     dedup_counts: dict = {}
     if config.run.dedup:
         from pipeline.dedup import run_dedup
 
         with phases("dedup"):
             dedup_counts = run_dedup(dataset.uri, config.dedup)
-    extra = {"detector": detector_note(config), "dedup": dedup_counts, "phases_s": phases.seconds}
-    return write_summary(dataset, config, started, processed, extra)
+    return processed, dedup_counts
 
 
 class Phases:
@@ -145,7 +160,7 @@ def detector_note(config: JobConfig) -> str:
     return config.detector.weights
 
 
-def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig) -> int:
+def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig, run_id: str) -> int:
     """The streaming pass over unfinished inputs; returns how many inputs it processed."""
     import ray
 
@@ -176,7 +191,7 @@ def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig) -> 
         config.output.max_shard_samples,
         config.output.max_shard_bytes,
         counter,
-        new_run_id(),
+        run_id,
     )
     # no task retries for writes: a retried write would publish the same samples again
     ds.write_datasink(sink, ray_remote_args={"max_retries": 0})
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args, config_from_args)
         config = config_from_args(args)
         summary = run(config)
-    except (ValueError, FileNotFoundError, PermissionError, WeightsError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, WeightsError, OutputBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary, config.output.output)

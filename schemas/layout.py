@@ -5,6 +5,7 @@
     <dataset>/rejections/{name}.parquet       inputs that did not make it (REJECTION_SCHEMA)
     <dataset>/summary.json                    the run's summary (schemas.summary)
     <dataset>/_work/                          the job's bookkeeping (resume state)
+    <dataset>/_work/lock.json                 the job writing the dataset now, if any
     <dataset>/_work/embeddings/{fp}/{shard:06d}.parquet   semantic dedup's cached embeddings
 
 A shard exists for readers once its manifest exists: the tar is published first, then the
@@ -17,6 +18,7 @@ REJECTIONS_DIR = "rejections"
 SUMMARY_FILE = "summary.json"
 WORK_DIR = "_work"
 EMBEDDINGS_DIR = f"{WORK_DIR}/embeddings"  # one folder per model fingerprint
+LOCK_FILE = f"{WORK_DIR}/lock.json"  # the job writing this dataset (pipeline.lock)
 
 
 def shard_file(shard: int) -> str:
