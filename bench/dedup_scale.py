@@ -2,6 +2,7 @@
 
     uv run python bench/dedup_scale.py [--sizes 1000000 2000000 4000000] [--radius 8]
     uv run python bench/dedup_scale.py --pass-seeds 50   # whole run_dedup pass, 300 samples
+    uv run python bench/dedup_scale.py --pass-seeds 50 --ray-above 0   # its Ray path forced
 
 Each size runs in a fresh subprocess (clean peak RSS). Recall is measured against brute
 force (FAISS IndexBinaryFlat) for a sample of query hashes: of all pairs within the radius
@@ -40,12 +41,15 @@ def planted(n: int, radius: int, seed: int) -> np.ndarray:
 
 
 def one(n: int, radius: int, threads: int, queries: int) -> dict:
-    from curation.dedup.near import banded_pairs, exact_pairs, tables_needed
+    from curation.dedup.near import banded_pairs, exact_pairs
 
     hashes = planted(n, radius, seed=n)
+    stats: dict = {}
+    load_start = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
-    pairs = banded_pairs(hashes, radius, threads=threads)
+    pairs = banded_pairs(hashes, radius, threads=threads, stats=stats)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    load_end = os.getloadavg()[0]
     sample = np.random.default_rng(0).choice(len(hashes), queries, replace=False)
     reference = np.sort(exact_pairs(hashes, radius, queries=sample), axis=1)
     found = set(map(tuple, pairs.tolist()))
@@ -53,9 +57,12 @@ def one(n: int, radius: int, threads: int, queries: int) -> dict:
     return dict(
         n=len(hashes),
         radius=radius,
-        tables=tables_needed(radius, len(hashes), 0.99),
+        method=stats["method"],
+        tables=stats["tables"],
         seconds=round(seconds, 2),
         cpu_seconds=round(cpu, 2),  # all threads; steadier than wall time on a shared machine
+        load=f"{load_start:.1f} -> {load_end:.1f}",  # 1-minute load average, 2 cores
+        candidates=stats["candidates"],  # candidate pairs verified, summed over tables
         pairs=len(pairs),
         reference_pairs=len(reference),
         recall=round(hit / max(1, len(reference)), 4),
@@ -63,7 +70,7 @@ def one(n: int, radius: int, threads: int, queries: int) -> dict:
     )
 
 
-def whole_pass(seeds: int, semantic_model: str | None) -> None:
+def whole_pass(seeds: int, semantic_model: str | None, ray_above: int | None = None) -> None:
     """``run_dedup`` on a generated dataset of 6 samples per seed (tests' planted families), on a
     local 2-CPU Ray started beforehand (start-up not timed); first run, then an idempotent rerun."""
     import tempfile
@@ -83,6 +90,8 @@ def whole_pass(seeds: int, semantic_model: str | None) -> None:
         runtime_env={"env_vars": {"PYTHONPATH": root}},
     )
     config = DedupConfig(semantic=semantic_model is not None, semantic_model=semantic_model)
+    if ray_above is not None:  # 0: the Ray Data path (pipeline.dedup_ray) whatever the size
+        config.ray_above = ray_above
     with tempfile.TemporaryDirectory() as tmp:
         build(Path(tmp) / "ds", range(seeds))
         for label in ("first run", "rerun"):
@@ -101,6 +110,7 @@ def main() -> None:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pass-seeds", type=int, help="time run_dedup on 6 x this many samples")
     parser.add_argument("--semantic-model", help="with --pass-seeds: TorchScript for semantic")
+    parser.add_argument("--ray-above", type=int, help="with --pass-seeds: DedupConfig.ray_above")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.radius, args.threads, args.queries)))
@@ -111,7 +121,7 @@ def main() -> None:
         f"load {os.getloadavg()[0]:.1f}; numpy {np.__version__}; commit {commit.stdout.strip()}"
     )
     if args.pass_seeds:
-        whole_pass(args.pass_seeds, args.semantic_model)
+        whole_pass(args.pass_seeds, args.semantic_model, args.ray_above)
         return
     results = []
     for n in args.sizes:

@@ -1,22 +1,27 @@
 """The global dedup pass over a published dataset, on an initialised Ray.
 
 Steps (datatrove's split): signatures are already in the manifests (streaming pass); "bucket"
-groups equal sha256 / pixel hashes (on the driver below ``ray_above`` rows, else a Ray Data
-hash shuffle with one partition per ``rows_per_partition`` rows) and finds phash pairs with
-banded search spread over Ray tasks; the optional semantic pass embeds the survivors on a Ray
-Data actor pool and searches k-means partitions (curation.dedup.semantic); "cluster" resolves
-pairs best-first (curation.dedup.cluster); "filter" applies them shard by shard
-(curation.dedup.apply). Passes run in order: earlier releases, exact/pixels, near, semantic,
-each on the survivors of the ones before. A step with nothing to do starts no Ray work.
+groups equal sha256 / pixel hashes and finds phash pairs with banded search spread over Ray
+tasks; the optional semantic pass embeds the survivors on a Ray Data actor pool and searches
+k-means partitions (curation.dedup.semantic); "cluster" resolves pairs best-first
+(curation.dedup.cluster); "filter" applies them shard by shard (curation.dedup.apply). Passes
+run in order: earlier releases, exact/pixels, near, semantic, each on the survivors of the
+ones before.
 
-Limit, stated plainly: apart from the hash shuffle, the banded search, the encoder and the
-shard rewrites, the pass runs on the driver over all samples at once. The driver reads the
-signature columns of every manifest (about 150 bytes a sample: 45 GB at 300M) and holds them
-for the whole pass; the near-duplicate clustering, the earlier-release lookups, and the
-semantic k-means and searches run there, on every embedding collected there ([N, D] float32:
-3 GB per million samples at D = 768). Fine to some tens of millions of samples on a large
-driver; beyond that the cluster steps must be split by connected component over Ray tasks
-(see bench/notes/dedup.md).
+Two paths, the same decisions (the tests compare them, Ray path forced with small partitions):
+
+* Below ``ray_above`` manifest rows (this module): the driver reads the signature columns of
+  every manifest (about 150 bytes a sample) and decides there; shards are rewritten one after
+  another in this process. Ray start-up costs more than such a job (0.8 s vs 23 s on 300
+  samples).
+* From ``ray_above`` rows (pipeline.dedup_ray): Ray Data groupbys, a sort and joins over the
+  manifests; the near search and its best-first resolution run in Ray tasks over compact
+  arrays (pHash and integer rank: about 32 bytes a survivor in one task); drops go to
+  Parquet under ``<dataset>/_work/dedup/`` partitioned by shard, and each shard rewrite (a Ray
+  task) reads its own. The driver holds counts, block offsets and shard numbers: no bytes
+  per sample. The exception is the optional semantic pass, whose embeddings and survivors'
+  rows are still collected on the driver ([N, D] float32: 3 GB per million at D = 768; see
+  pipeline.dedup_semantic).
 """
 
 from __future__ import annotations
@@ -28,15 +33,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.dedup.apply import Drop, apply_shard
-from curation.dedup.cluster import cluster_sizes, greedy_canonical, priority_order, resolve_chains
+from curation.dedup.cluster import (
+    cluster_sizes,
+    previous_matches,
+    priority_order,
+    resolve_chains,
+    resolve_near,
+)
 from curation.dedup.config import INDEX_DIR, DedupConfig
-from curation.dedup.groups import candidate_rows, group_ids, resolve_group, resolve_locally
+from curation.dedup.groups import candidate_rows, resolve_locally
 from curation.dedup.near import banded_pairs, exact_pairs, tables_needed
 from curation.manifest import rejections_dataset, samples_dataset
 from curation.storage import Location, list_files, locate, write_bytes_atomic
 from curation.writer import table_to_parquet_bytes
 from schemas import Reason, Stage
-from schemas.layout import MANIFESTS_DIR
 
 SIGNATURE_COLUMNS = [
     "key",
@@ -54,21 +64,27 @@ INDEX_COLUMNS = ["key", "sha256", "pixel_hash", "phash", "width", "height"]
 def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     """Deduplicate ``dataset_uri`` in place; returns counts of newly dropped samples by reason."""
     dataset = locate(dataset_uri)
+    rows = samples_dataset(dataset_uri).count_rows()  # Parquet footers only
+    if rows and rows >= config.ray_above:
+        from pipeline.dedup_ray import run_on_ray
+
+        return run_on_ray(dataset, config, rows)
     table, drops = plan_dedup(dataset_uri, config)
-    apply_plan(dataset, table, drops, local=table.num_rows < config.ray_above)
+    apply_plan(dataset, table, drops, local=True)
     if config.write_index:
         _write_index(dataset, table, set(drops))
     return dict(Counter(d.reason for d in drops.values()))
 
 
 def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[str, Drop]]:
-    """The signatures read and every drop decided (before chains are resolved); writes nothing."""
+    """The driver path: the signatures read and every drop decided (before chains are
+    resolved); writes nothing."""
     dataset = locate(dataset_uri)
     table = samples_dataset(dataset_uri).to_table(columns=SIGNATURE_COLUMNS)
     drops: dict[str, Drop] = {}
     for uri in config.against:
-        drops.update(_previous_release_drops(table, uri, config))
-    drops.update(_group_drops(dataset, table, config, set(drops)))
+        drops.update(_previous_release_drops(_without(table, set(drops)), uri, config))
+    drops.update(_group_drops(table, config, set(drops)))
     if config.near:
         drops.update(_near_drops(table, config, set(drops)))
     if config.semantic:
@@ -78,100 +94,84 @@ def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[st
     return table, drops
 
 
-def _previous_release_drops(table: pa.Table, uri: str, config: DedupConfig) -> dict[str, Drop]:
+def read_index(uri: str) -> tuple[Location, list[Location]]:
+    """An earlier release's location and its dedup_index files (refused when it has none)."""
     files = list_files(locate(uri).join(INDEX_DIR), ".parquet")
     if not files:
         raise FileNotFoundError(f"{uri} has no {INDEX_DIR}/: run dedup on it with write_index")
-    previous = pa.concat_tables(pq.read_table(f.path, filesystem=f.fs) for f in files).to_pydict()
-    by_sha = dict(zip(previous["sha256"], previous["key"], strict=True))
-    by_pixels = dict(zip(previous["pixel_hash"], previous["key"], strict=True))
+    return locate(uri), files
+
+
+def _previous_release_drops(table: pa.Table, uri: str, config: DedupConfig) -> dict[str, Drop]:
+    """Samples of ``table`` already in the release at ``uri``: same bytes, else same pixels,
+    else (near) the nearest earlier pHash; an earlier key seen twice: the smallest."""
+    _, files = read_index(uri)
+    previous = pa.concat_tables(pq.read_table(f.path, filesystem=f.fs) for f in files)
+    previous = previous.select(INDEX_COLUMNS).sort_by("key").to_pydict()
+    by_sha: dict[str, str] = {}
+    by_pixels: dict[str, str] = {}
+    for key, sha, pixels in zip(
+        previous["key"], previous["sha256"], previous["pixel_hash"], strict=True
+    ):
+        by_sha.setdefault(sha, key)
+        if pixels is not None:
+            by_pixels.setdefault(pixels, key)
     rows = table.to_pydict()
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     for i, key in enumerate(rows["key"]):
         match = by_sha.get(rows["sha256"][i]) or (
             config.pixels and by_pixels.get(rows["pixel_hash"][i])
         )
         if match:
-            found[key] = f"{match}:same bytes or pixels"
+            found[key] = (match, "same bytes or pixels")
     if config.near:
         found.update(_near_previous(rows, previous, config, set(found)))
+    position = {key: i for i, key in enumerate(rows["key"])}
     return {
         key: Drop(
             key=key,
-            source_uri=rows["source_uri"][rows["key"].index(key)],
+            source_uri=rows["source_uri"][position[key]],
             reason=str(Reason.DUPLICATE_PREVIOUS_RELEASE),
-            duplicate_of=value.split(":", 1)[0],
-            detail=f"{uri}: {value.split(':', 1)[1]}",
+            duplicate_of=match,
+            detail=f"{uri}: {how}",
         )
-        for key, value in found.items()
+        for key, (match, how) in found.items()
     }
 
 
 def _near_previous(
     rows: dict, previous: dict, config: DedupConfig, done: set[str]
-) -> dict[str, str]:
-    """Current samples within the radius of an earlier release's hash: nearest, then smallest key."""
-    current = [
+) -> dict[str, tuple[str, str]]:
+    """Current samples within the radius of an earlier release's hash: nearest, then smallest
+    key (``previous`` is sorted by key: its position is the old rank)."""
+    current = sorted(
         (k, h)
         for k, h in zip(rows["key"], rows["phash"], strict=True)
         if k not in done and h is not None
-    ]
+    )
     old = [(k, h) for k, h in zip(previous["key"], previous["phash"], strict=True) if h is not None]
     if not current or not old:
         return {}
     hashes = np.array([h for _, h in current] + [h for _, h in old], dtype=np.uint64)
-    pairs = exact_pairs(hashes, config.radius, queries=np.arange(len(current)))
-    best: dict[str, tuple[int, str]] = {}
-    for i, j in pairs[pairs[:, 1] >= len(current)]:
-        old_key, old_hash = old[j - len(current)]
-        candidate = ((int(hashes[i]) ^ int(old_hash)).bit_count(), old_key)
-        best[current[i][0]] = min(best.get(current[i][0], candidate), candidate)
-    return {key: f"{old_key}:phash within {d} bits" for key, (d, old_key) in best.items()}
+    unique, inverse = np.unique(hashes, return_inverse=True)
+    ranks, olds, distances = previous_matches(
+        len(current), unique, inverse, _unique_pairs(unique, config)
+    )
+    return {
+        current[r][0]: (old[o][0], f"phash within {d} bits")
+        for r, o, d in zip(ranks.tolist(), olds.tolist(), distances.tolist(), strict=True)
+    }
 
 
-def _group_drops(
-    dataset: Location, table: pa.Table, config: DedupConfig, excluded: set[str]
-) -> dict[str, Drop]:
+def _group_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dict[str, Drop]:
     """Exact and pixel duplicates: samples sharing a signature, best-first per group."""
     if not (config.exact or config.pixels):
         return {}
-    table = _without(table, excluded)
-    candidates = candidate_rows(table, config.pixels)
-    if candidates.num_rows == 0:  # nothing shares a signature: no shuffle to start
-        return {}
-    if table.num_rows < config.ray_above:
-        rows = resolve_locally(candidates)
-    else:
-        rows = _shuffle_groups(dataset, config, excluded, table.num_rows)
-    return {row["key"]: Drop(**row) for row in rows}
-
-
-def _shuffle_groups(
-    dataset: Location, config: DedupConfig, excluded: set[str], num_rows: int
-) -> list[dict]:
-    """The groups resolved on a Ray Data hash shuffle of the manifests (the scalable path)."""
-    import ray.data
-
-    files = list_files(dataset.join(MANIFESTS_DIR), ".parquet")
-    ds = ray.data.read_parquet(
-        [f.path for f in files],
-        filesystem=dataset.fs,
-        override_num_blocks=config.read_blocks or None,
-    ).select_columns(SIGNATURE_COLUMNS)
-    use_pixels = config.pixels
-
-    def add_group(batch: dict) -> dict:
-        batch["group"] = group_ids(batch["sha256"], batch["pixel_hash"], use_pixels)
-        keep = np.array([k not in excluded for k in batch["key"]], dtype=bool)
-        return {name: column[keep] for name, column in batch.items()}
-
-    partitions = max(1, -(-num_rows // config.rows_per_partition))
-    drops = (
-        ds.map_batches(add_group, batch_format="numpy")
-        .groupby("group", num_partitions=partitions)
-        .map_groups(resolve_group, batch_format="pandas")
-    )
-    return drops.take_all()
+    candidates = candidate_rows(_without(table, excluded), config.pixels)
+    return {
+        row["key"]: Drop(**{k: row[k] for k in Drop.__dataclass_fields__})
+        for row in resolve_locally(candidates)
+    }
 
 
 def _without(table: pa.Table, excluded: set[str]) -> pa.Table:
@@ -189,14 +189,13 @@ def _near_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dic
     order = priority_order(
         keys, np.array(rows["width"], np.int64) * np.array(rows["height"], np.int64)
     )
-    hashes = np.array(rows["phash"], dtype=np.uint64)[order]
-    unique, inverse = np.unique(hashes, return_inverse=True)
-    pairs = _item_pairs(_unique_pairs(unique, config), inverse)
-    canonical = greedy_canonical(len(order), pairs)
+    unique, inverse = np.unique(
+        np.array(rows["phash"], dtype=np.uint64)[order], return_inverse=True
+    )
+    ranks, kept, distances = resolve_near(unique, inverse, _unique_pairs(unique, config))
     drops = {}
-    for rank in np.flatnonzero(canonical != np.arange(len(order))):
-        i, c = order[rank], order[canonical[rank]]
-        distance = (int(hashes[rank]) ^ int(hashes[canonical[rank]])).bit_count()
+    for rank, canonical, distance in zip(ranks, kept, distances.tolist(), strict=True):
+        i, c = order[rank], order[canonical]
         drops[keys[i]] = Drop(
             key=keys[i],
             source_uri=rows["source_uri"][i],
@@ -208,36 +207,33 @@ def _near_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dic
 
 
 def _unique_pairs(unique: np.ndarray, config: DedupConfig) -> np.ndarray:
-    """Pairs of distinct hash values within the radius; banded tables spread over Ray tasks."""
+    """Pairs of distinct hash values within the radius (the driver path's call)."""
     import ray
 
     if len(unique) < config.exact_below:
         return exact_pairs(unique, config.radius)
-    total = tables_needed(config.radius, len(unique), config.near_recall)
-    search = ray.remote(banded_pairs)
-    ref = ray.put(unique)
-    bounds = np.linspace(0, total, config.near_tasks + 1).astype(int)
-    parts = ray.get(
-        [
-            search.remote(ref, config.radius, recall=config.near_recall, tables=range(a, b))
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            if b > a
-        ]
-    )
+    parts = ray.get(unique_pair_refs(ray.put(unique), len(unique), config))
     return np.unique(np.concatenate(parts), axis=0)
 
 
-def _item_pairs(unique_pairs: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """Pairs of items (ranks) from pairs of distinct hashes, plus items sharing one hash."""
-    members: dict[int, list[int]] = {}
-    for rank, u in enumerate(inverse.ravel()):
-        members.setdefault(int(u), []).append(rank)
-    out = [
-        (a, b) for group in members.values() for x, a in enumerate(group) for b in group[x + 1 :]
+def unique_pair_refs(unique_ref, n_unique: int, config: DedupConfig) -> list:
+    """Refs to pairs of distinct hash values within the radius, for ``n_unique`` values in the
+    object store: brute force in one task below ``exact_below``, else banded tables spread
+    over ``near_tasks`` tasks. Each part is sorted; parts may repeat a pair."""
+    import ray
+
+    if n_unique < 2:
+        return []
+    if n_unique < config.exact_below:
+        return [ray.remote(exact_pairs).remote(unique_ref, config.radius)]
+    total = tables_needed(config.radius, n_unique, config.near_recall)
+    search = ray.remote(banded_pairs)
+    bounds = np.linspace(0, total, config.near_tasks + 1).astype(int)
+    return [
+        search.remote(unique_ref, config.radius, recall=config.near_recall, tables=range(a, b))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        if b > a
     ]
-    for u, v in unique_pairs:
-        out.extend((a, b) for a in members[int(u)] for b in members[int(v)])
-    return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
 def apply_plan(
@@ -266,9 +262,10 @@ def apply_plan(
         k: Drop(**{**d.__dict__, "duplicate_of": final.get(k, d.duplicate_of)})
         for k, d in drops.items()
     }
-    named = dict(_earlier_dedup_rejections(dataset))
-    named.update({k: d.duplicate_of for k, d in drops.items() if k in parent})
-    sizes = cluster_sizes(named.values())
+    sizes = cluster_sizes(
+        _earlier_dedup_rejections(dataset)
+        + [(k, d.duplicate_of) for k, d in drops.items() if k in parent]
+    )
     shard_of = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist(), strict=True))
     by_shard: dict[int, tuple[list[Drop], dict]] = {}
     for drop in drops.values():

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 
-from curation.storage import Location, exists
+from curation.storage import Location, exists, list_files
 from curation.writer import iter_shard, write_rejections, write_shard
 from schemas import Stage
 from schemas.layout import manifest_file, rejection_file, shard_file
@@ -87,6 +87,35 @@ def apply_shard(
     images = _images_by_key(dataset.join(shard_file(shard)), {row["key"] for row in kept})
     write_shard(dataset, shard, kept, [images[row["key"]] for row in kept])
     return True
+
+
+def apply_planned_shard(
+    dataset: Location,
+    shard: int,
+    drops_dirs: list[Location],
+    clusters_dir: Location,
+    *,
+    rejections_only: bool = False,
+) -> bool:
+    """``apply_shard`` with the shard's decisions read from the plan's Parquet folders,
+    partitioned by shard (``<dir>/shard=N/``): a task reads its own shard's rows only."""
+    drops = [
+        Drop(**{k: row[k] for k in Drop.__dataclass_fields__})
+        for folder in drops_dirs
+        for row in _partition_rows(folder, shard)
+    ]
+    clusters = {
+        row["key"]: (row["key"], row["size"]) for row in _partition_rows(clusters_dir, shard)
+    }
+    return apply_shard(dataset, shard, drops, clusters, rejections_only=rejections_only)
+
+
+def _partition_rows(folder: Location, shard: int) -> list[dict]:
+    rows: list[dict] = []
+    for file in list_files(folder.join(f"shard={shard}"), ".parquet"):
+        with file.fs.open_input_file(file.path) as handle:  # the file alone: no hive columns
+            rows.extend(pq.ParquetFile(handle).read().to_pylist())
+    return rows
 
 
 def _images_by_key(tar: Location, keys: set[str]) -> dict[str, bytes]:

@@ -1,9 +1,14 @@
 """run_dedup end to end on a real local Ray: decisions, shards vs manifests, determinism (driver
-path vs Ray path, 1 vs 2 encoder actors), idempotent rerun, a crash between rejections and shard
-rewrite, --dedup-against, and the semantic pass with a tiny TorchScript encoder."""
+path vs Ray path, 1 vs 2 partitions, 1 vs 2 encoder actors), idempotent rerun, a crash between
+rejections and shard rewrite (both paths), --dedup-against (both paths), and the semantic pass
+with a tiny TorchScript encoder.
+
+The Ray path (pipeline.dedup_ray) is forced with ``ray_above=0``; small partitions, several
+read blocks and near tasks make it split what the driver path does in one piece."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 from datetime import UTC, datetime
@@ -19,6 +24,7 @@ from curation.manifest import rejections_dataset, samples_dataset
 from curation.storage import list_files, locate
 from curation.writer import iter_shard, write_shard
 from pipeline import dedup as dedup_pipeline
+from pipeline import dedup_ray
 from pipeline.dedup import run_dedup
 from schemas import sample_key
 from schemas.layout import MANIFESTS_DIR
@@ -94,6 +100,12 @@ def check_shards_match_manifests(path: Path) -> None:
         assert tar == [r["key"] for r in rows]
 
 
+# The Ray path with 2 partitions of the 36 samples, 4 read blocks, 3 near-search tasks; and in
+# one piece (1 partition, 1 block, 1 task): both must decide what the driver path decides.
+RAY_SPLIT = DedupConfig(ray_above=0, rows_per_partition=18, read_blocks=4, near_tasks=3)
+RAY_WHOLE = DedupConfig(ray_above=0, rows_per_partition=1000, read_blocks=1, near_tasks=1)
+
+
 @pytest.fixture
 def built(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     expect = build(tmp_path / "ds", range(6))
@@ -116,25 +128,49 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
         assert kept[sample_key(f"src/{seed}/big")] == (sample_key(f"src/{seed}/big"), 5)
         assert sample_key(f"src/{seed}/shifted") in kept  # a look-alike survives
     check_shards_match_manifests(path)
-    # determinism: the Ray path (hash shuffle in 2 partitions, 4 blocks, rewrites on Ray tasks)
-    # decides what the driver path decided
-    ray_path = DedupConfig(ray_above=0, rows_per_partition=18, read_blocks=4, near_tasks=3)
-    assert run_dedup(str(tmp_path / "other"), ray_path) == counts
+    # determinism: the Ray path (groupby, sort and joins in 2 partitions, rewrites on Ray
+    # tasks) decides what the driver path decided, and leaves no plan behind
+    assert run_dedup(str(tmp_path / "other"), RAY_SPLIT) == counts
     assert snapshot(tmp_path / "other") == snap
+    assert not (tmp_path / "other" / "_work" / "dedup").exists()
     # idempotent rerun
     assert run_dedup(str(path), DedupConfig()) == {}
     assert snapshot(path) == snap
 
 
-def test_crash_between_rejections_and_rewrite(ray_cluster, built, tmp_path: Path) -> None:
+# The Ray path costs minutes on a loaded 2-CPU machine (each Ray Data groupby, sort or join
+# starts its own workers): the default run compares it once (above), these run with -m slow.
+@pytest.mark.slow
+def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Path) -> None:
+    """1 partition, 1 block, 1 task vs the driver path (the test above compares 2 partitions)."""
     path, _ = built
+    shutil.copytree(path, tmp_path / "other")
+    counts = run_dedup(str(path), DedupConfig())
+    assert run_dedup(str(tmp_path / "other"), RAY_WHOLE) == counts
+    assert snapshot(tmp_path / "other") == snapshot(path)
+
+
+@pytest.mark.parametrize(
+    "on_ray", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["driver", "ray"]
+)
+def test_crash_between_rejections_and_rewrite(
+    ray_cluster, built, tmp_path: Path, on_ray: bool
+) -> None:
+    path, _ = built
+    config = RAY_SPLIT if on_ray else DedupConfig()
     shutil.copytree(path, tmp_path / "clean")
     run_dedup(str(tmp_path / "clean"), DedupConfig())
     # the crash: every shard's rejections published, shard 1's also rewritten, then death
-    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
-    dedup_pipeline.apply_plan(locate(str(path)), table, drops, rejections_only=True)
-    dedup_pipeline.apply_plan(locate(str(path)), table, drops, shards={1})
-    run_dedup(str(path), DedupConfig())
+    dataset = locate(str(path))
+    if on_ray:
+        plan = dedup_ray.plan_on_ray(dataset, config, rows=36)
+        dedup_ray.apply_on_ray(plan, rejections_only=True)
+        dedup_ray.apply_on_ray(plan, shards={1})
+    else:
+        table, drops = dedup_pipeline.plan_dedup(str(path), config)
+        dedup_pipeline.apply_plan(dataset, table, drops, rejections_only=True)
+        dedup_pipeline.apply_plan(dataset, table, drops, shards={1})
+    run_dedup(str(path), config)  # the rerun plans again from what the crash left
     assert snapshot(path) == snapshot(tmp_path / "clean")
     check_shards_match_manifests(path)
 
@@ -155,6 +191,29 @@ def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
     assert counts["duplicate_previous_release"] == 6
     kept = {k for k, _, _ in snapshot(tmp_path / "v2")["kept"]}
     assert kept == {sample_key(f"v2/{s}/{k}") for s in (3, 4) for k in ("big", "shifted")}
+
+
+@pytest.mark.slow
+def test_against_previous_release_on_ray(ray_cluster, tmp_path: Path) -> None:
+    """The Ray path (hash groupbys and compact pHash arrays, no driver dict) decides what the
+    driver path decides, and its index (from the rewritten manifests) holds the same rows."""
+    build(tmp_path / "v1", range(3), prefix="v1")
+    run_dedup(str(tmp_path / "v1"), DedupConfig())
+    build(tmp_path / "v2", range(2, 5), prefix="v2")
+    shutil.copytree(tmp_path / "v2", tmp_path / "v2-ray")
+    against = (str(tmp_path / "v1"),)
+    counts = run_dedup(str(tmp_path / "v2"), DedupConfig(against=against))
+    assert (
+        run_dedup(str(tmp_path / "v2-ray"), dataclasses.replace(RAY_SPLIT, against=against))
+        == counts
+    )
+    assert snapshot(tmp_path / "v2-ray") == snapshot(tmp_path / "v2")
+    assert index_rows(tmp_path / "v2-ray") == index_rows(tmp_path / "v2")
+
+
+def index_rows(path: Path) -> list[dict]:
+    table = pq.read_table(path / "dedup_index")
+    return table.select(dedup_pipeline.INDEX_COLUMNS).sort_by("key").to_pylist()
 
 
 def semantic_only(tmp_path: Path, **kw) -> DedupConfig:
