@@ -5,9 +5,18 @@
     uv run python bench/pretrain_gpu.py --device cpu --preset vit_test --img-size 64 --batch 4
 
 Each step is a full training step (forward with mask 0.75, norm-pix loss, backward, AdamW)
-on random images already on the device, so the figure is the model's, not the loader's.
-Without ``--batch`` the largest power of two that fits is searched (the step is tried, an
-out-of-memory error halves it). MFU = images/s x analytic training FLOPs per image
+on random images already on the device, so the figure is the model's, not the loader's: uint8
+channels-last batches, as the loader hands them over, normalised inside the step as the
+training loop does. Without ``--batch`` the largest power of two that fits is searched (the
+step is tried, an out-of-memory error halves it).
+
+On CUDA: bf16 autocast with fp32 weights, fused AdamW, TF32 for the remaining fp32 matmuls and
+convolutions, the caching allocator's expandable segments (fewer fragmentation OOMs in the
+batch search), and attention restricted to the fused SDPA kernels (``--sdpa``; the model calls
+``scaled_dot_product_attention`` without a mask, so flash applies): a silent fallback to the
+unfused math kernel would be an error here, not a slow figure. Timing: ``--warmup`` steps
+(compilation included with ``--compile``) are excluded, the timed steps are bracketed by
+``torch.cuda.synchronize``. MFU = images/s x analytic training FLOPs per image
 (training.models.flops, 3x forward, recomputation not counted) / the device's dense bf16
 peak; on a device without a known peak the achieved TFLOP/s are printed instead.
 """
@@ -15,14 +24,20 @@ peak; on a device without a known peak the achieved TFLOP/s are printed instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+# before CUDA is initialised: lets the allocator grow segments instead of fragmenting them
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,6 +47,12 @@ from training.models.vit import PRESETS  # noqa: E402
 from training.parallel import parallelize  # noqa: E402
 
 PAPER_PRESETS = ("sapiens_0.3b", "sapiens_0.6b", "sapiens_1b", "sapiens_2b")
+SDPA = {
+    "fused": [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+    "flash": [SDPBackend.FLASH_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+}  # fmt: skip
 
 
 def build(args, name: str, device: torch.device):
@@ -48,11 +69,26 @@ def build(args, name: str, device: torch.device):
     return cfg, model, opt
 
 
-def step_fn(model, opt, imgs, bf16: bool, device: torch.device):
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """training.data.normalize (ImageNet mean/std), inlined: training.data needs OpenCV."""
+    mean = torch.tensor((0.485, 0.456, 0.406), device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225), device=batch.device).view(1, 3, 1, 1)
+    return (batch.float() / 255.0 - mean) / std
+
+
+def attention_kernels(args, device: torch.device):
+    """The SDPA kernels allowed: fused ones only on CUDA (unless --sdpa any)."""
+    if device.type != "cuda" or args.sdpa == "any":
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPA[args.sdpa])
+
+
+def step_fn(model, opt, imgs, args, device: torch.device):
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = model(imgs)
-        loss.backward()
+        with attention_kernels(args, device):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss, _, _ = model(normalize(imgs))
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -67,8 +103,10 @@ def sync(device: torch.device) -> None:
 def measure(args, name: str, batch: int, device: torch.device) -> float:
     """images/s over ``args.steps`` steps after ``args.warmup`` warm-up steps."""
     cfg, model, opt = build(args, name, device)
-    imgs = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
-    step = step_fn(model, opt, imgs, args.bf16, device)
+    # what the loader yields: uint8 [B, H, W, 3] in memory, seen as [B, 3, H, W]
+    shape = (batch, args.img_size, args.img_size, 3)
+    imgs = torch.randint(0, 256, shape, dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
+    step = step_fn(model, opt, imgs, args, device)
     for _ in range(args.warmup):
         step()
     sync(device)
@@ -116,16 +154,22 @@ def main() -> None:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile each block")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument(
+        "--sdpa", choices=(*SDPA, "any"), default="fused",
+        help="attention kernels allowed on CUDA (fused: flash, cuDNN or memory-efficient)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     label = device_label(device)
     peak = peak_flops(label)
     print(f"# {label}, torch {torch.__version__}, commit {commit.stdout.strip() or 'unknown'}")
     print(f"# {args.img_size}x{args.img_size}, mask {args.mask_ratio}, bf16 {args.bf16}, "
-          f"compile {args.compile}, activation checkpointing {args.activation_checkpointing}")  # fmt: skip
+          f"compile {args.compile}, activation checkpointing {args.activation_checkpointing}, "
+          f"sdpa {args.sdpa if device.type == 'cuda' else 'any'}")  # fmt: skip
     print("preset         batch  images/s  TFLOP/s  MFU")
     for name in args.preset:
         if args.batch:
