@@ -89,3 +89,28 @@ def test_shard_on_s3(s3_bucket):
         (s["__key__"], s.get("jpg", s.get("png"))) for s in iter_shard(dataset.join(shard_file(0)))
     ]
     assert [g[1] for g in got] == [b"x", b"y", b"z"]
+
+
+def test_writing_and_reading_shards_does_not_import_torch(tmp_path):
+    """Crawler workers write shards: torch would cost each one ~280 MB and seconds to import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = [{**row, "fetched_at": row["fetched_at"].isoformat()} for row in _rows(3)]
+    script = f"""
+import datetime as dt, json, sys
+from curation.storage import locate
+from curation.writer import iter_shard, write_shard
+from schemas.layout import shard_file
+rows = json.loads({json.dumps(rows)!r})
+for row in rows:
+    row["fetched_at"] = dt.datetime.fromisoformat(row["fetched_at"])
+dataset = locate({str(tmp_path)!r})
+write_shard(dataset, 0, rows, [b"a", b"bb", b"ccc"])
+print(len(list(iter_shard(dataset.join(shard_file(0))))), "torch" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "False"]
