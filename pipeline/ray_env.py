@@ -37,7 +37,9 @@ def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     else:
         log.info("no Ray cluster given: starting an embedded local Ray")
         add_to_pythonpath(str(ROOT))
-        ray.init(**init_kwargs)
+        # "local": a new embedded instance even when a `ray start` cluster runs on this
+        # machine (plain ray.init() would join it, and refuse resource arguments)
+        ray.init(address="local", **init_kwargs)
     # Ray Data's V2 Parquet reader starts FooterReader actors (new processes) for every read:
     # 10-20 s before the first row on this 2-core machine even with warm workers, against
     # 0.3-0.4 s for the V1 reader. The jobs' Parquet inputs (plans, manifests) are few files

@@ -99,6 +99,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     add_to_pythonpath(str(ROOT))  # inherited by the workers Ray prestarts
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a `ray start` cluster left running on this machine
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
