@@ -96,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def run(config: JobConfig) -> dict:
     """Run the whole job; returns the summary that was written to ``summary.json``."""
+    from pipeline.dedup import check_semantic_model
     from pipeline.detect_stage import check_filters_ready
 
     started = time.time()
@@ -105,6 +106,8 @@ def run(config: JobConfig) -> dict:
     phases = Phases()
     with phases("check filters"):
         check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
+        if config.run.dedup:
+            check_semantic_model(config.dedup)
     run_id = new_run_id()
     with OutputLock(dataset, run_id):  # before Ray starts: a busy output fails at once
         with phases("start Ray"):

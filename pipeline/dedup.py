@@ -64,6 +64,7 @@ INDEX_COLUMNS = ["key", "sha256", "pixel_hash", "phash", "width", "height"]
 def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     """Deduplicate ``dataset_uri`` in place; returns counts of newly dropped samples by reason."""
     dataset = locate(dataset_uri)
+    check_semantic_model(config)
     rows = samples_dataset(dataset_uri).count_rows()  # Parquet footers only
     if rows and rows >= config.ray_above:
         from pipeline.dedup_ray import run_on_ray
@@ -74,6 +75,14 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     if config.write_index:
         _write_index(dataset, table, set(drops))
     return dict(Counter(d.reason for d in drops.values()))
+
+
+def check_semantic_model(config: DedupConfig) -> None:
+    """A missing or invalid encoder fails here, before any pass (or, in the job, any crawl)."""
+    if config.semantic:
+        from curation.dedup.semantic import describe_encoder
+
+        describe_encoder(config.semantic_model)
 
 
 def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[str, Drop]]:

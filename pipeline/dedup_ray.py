@@ -479,11 +479,12 @@ def _semantic_pass(plan: RayPlan) -> None:
     """The embedding pass; ``semantic_drops`` gets the survivors only (nothing excluded)."""
     from pipeline.dedup_semantic import semantic_drops
 
-    columns = ["key", "shard", "source_uri", "width", "height"]
+    # sha256 lets the embedding cache notice a key that now names other bytes
+    columns = ["key", "shard", "source_uri", "sha256", "width", "height"]
     blocks = ray.get(_survivors(plan, columns).to_arrow_refs())
     schema = pa.schema(
         [("key", pa.string()), ("shard", pa.int64()), ("source_uri", pa.string()),
-         ("width", pa.int64()), ("height", pa.int64())]
+         ("sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64())]
     )  # fmt: skip
     table = pa.concat_tables(
         [schema.empty_table()] + [b.select(columns).cast(schema) for b in blocks]

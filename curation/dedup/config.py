@@ -23,7 +23,10 @@ class DedupConfig:
     )
     near_recall: float = field(
         default=0.99,
-        metadata={"help": "banded search: recall of pairs exactly `radius` bits apart"},
+        metadata={
+            "help": "sampled-bit search, used above radius 8 only: recall of pairs exactly "
+            "`radius` bits apart (up to radius 8 the covering search finds every pair)"
+        },
     )
     exact_below: int = field(
         default=30_000, metadata={"help": "brute-force (exact) near search below this many hashes"}
@@ -52,7 +55,8 @@ class DedupConfig:
     semantic_model: str | None = field(
         default=None,
         metadata={
-            "help": "TorchScript image encoder (path or s3://): [N,3,H,W] ImageNet-"
+            "help": "image encoder (path or s3://): this project's exported MAE encoder "
+            "(python -m training.checkpoint) or a TorchScript module, [N,3,H,W] ImageNet-"
             "normalised -> [N,D]"
         },
     )
@@ -60,7 +64,11 @@ class DedupConfig:
         default=0.95, metadata={"help": "cosine similarity at or above which images are duplicates"}
     )
     semantic_image_size: int = field(
-        default=224, metadata={"help": "side the images are resized to for the encoder"}
+        default=0,
+        metadata={
+            "help": "side the images are resized to for the encoder (0: the MAE encoder's own "
+            "training size, 224 for TorchScript)"
+        },
     )
     semantic_chunk: int = field(
         default=32, metadata={"help": "images per encoder call (within one shard)"}
@@ -93,9 +101,11 @@ class DedupConfig:
         if self.ray_above < 0 or self.rows_per_partition < 1:
             raise ValueError("ray_above must be >= 0 and rows_per_partition >= 1")
         if self.semantic and not self.semantic_model:
-            raise ValueError("semantic dedup needs semantic_model (a TorchScript file)")
-        if min(self.semantic_image_size, self.semantic_chunk, self.semantic_actors) < 1:
-            raise ValueError("semantic_image_size, semantic_chunk, semantic_actors must be >= 1")
+            raise ValueError("semantic dedup needs semantic_model (an encoder file)")
+        if self.semantic_image_size < 0:
+            raise ValueError("semantic_image_size must be >= 0 (0: the encoder's own)")
+        if min(self.semantic_chunk, self.semantic_actors) < 1:
+            raise ValueError("semantic_chunk and semantic_actors must be >= 1")
         if self.semantic_threads < 1 or self.semantic_partition_size < 2:
             raise ValueError("semantic_threads must be >= 1, semantic_partition_size >= 2")
         self.against = tuple(self.against)

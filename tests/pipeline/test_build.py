@@ -128,6 +128,16 @@ def test_bad_configuration_is_refused_before_work(tmp_path):
         config_from_args(parser().parse_args(["--fetch-concurrency", "0"]))
     config = config_from_args(parser().parse_args(job_args(tmp_path / "x.csv", tmp_path / "o")))
     assert dataclasses.asdict(config.fetch)["allow_private_addresses"] is True
+    # a semantic-dedup model that would only be needed after the crawl is checked before it
+    from curation.dedup.semantic import EncoderError
+
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    args = [*job_args(urls, tmp_path / "never"), "--dedup-semantic",
+            "--dedup-semantic-model", str(tmp_path / "no-such-encoder.pt")]  # fmt: skip
+    with pytest.raises(EncoderError, match="no-such-encoder.pt"):
+        run(config_from_args(parser().parse_args(args)))
+    assert not (tmp_path / "never").exists()
 
 
 def test_job_with_a_local_detector_file_and_with_missing_weights(tmp_path):
