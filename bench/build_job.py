@@ -1,12 +1,13 @@
 """Curation job throughput vs the floor: a bare Pillow decode loop over the same images.
 
-    uv run python bench/build_job.py --images 300 --repeat-sizes 1,2
+    uv run python bench/build_job.py --images 1200 --repeat-sizes 1,2,4,8 --distinct 1200
 
 Generates photo-like JPEGs of mixed sizes (up to 4000 px), serves them on 127.0.0.1 and runs
 the job (no detector, no dedup: the I/O, validate, sign and write path) on an embedded local
 Ray, warmed by a first small job. Prints images/s per core for both (the job's end-to-end rate
-from its summary: plan, stream, write), their ratio, and the peak resident memory of the whole
-process tree for corpora of N and k*N images (it must not grow with the corpus).
+from its summary: plan, stream, write), their ratio, and the peak memory (PSS) of the whole
+process tree for corpora of N, 2N, ... images, split into the object store (bounded by its
+size) and the rest, which must not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -77,15 +78,17 @@ class PeakMemory:
     """Samples the memory of this process and all its descendants (Ray included).
 
     Sums PSS, not RSS: the object store's shared pages are mapped by every worker that reads
-    them, and RSS would count them once per process. ``peak_private`` is the peak sum of USS
-    (pages no other process maps: Python heaps, decode buffers), which leaves out the object
-    store, capped by its own size. ``breakdown`` is the per-process PSS at the peak, by
-    command name, to say where memory goes.
+    them, and RSS would count them once per process. ``peak_store`` is the part of that sum
+    in the object store's shared-memory file (bounded by the store's size; Ray spills to disk
+    past it); ``peak_heaps`` is everything else (Python heaps, Arrow buffers, decode buffers,
+    libraries), the part that would grow if the job held on to what it streams. ``breakdown``
+    is the per-process PSS at the peak, by command name, to say where memory goes.
     """
 
     def __init__(self) -> None:
         self.peak = 0
-        self.peak_private = 0
+        self.peak_store = 0
+        self.peak_heaps = 0
         self.breakdown: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,15 +97,17 @@ class PeakMemory:
         me = psutil.Process()
         while not self._stop.wait(0.5):
             sizes: dict[str, int] = {}
-            private = 0
+            store = 0
             for proc in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
                     name = _process_name(proc)
-                    info = proc.memory_full_info()
-                    sizes[name] = sizes.get(name, 0) + info.pss
-                    private += info.uss
-            self.peak_private = max(self.peak_private, private)
+                    for mapping in proc.memory_maps(grouped=True):
+                        sizes[name] = sizes.get(name, 0) + mapping.pss
+                        if "plasma" in mapping.path:
+                            store += mapping.pss
             total = sum(sizes.values())
+            self.peak_store = max(self.peak_store, store)
+            self.peak_heaps = max(self.peak_heaps, total - store)
             if total > self.peak:
                 self.peak, self.breakdown = total, sizes
 
@@ -219,8 +224,9 @@ def main() -> None:
             print(
                 f"job, {len(names)} images: {rate:.1f} images/s on {cores} cores = "
                 f"{rate / cores:.1f} per core = {rate / cores / floor:.2f} x floor; "
-                f"kept {kept}; peak memory of all processes: {memory.peak / 2**20:.0f} MiB PSS, "
-                f"{memory.peak_private / 2**20:.0f} MiB private (USS)"
+                f"kept {kept}; peak memory of all processes (PSS): {memory.peak / 2**20:.0f} MiB; "
+                f"peaks apart: object store {memory.peak_store / 2**20:.0f} MiB, the rest "
+                f"{memory.peak_heaps / 2**20:.0f} MiB"
             )
             top = sorted(memory.breakdown.items(), key=lambda kv: -kv[1])
             print("  at the peak: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in top[:8]))
