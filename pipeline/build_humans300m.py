@@ -33,6 +33,7 @@ from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
 from pipeline.lock import OutputBusy, OutputLock
 from pipeline.plan import Plan, load_or_build_plan
+from pipeline.ray_env import check_submitted_job
 from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
 from pipeline.stages import StageConfig, fetch_and_validate
 
@@ -102,6 +103,8 @@ def run(config: JobConfig) -> dict:
     started = time.time()
     if not config.source.inputs:
         raise ValueError("no inputs: pass --input (a URL list, folder, s3:// prefix or .tar)")
+    # inputs may be relative: --working-dir ships them with the job; the output must not be
+    check_submitted_job({"--output": config.output.output})
     dataset = locate(config.output.output)
     phases = Phases()
     with phases("check filters"):

@@ -6,6 +6,7 @@ worker wrapper for embedded clusters before Ray is first imported.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,44 @@ def add_to_pythonpath(path: str) -> None:
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if path not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([path, *parts])
+
+
+def submitted_job_runtime_env() -> dict | None:
+    """The runtime_env of the ``ray job submit`` job this driver runs in; None outside one."""
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a submitted job
+    return json.loads(job).get("runtime_env", {}) if job else None
+
+
+def check_submitted_job(paths: dict[str, str | None]) -> None:
+    """Under ``ray job submit --working-dir``, refuse relative local ``paths`` (flag -> value),
+    and warn when the workers would each run in a virtualenv synced for the job.
+
+    The driver runs inside the job's unpacked copy of the working dir on the cluster
+    (/tmp/ray/session_*/runtime_resources/working_dir_files/...), so ``./out`` would be
+    written there and lost with the session, and a relative dataset would be looked for there.
+    """
+    from curation.storage import is_s3
+
+    runtime_env = submitted_job_runtime_env() or {}
+    if str(runtime_env.get("py_executable", "")).split(" ")[0].endswith("uv"):
+        # Ray wraps every worker in `uv run` when the head was started under `uv run`
+        # without RAY_ENABLE_UV_RUN_RUNTIME_ENV=0: each job then syncs a whole virtualenv
+        # (~6 GB with torch) inside its copy of the working dir before a worker starts
+        log.warning(
+            "this job's workers run under %r: start the cluster with "
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 (as ray_cluster.yaml does) to use the nodes' "
+            "environment instead of a virtualenv synced per job",
+            runtime_env["py_executable"],
+        )
+    if "working_dir" not in runtime_env:
+        return
+    for flag, value in paths.items():
+        if value and not is_s3(value) and not os.path.isabs(value):
+            raise ValueError(
+                f"{flag} {value!r} is relative: in a job submitted with --working-dir it "
+                f"would resolve inside the job's temporary copy of the working dir on the "
+                f"cluster ({os.getcwd()}); give an absolute path or s3://"
+            )
 
 
 def start_ray(address: str | None = None, **init_kwargs: object) -> None:

@@ -110,46 +110,25 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
 
 
 def check_job_paths(config: PretrainConfig) -> None:
-    """Under ``ray job submit --working-dir``, refuse relative local paths (and warn when the
-    workers would each run in a virtualenv synced for the job).
+    """Under ``ray job submit --working-dir``, refuse relative local paths (see
+    ``pipeline.ray_env.check_submitted_job``)."""
+    from pipeline.ray_env import check_submitted_job, submitted_job_runtime_env
 
-    The driver runs inside the job's unpacked copy of the working dir on the cluster
-    (/tmp/ray/session_*/runtime_resources/working_dir_files/...), so ``./runs/mae`` would be
-    written there and lost with the session, and a relative dataset would be looked for there.
-    """
-    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a submitted job
-    runtime_env = json.loads(job).get("runtime_env", {}) if job else {}
-    if str(runtime_env.get("py_executable", "")).split(" ")[0].endswith("uv"):
-        # Ray wraps every worker in `uv run` when the head was started under `uv run`
-        # without RAY_ENABLE_UV_RUN_RUNTIME_ENV=0: each job then syncs a whole virtualenv
-        # (~6 GB with torch) inside its copy of the working dir before a worker starts
+    log_dir = config.log_dir
+    relative_log_dir = log_dir and not locate(log_dir).is_s3 and not os.path.isabs(log_dir)
+    in_working_dir = "working_dir" in (submitted_job_runtime_env() or {})
+    if in_working_dir and relative_log_dir and locate(config.output).is_s3:
+        # the default beside an S3 output (./pretrain_logs/<name>): checkpoints are safe
         logging.getLogger(__name__).warning(
-            "this job's workers run under %r: start the cluster with "
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 (as ray_cluster.yaml does) to use the nodes' "
-            "environment instead of a virtualenv synced per job",
-            runtime_env["py_executable"],
+            "--log-dir %r is relative: the job's metrics and pictures will stay in its "
+            "temporary working dir on the cluster (%s); give an absolute --log-dir",
+            log_dir,
+            os.getcwd(),
         )
-    if "working_dir" not in runtime_env:
-        return
-    for name in ("dataset", "output", "log_dir"):
-        value = getattr(config, name)
-        if not value or locate(value).is_s3 or os.path.isabs(value):
-            continue
-        if name == "log_dir" and locate(config.output).is_s3:
-            # the default beside an S3 output (./pretrain_logs/<name>): checkpoints are safe
-            logging.getLogger(__name__).warning(
-                "--log-dir %r is relative: the job's metrics and pictures will stay in its "
-                "temporary working dir on the cluster (%s); give an absolute --log-dir",
-                value,
-                os.getcwd(),
-            )
-        else:
-            raise ValueError(
-                f"--{name.replace('_', '-')} {value!r} is relative: in a job submitted "
-                f"with --working-dir it would resolve inside the job's temporary copy of "
-                f"the working dir on the cluster ({os.getcwd()}); give an absolute path "
-                f"or s3://"
-            )
+        log_dir = None
+    check_submitted_job(
+        {"--dataset": config.dataset, "--output": config.output, "--log-dir": log_dir}
+    )
 
 
 def run(config: PretrainConfig) -> dict:

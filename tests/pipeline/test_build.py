@@ -169,3 +169,16 @@ def test_job_with_a_local_detector_file_and_with_missing_weights(tmp_path):
         assert identity["weights_sha256"] and row["num_persons"] >= 1
         for box in row["persons"]:  # original-pixel coordinates of a 480x360 image
             assert -1 <= box["x0"] <= box["x1"] <= 481 and -1 <= box["y0"] <= box["y1"] <= 361
+
+
+def test_relative_output_is_refused_in_a_submitted_job(tmp_path, monkeypatch):
+    """Under `ray job submit --working-dir` the driver runs in a temporary copy of the working
+    dir: a relative output would be written there and lost with the session."""
+    monkeypatch.chdir(tmp_path)
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}, "metadata": {}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    args = job_args("urls.txt", "out")  # a relative input is fine: it ships with the job
+    with pytest.raises(ValueError, match="--output 'out' is relative"):
+        run(config_from_args(parser().parse_args(args)))
+    assert not (tmp_path / "out").exists()

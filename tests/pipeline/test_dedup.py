@@ -139,8 +139,10 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
 
 
 # The Ray path costs minutes on a loaded 2-CPU machine (each Ray Data groupby, sort or join
-# starts its own workers): the default run compares it once (above), these run with -m slow.
+# starts its own workers): the default run compares it once (above), these run with -m slow,
+# with room beyond the default 600 s test timeout.
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Path) -> None:
     """1 partition, 1 block, 1 task vs the driver path (the test above compares 2 partitions)."""
     path, _ = built
@@ -151,7 +153,9 @@ def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "on_ray", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["driver", "ray"]
+    "on_ray",
+    [False, pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(1800)])],
+    ids=["driver", "ray"],
 )
 def test_crash_between_rejections_and_rewrite(
     ray_cluster, built, tmp_path: Path, on_ray: bool
@@ -194,6 +198,7 @@ def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_against_previous_release_on_ray(ray_cluster, tmp_path: Path) -> None:
     """The Ray path (hash groupbys and compact pHash arrays, no driver dict) decides what the
     driver path decides, and its index (from the rewritten manifests) holds the same rows."""
