@@ -80,7 +80,7 @@ class PeakMemory:
     Sums PSS, not RSS: the object store's shared pages are mapped by every worker that reads
     them, and RSS would count them once per process. ``peak_store`` is the part of that sum
     in the object store's shared-memory file (bounded by the store's size; Ray spills to disk
-    past it); ``peak_heaps`` is everything else (Python heaps, Arrow buffers, decode buffers,
+    past it), sampled every 10 s; ``peak_heaps`` is everything else (Python heaps, Arrow buffers, decode buffers,
     libraries), the part that would grow if the job held on to what it streams. ``breakdown``
     is the per-process PSS at the peak, by command name, to say where memory goes.
     """
@@ -90,26 +90,43 @@ class PeakMemory:
         self.peak_store = 0
         self.peak_heaps = 0
         self.breakdown: dict[str, int] = {}
+        self.cpu_seconds: dict[str, float] = {}  # user+system per process name, during the run
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, tuple[str, float]] = {}
+        self.sampler_cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
-        while not self._stop.wait(0.5):
+        sample = 0
+        # Reading smaps costs milliseconds per process and this thread shares the 2 cores
+        # with the job: PSS (smaps_rollup) once a second, the object-store split (full smaps)
+        # every 10th time; ``sampler_cpu_s`` reports what the sampling itself cost.
+        while not self._stop.wait(1.0):
             sizes: dict[str, int] = {}
-            store = 0
+            store = -1
             for proc in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
                     name = _process_name(proc)
-                    for mapping in proc.memory_maps(grouped=True):
-                        sizes[name] = sizes.get(name, 0) + mapping.pss
-                        if "plasma" in mapping.path:
-                            store += mapping.pss
+                    times = proc.cpu_times()
+                    cpu = times.user + times.system
+                    self._cpu_start.setdefault(proc.pid, cpu)
+                    # a worker's name changes with its task: account it under its last real one
+                    last = self._cpu_last.get(proc.pid, (name, 0.0))[0]
+                    self._cpu_last[proc.pid] = (last if name == "ray::IDLE" else name, cpu)
+                    sizes[name] = sizes.get(name, 0) + proc.memory_full_info().pss
+                    if sample % 10 == 0:
+                        maps = proc.memory_maps(grouped=True)
+                        store = max(store, 0) + sum(m.pss for m in maps if "plasma" in m.path)
+            sample += 1
             total = sum(sizes.values())
-            self.peak_store = max(self.peak_store, store)
-            self.peak_heaps = max(self.peak_heaps, total - store)
+            if store >= 0:
+                self.peak_store = max(self.peak_store, store)
+                self.peak_heaps = max(self.peak_heaps, total - store)
             if total > self.peak:
                 self.peak, self.breakdown = total, sizes
+        self.sampler_cpu_s = time.thread_time()
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -118,6 +135,9 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        for pid, (name, cpu) in self._cpu_last.items():
+            used = cpu - self._cpu_start[pid]
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + used
 
 
 def _process_name(proc: psutil.Process) -> str:
@@ -126,6 +146,10 @@ def _process_name(proc: psutil.Process) -> str:
     cmdline = proc.cmdline()
     if cmdline and cmdline[0].startswith("ray::"):
         name = cmdline[0].split("(")[0]
+    elif "http.server" in cmdline:
+        name = "http.server (the bench's web server)"
+    elif proc.pid == os.getpid():
+        name = "driver"
     return name
 
 
@@ -229,7 +253,13 @@ def main() -> None:
                 f"{memory.peak_heaps / 2**20:.0f} MiB"
             )
             top = sorted(memory.breakdown.items(), key=lambda kv: -kv[1])
-            print("  at the peak: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in top[:8]))
+            print("  MiB at the peak: " + ", ".join(f"{n} {b / 2**20:.0f}" for n, b in top[:8]))
+            busy = sorted(memory.cpu_seconds.items(), key=lambda kv: -kv[1])
+            print(
+                "  CPU seconds: "
+                + ", ".join(f"{n} {c:.1f}" for n, c in busy[:8] if c >= 0.1)
+                + f" (of which this memory sampler, in the driver: {memory.sampler_cpu_s:.1f})"
+            )
     finally:
         server.terminate()
         ray.shutdown()

