@@ -14,7 +14,7 @@ The path is built for 1024 px outputs, where the resize writes 1M pixels per ima
   kernel, SIMD; Pillow's bicubic is a=-0.5 and ~6x slower here); downscales, which a reduced
   decode keeps under 2x for JPEGs, use INTER_AREA, which antialiases like Pillow's resize does
   (mean absolute difference to Pillow's antialiased bicubic ~0.5-0.8 grey levels on
-  photo-like images, see tests and bench/notes/pretrain.md).
+  photo-like images, see tests and BENCHMARKS.md, pretraining).
 - The flip is done in place on the output; the result stays uint8 and height x width x
   channel in memory, handed on as a [3, H, W] view (channels-last strides) without a copy.
 """

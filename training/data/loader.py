@@ -247,7 +247,7 @@ class _Buffers:
     In-process (no loader processes) a buffer is reused once no tensor other than ours refers
     to it. A loader process hands its batches to the training process through shared memory
     and cannot know when that one is done with them, so it takes a fresh shared buffer per
-    batch, as the default collate does (see bench/notes/pretrain.md for the cost).
+    batch, as the default collate does (see BENCHMARKS.md, pretraining for the cost).
     """
 
     KEEP = 2  # buffers kept for reuse: the consumer's current batch and ours
