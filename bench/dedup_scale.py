@@ -3,6 +3,7 @@
     uv run python bench/dedup_scale.py [--sizes 1000000 2000000 4000000] [--radius 8]
     uv run python bench/dedup_scale.py --pass-seeds 50   # whole run_dedup pass, 300 samples
     uv run python bench/dedup_scale.py --pass-seeds 50 --ray-above 0   # its Ray path forced
+    uv run python bench/dedup_scale.py --part-size 0   # every table over the whole input
 
 Each size runs in a fresh subprocess (clean peak RSS). Recall is measured against brute
 force (FAISS IndexBinaryFlat) for a sample of query hashes: of all pairs within the radius
@@ -40,14 +41,20 @@ def planted(n: int, radius: int, seed: int) -> np.ndarray:
     return np.unique(base)
 
 
-def one(n: int, radius: int, threads: int, queries: int) -> dict:
-    from curation.dedup.near import banded_pairs, exact_pairs
+def one(n: int, radius: int, threads: int, queries: int, part_size: int | None) -> dict:
+    from curation.dedup.near import PART_SIZE, banded_pairs, exact_pairs
 
     hashes = planted(n, radius, seed=n)
     stats: dict = {}
     load_start = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
-    pairs = banded_pairs(hashes, radius, threads=threads, stats=stats)
+    pairs = banded_pairs(
+        hashes,
+        radius,
+        threads=threads,
+        part_size=PART_SIZE if part_size is None else part_size or 2**32,
+        stats=stats,
+    )
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     load_end = os.getloadavg()[0]
     sample = np.random.default_rng(0).choice(len(hashes), queries, replace=False)
@@ -59,6 +66,8 @@ def one(n: int, radius: int, threads: int, queries: int) -> dict:
         radius=radius,
         method=stats["method"],
         tables=stats["tables"],
+        groups=stats["groups"],  # table groups, each splitting the input once
+        partition_bits=stats["partition_bits"],
         seconds=round(seconds, 2),
         cpu_seconds=round(cpu, 2),  # all threads; steadier than wall time on a shared machine
         load=f"{load_start:.1f} -> {load_end:.1f}",  # 1-minute load average, 2 cores
@@ -107,13 +116,18 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument(
+        "--part-size",
+        type=int,
+        help="hashes per part (default curation.dedup.near.PART_SIZE); 0: no split",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pass-seeds", type=int, help="time run_dedup on 6 x this many samples")
     parser.add_argument("--semantic-model", help="with --pass-seeds: TorchScript for semantic")
     parser.add_argument("--ray-above", type=int, help="with --pass-seeds: DedupConfig.ray_above")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.radius, args.threads, args.queries)))
+        print(json.dumps(one(args.one, args.radius, args.threads, args.queries, args.part_size)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(
@@ -137,6 +151,7 @@ def main() -> None:
                 str(args.threads),
                 "--queries",
                 str(args.queries),
+                *([] if args.part_size is None else ["--part-size", str(args.part_size)]),
             ],
             capture_output=True,
             text=True,

@@ -42,7 +42,7 @@ from curation.dedup.cluster import (
 )
 from curation.dedup.config import INDEX_DIR, DedupConfig
 from curation.dedup.groups import candidate_rows, resolve_locally
-from curation.dedup.near import banded_pairs, exact_pairs, tables_needed
+from curation.dedup.near import banded_pairs, exact_pairs, split_tables
 from curation.manifest import rejections_dataset, samples_dataset
 from curation.storage import Location, list_files, locate, write_bytes_atomic
 from curation.writer import table_to_parquet_bytes
@@ -235,13 +235,12 @@ def unique_pair_refs(unique_ref, n_unique: int, config: DedupConfig) -> list:
         return []
     if n_unique < config.exact_below:
         return [ray.remote(exact_pairs).remote(unique_ref, config.radius)]
-    total = tables_needed(config.radius, n_unique, config.near_recall)
     search = ray.remote(banded_pairs)
-    bounds = np.linspace(0, total, config.near_tasks + 1).astype(int)
     return [
-        search.remote(unique_ref, config.radius, recall=config.near_recall, tables=range(a, b))
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        if b > a
+        search.remote(unique_ref, config.radius, recall=config.near_recall, tables=tables)
+        for tables in split_tables(
+            config.radius, n_unique, config.near_tasks, recall=config.near_recall
+        )
     ]
 
 

@@ -13,6 +13,9 @@ from curation.dedup.near import (
     covering_mask,
     exact_pairs,
     near_pairs,
+    partition_bits,
+    split_tables,
+    table_groups,
     tables_needed,
 )
 
@@ -57,18 +60,54 @@ def test_covering_search_equals_brute_force(radius: int) -> None:
     assert radius == 0 or len(found) > 1000
 
 
+@pytest.mark.parametrize("radius", [8, 4])
+def test_split_into_parts_equals_brute_force(radius: int) -> None:
+    """Groups of tables that split the hashes into parts (what large inputs do) find exactly
+    the brute-force pairs, whether parts or tables are spread over the threads."""
+    hashes = planted(20_000, radius, seed=10 + radius)
+    exact = exact_pairs(hashes, radius)
+    for part_size, threads in [(2_500, 2), (700, 1), (12_000, 3)]:
+        stats: dict = {}
+        found = banded_pairs(hashes, radius, threads=threads, part_size=part_size, stats=stats)
+        assert stats["partition_bits"] == partition_bits(len(hashes), part_size) > 0
+        assert 1 < stats["groups"] < stats["tables"]
+        assert np.array_equal(found, exact), (part_size, threads)
+    assert len(exact) > 1000
+
+
+def test_table_groups_tile_the_tables_on_shared_positions() -> None:
+    masks = [covering_mask(8, t) for t in range(511)]
+    assert [len(table_groups(masks, bits)) for bits in (0, 1, 3)] == [1, 9, 19]
+    for bits in (2, 4):
+        groups = table_groups(masks, bits)
+        members = sorted(t for _, group in groups for t in group)
+        assert members == list(range(511))  # every table in exactly one group
+        for positions, group in groups:
+            assert int(positions).bit_count() == bits
+            assert all(int(masks[t]) & int(positions) == int(positions) for t in group)
+    assert partition_bits(500_000) == 0 and partition_bits(4_000_000) == 3
+    assert partition_bits(10**9) == 6  # capped
+
+
 def test_table_subsets_union_to_the_whole_search() -> None:
     hashes = planted(10_000, 8, seed=1)
     total = tables_needed(8, len(hashes), 0.99)
     assert total == 511
     bounds = np.linspace(0, total, 4).astype(int)
     parts = [
-        banded_pairs(hashes, 8, tables=range(a, b))
+        banded_pairs(hashes, 8, tables=range(a, b), part_size=3_000)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     union = np.unique(np.concatenate(parts), axis=0)
     assert np.array_equal(union, banded_pairs(hashes, 8))
     assert all(np.all(p[:, 0] < p[:, 1]) for p in parts)
+    # What run_dedup spreads over tasks: whole groups, every table once, balanced.
+    shares = split_tables(8, len(hashes), 3, part_size=3_000)
+    assert sorted(t for share in shares for t in share) == list(range(total))
+    assert len(shares) == 3 and max(map(len, shares)) - min(map(len, shares)) <= 64
+    parts = [banded_pairs(hashes, 8, tables=share, part_size=3_000) for share in shares]
+    assert np.array_equal(np.unique(np.concatenate(parts), axis=0), banded_pairs(hashes, 8))
+    assert split_tables(8, 100, 1000) == [[t] for t in range(511)]  # never an empty search
 
 
 def test_stats_and_small_inputs() -> None:
@@ -92,6 +131,8 @@ def test_sampling_fallback_for_larger_radius_reports_no_false_pairs() -> None:
     found_set = set(map(tuple, found.tolist()))
     assert found_set <= set(map(tuple, exact.tolist()))  # verified: never a false pair
     assert len(found) >= 0.97 * len(exact)  # recall 0.99 is for the worst case, d = radius
+    # Splitting the input into parts changes how the same tables are searched, not what.
+    assert np.array_equal(found, banded_pairs(hashes, radius, part_size=3_000, threads=2))
     with pytest.raises(ValueError):
         banded_pairs(hashes, radius, method="covering")
 
