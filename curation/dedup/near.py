@@ -251,16 +251,16 @@ def table_groups(masks: list[np.uint64], bits: int) -> list[tuple[np.uint64, lis
     return groups
 
 
-def _split(hashes: np.ndarray, positions: np.uint64, scratch: _Scratch):
+def _split(hashes: np.ndarray, positions: np.uint64):
     """Rows of ``hashes`` ordered by their bits at ``positions`` (ascending inside each part),
     the hashes in that order, and the part boundaries."""
     n = len(hashes)
     if positions == 0:
         return None, hashes, [0, n]
-    packed = _sorted_keys(hashes, positions, scratch)
+    packed = _sorted_keys(hashes, positions, _Scratch(n))
     keys = packed.view(np.uint32)[_HIGH_HALF::2]
     bounds = [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), n]
-    rows = packed & _LOW32
+    rows = np.bitwise_and(packed, _LOW32, out=packed)
     return rows, hashes[rows], bounds
 
 
@@ -369,14 +369,18 @@ def banded_pairs(
         return found, count
 
     merged, pending, candidates = np.empty(0, dtype=np.uint64), [], 0
-    split_scratch = _Scratch(n) if bits else None
     with ThreadPoolExecutor(max_workers=threads) as pool:  # numpy releases the GIL in sorts
-        for positions, group in groups:
-            rows, ordered, bounds = _split(hashes, positions, split_scratch)
+        # Each group's split is queued before the previous group's tables, so that a thread
+        # splits while the others search rather than all waiting for it.
+        next_split = pool.submit(_split, hashes, groups[0][0]) if groups else None
+        for g, (_, group) in enumerate(groups):
+            rows, ordered, bounds = next_split.result()
+            if g + 1 < len(groups):
+                next_split = pool.submit(_split, hashes, groups[g + 1][0])
             parts = list(zip(bounds[:-1], bounds[1:], strict=True))
-            # Enough work items for the threads: whole parts, or the tables split when the
-            # parts are fewer than the threads.
-            chunks = math.ceil(threads / len(parts))
+            # Work items: a part and a share of the group's tables, at least 4 per thread so
+            # that unequal items and the split queued ahead leave no thread idle for long.
+            chunks = math.ceil(4 * threads / len(parts))
             items = [
                 (ordered[a:b], None if rows is None else rows[a:b], group[c::chunks])
                 for a, b in parts
