@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from curation.dedup.signatures import hamming, phash64, pixel_hash
+from curation.dedup import signatures
+from curation.dedup.signatures import content_box, hamming, phash64, pixel_hash
+from curation.synthetic import photo_like
 
 RADIUS = 8  # DedupConfig's default
 
@@ -49,6 +51,21 @@ def variants(image: Image.Image) -> dict[str, Image.Image]:
         "brighter": ImageEnhance.Brightness(image).enhance(1.15),
         "saturated": ImageEnhance.Color(image).enhance(1.3),
         "contrast": ImageEnhance.Contrast(image).enhance(0.85),
+        "blur": image.filter(ImageFilter.GaussianBlur(1.5)),
+        "grey": image.convert("L").convert("RGB"),
+        "jpeg_q10": encode(image, "JPEG", quality=10),
+        "padded": ImageOps.expand(image, border=w // 20, fill=(0, 0, 0)),
+    }
+
+
+def bordered(image: Image.Image) -> dict[str, Image.Image]:
+    """Copies in padding and bars, as reposts on the web come."""
+    w, h = image.size
+    return {
+        "black_pad": ImageOps.expand(image, border=w // 20, fill=(0, 0, 0)),
+        "white_frame": ImageOps.expand(image, border=(w // 30, h // 12), fill=(255, 255, 255)),
+        "letterbox": encode(ImageOps.pad(image, (w, h * 4 // 3), color=(0, 0, 0)), "JPEG"),
+        "pillarbox": ImageOps.pad(image, (w * 3 // 2, h), color=(16, 16, 16)),
     }
 
 
@@ -97,3 +114,40 @@ def test_recall_of_planted_duplicates_and_false_merges_of_look_alikes() -> None:
     )
     assert found / total >= 0.97
     assert merged / pairs <= 0.005
+
+
+def test_uniform_borders_are_trimmed_before_the_perceptual_hash(monkeypatch) -> None:
+    originals = [scene(s) for s in range(20)] + [photo_like(480, 360, s) for s in range(20)]
+    distances: dict[str, list[int]] = {}
+    for image in originals:
+        assert content_box(image) is None  # nothing to trim on a picture without borders
+        for kind, copy in bordered(image).items():
+            distances.setdefault(kind, []).append(hamming(phash64(image), phash64(copy)))
+    for kind, ds in distances.items():
+        print(
+            f"  {kind:12s} max {max(ds):2d} bits, within radius {np.mean(np.array(ds) <= RADIUS):.2f}"
+        )
+        assert np.mean(np.array(ds) <= RADIUS) >= 0.95, kind
+    # Untrimmed, the same copies are mostly out of reach: the trimming is what finds them.
+    monkeypatch.setattr(signatures, "content_box", lambda image: None)
+    untrimmed = [
+        hamming(phash64(image), phash64(copy))
+        for image in originals
+        for copy in bordered(image).values()
+    ]
+    assert np.mean(np.array(untrimmed) <= RADIUS) < 0.5
+
+
+def test_content_that_looks_like_a_border_is_kept() -> None:
+    """A flat wall, a plain backdrop or a smooth sky along an edge is content, not padding."""
+    wall = photo_like(640, 480, 28).crop((32, 24, 608, 456))  # a flat lime block on the right
+    y = np.linspace(90, 130, 240)[:, None, None] * np.ones((1, 320, 3))
+    sky = Image.fromarray(y.astype(np.uint8))
+    ImageDraw.Draw(sky).rectangle([100, 150, 220, 239], fill=(40, 40, 40))
+    backdrop = Image.new("RGB", (320, 240), (200, 200, 200))
+    ImageDraw.Draw(backdrop).ellipse([20, 60, 120, 200], fill=(30, 60, 90))  # near the left edge
+    almost_blank = Image.new("RGB", (320, 240), (0, 0, 0))
+    ImageDraw.Draw(almost_blank).rectangle([150, 110, 170, 130], fill=(255, 255, 255))
+    for image in (wall, sky, backdrop, almost_blank):
+        assert content_box(image) is None
+    assert content_box(ImageOps.expand(backdrop, border=12, fill=(0, 0, 0))) == (12, 12, 332, 252)
