@@ -13,7 +13,7 @@ to restart each process at shard granularity; a shard half-consumed at a kill is
 from __future__ import annotations
 
 import logging
-import math
+import multiprocessing
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from training.data.augment import SapiensAugment
+from training.data.buffers import BufferReturns, LocalBuffers, SharedRing
 from training.data.shards import ShardSource, iter_samples, list_shards, selected_keys
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,12 @@ class PretrainData(IterableDataset):
 
     Samples: {"key", "image": uint8 [3, H, W], "pos": [worker, epoch, done], "errors": [4]}.
     Batches: {"key": [B keys], "image": uint8 [B, 3, H, W], "pos" and "errors" as of the last
-    sample}. A batch's images are written by the resize straight into one buffer, which saves
-    torch.stack's copy of every image in the collate. The buffer is [B, H, W, 3] in memory, so
-    ``image`` is a channels-last view; uint8 throughout, normalised on the device
-    (``normalize``).
+    sample, "buffer": [ring, ticket, buffers allocated so far]}. A batch's images are written by
+    the resize straight into one buffer, which saves torch.stack's copy of every image in the
+    collate. The buffer is [B, H, W, 3] in memory, so ``image`` is a channels-last view; uint8
+    throughout, normalised on the device (``normalize``). Buffers are reused (buffers.py): in
+    a loader process, only with ``returned`` (one queue per loader process, on which the
+    consumer returns tickets, see ``Batches``); without it each batch gets a fresh buffer.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class PretrainData(IterableDataset):
         world_size: int = 1,
         start: DataPosition | None = None,
         batch_size: int | None = None,
+        returned: list[multiprocessing.SimpleQueue] | None = None,
     ) -> None:
         self.config = config
         self.shards = shards
@@ -118,6 +122,8 @@ class PretrainData(IterableDataset):
         self.world_size = world_size
         self.start = start
         self.batch_size = batch_size
+        self.returned = returned
+        self._ring: SharedRing | None = None  # a loader process's own, kept across iterations
 
     def __iter__(self) -> Iterator[dict]:
         if self.batch_size is None:
@@ -125,25 +131,38 @@ class PretrainData(IterableDataset):
                 image = torch.from_numpy(out).permute(2, 0, 1)
                 yield {"key": key, "image": image, "pos": _pos(pos), "errors": _counts(errors)}
             return
-        buffers = _Buffers((self.batch_size, *self.config.img_size, 3))
-        images, keys = buffers.take(), []
-        # the next free slot of the current batch (late binding intended: the buffer changes
-        # every batch); a sample that fails to decode leaves its slot to the next one
-        next_slot = lambda: images[len(keys)].numpy()  # noqa: B023, E731
-        for key, out, pos, errors in self._augmented(next_slot):
-            del out  # a view of the buffer: it must not count as a user of it (_Buffers)
+        buffers = self._buffers()
+        (images, ticket), keys = buffers.take(), []
+        # the next free row of the current batch (late binding intended: the buffer changes
+        # every batch); a sample that fails to decode leaves its row to the next one
+        next_row = lambda: images[len(keys)].numpy()  # noqa: B023, E731
+        for key, out, pos, errors in self._augmented(next_row):
+            del out  # a view of the buffer: it must not count as a user of it (buffers.py)
             keys.append(key)
             if len(keys) == self.batch_size:
-                batch = images.permute(0, 3, 1, 2)
-                yield {"key": keys, "image": batch, "pos": _pos(pos), "errors": _counts(errors)}
+                batch = {
+                    "key": keys, "image": images.permute(0, 3, 1, 2), "pos": _pos(pos),
+                    "errors": _counts(errors), "buffer": _buffer(buffers, ticket),
+                }  # fmt: skip
+                yield batch
                 del batch
-                images, keys = buffers.take(), []
+                (images, ticket), keys = buffers.take(), []
+
+    def _buffers(self) -> LocalBuffers | SharedRing:
+        shape = (self.batch_size, *self.config.img_size, 3)
+        info = get_worker_info()
+        if info is None:
+            return LocalBuffers(shape)
+        if self._ring is None:
+            returned = self.returned[info.id] if self.returned else None
+            self._ring = SharedRing(shape, self.config.prefetch_factor + 2, returned)
+        return self._ring
 
     def _augmented(
-        self, slot_of_next: Callable[[], np.ndarray | None]
+        self, row_of_next: Callable[[], np.ndarray | None]
     ) -> Iterator[tuple[str, np.ndarray, tuple[int, int, int], Counter]]:
         """(key, pixels [H, W, 3], (worker, epoch, done), errors) per usable sample; the pixels
-        are resized into the array ``slot_of_next()`` returns (a new one when it returns None)."""
+        are resized into the array ``row_of_next()`` returns (a new one when it returns None)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot, slots = self.rank * workers + worker, self.world_size * workers
@@ -158,7 +177,7 @@ class PretrainData(IterableDataset):
             yielded = 0
             for sample in self._epoch(mine, done, (slot, slots) if modulo else None, rng, errors):
                 (key, data), shard_done = sample
-                out = slot_of_next()
+                out = row_of_next()
                 if out is None:
                     out = np.empty((*self.config.img_size, 3), dtype=np.uint8)
                 try:
@@ -234,44 +253,20 @@ def _counts(errors: Counter) -> torch.Tensor:
     return torch.tensor([errors[k] for k in ERROR_KINDS])
 
 
-def _storage_users(tensor: torch.Tensor) -> int:
-    """Tensors (views included) holding this tensor's memory, plus one for the query itself."""
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
-
-
-class _Buffers:
-    """Batch buffers [B, H, W, 3] uint8, reused once their consumer has let go of them.
-
-    Fresh memory costs the kernel a page fault and a zeroing per 4 kB page on first write, ~1.3
-    ms per 1024x1024 image on the reference machine, as much as the bicubic resize itself.
-    In-process (no loader processes) a buffer is reused once no tensor other than ours refers
-    to it. A loader process hands its batches to the training process through shared memory
-    and cannot know when that one is done with them, so it takes a fresh shared buffer per
-    batch, as the default collate does (see BENCHMARKS.md, pretraining for the cost).
-    """
-
-    KEEP = 2  # buffers kept for reuse: the consumer's current batch and ours
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self.shared = get_worker_info() is not None
-        self.kept: list[torch.Tensor] = []
-        self.alone = _storage_users(torch.empty(1))  # the count of a tensor nobody else uses
-
-    def take(self) -> torch.Tensor:
-        if self.shared:
-            storage = torch.UntypedStorage._new_shared(math.prod(self.shape))
-            return torch.empty(0, dtype=torch.uint8).set_(storage).view(self.shape)
-        for buffer in self.kept:
-            if _storage_users(buffer) == self.alone:
-                return buffer
-        buffer = torch.empty(self.shape, dtype=torch.uint8)
-        self.kept = [*self.kept[1 - self.KEEP :], buffer]
-        return buffer
+def _buffer(buffers: LocalBuffers | SharedRing, ticket: int) -> torch.Tensor:
+    return torch.tensor([getattr(buffers, "id", 0), ticket, buffers.allocated])
 
 
 class Batches:
-    """Iterates uint8 image batches [B, 3, H, W] and remembers the consumed position."""
+    """Iterates uint8 image batches [B, 3, H, W] and remembers the consumed position.
+
+    With loader processes a batch lives in its loader process's ring of shared buffers and
+    goes back to it once nothing here refers to it, checked at each request for a batch
+    (buffers.py). The ring covers a caller that holds the previous batch while asking for the
+    next (a ``for`` loop); each batch kept longer costs its loader process a fresh buffer,
+    never an overwritten batch. Not seen: a batch passed on to another process, or its memory
+    kept without a tensor (a storage object, a pointer); ``clone`` such a batch.
+    """
 
     def __init__(self, dataset: PretrainData, loader: DataLoader, workers: int) -> None:
         self.dataset = dataset
@@ -284,6 +279,8 @@ class Batches:
             list(start.done) if start else [0] * workers,
         )
         self._errors = torch.zeros((workers, len(ERROR_KINDS)), dtype=torch.long)
+        self._returns = BufferReturns(dataset.returned or [])
+        self.allocated = [0] * workers  # batch buffers each loader process has taken so far
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for batch in self.loader:
@@ -291,7 +288,13 @@ class Batches:
             self.position.epochs[worker] = epoch
             self.position.done[worker] = done
             self._errors[worker] = batch["errors"]
-            yield batch["image"]
+            ring, ticket, self.allocated[worker] = batch["buffer"].tolist()
+            image = batch["image"]
+            self._returns.hold(worker, ring, ticket, image)
+            del batch  # neither it nor ``image`` may count as a user of the buffer
+            yield image
+            del image
+            self._returns.hand_back()
 
     def errors(self) -> dict[str, int]:
         """Samples skipped so far by this rank's loader processes, by kind."""
@@ -331,6 +334,7 @@ def make_loader(
         world_size=world_size,
         start=position,
         batch_size=config.batch_size,
+        returned=[multiprocessing.SimpleQueue() for _ in range(config.num_workers)],
     )
     extra = {}
     if config.num_workers > 0:
