@@ -8,7 +8,8 @@ The floor, measured in the same run over the same image bytes, is a bare Pillow 
 (tar reading, shuffle buffer, EXIF handling, RandomResizedCrop with a bicubic resize, flip,
 uint8 tensor) but may decode JPEGs at a reduced scale when the crop allows it, so
 ``ratio = loader / floor`` can exceed 1 at small output sizes. Both run in one process on
-one core (OMP_NUM_THREADS=1); ``--processes`` adds a multi-process DataLoader figure.
+one core (OMP_NUM_THREADS=1); ``--processes`` adds multi-process DataLoader figures, with
+the loader processes' ring of shared batch buffers and without it (a fresh buffer per batch).
 
 Corpora: ``fixed`` (default) is ``--images`` JPEGs of ``--size``, all alike; ``mixed`` cycles
 through the sizes of the curation bench (bench/build_job.py, 640x480 to 4000x3000, every
@@ -104,9 +105,13 @@ def floor_rate(images: list[bytes]) -> tuple[float, float]:
     )
 
 
-def loader_rate(root: str, out_size: int, count: int, workers: int) -> tuple[float, float]:
+def loader_rate(
+    root: str, out_size: int, count: int, workers: int, ring: bool = True
+) -> tuple[float, float, list[int]]:
     """Images/s of the loader, by wall time and by CPU time: this process's plus, with
-    ``workers`` > 0, that of its loader processes (so images per CPU-second in all)."""
+    ``workers`` > 0, that of its loader processes (so images per CPU-second in all); and the
+    batch buffers each process allocated. Without ``ring``, the loader processes take a fresh
+    shared buffer for every batch (as before the ring; nothing is returned to them)."""
     import psutil
 
     from training.data import PretrainDataConfig, make_loader
@@ -115,7 +120,10 @@ def loader_rate(root: str, out_size: int, count: int, workers: int) -> tuple[flo
         dataset=root, img_size=(out_size, out_size), batch_size=16, num_workers=workers,
         shuffle_buffer=64,
     )  # fmt: skip
-    stream = iter(make_loader(cfg))
+    batches = make_loader(cfg)
+    if not ring:
+        batches.dataset.returned = None  # read by the loader processes when they start
+    stream = iter(batches)
     next(stream)  # start-up (process spawn, first shard) is not throughput
     me = psutil.Process()
 
@@ -127,7 +135,25 @@ def loader_rate(root: str, out_size: int, count: int, workers: int) -> tuple[flo
     seen, start, cpu = 0, time.perf_counter(), cpu_time()
     while seen < count:
         seen += next(stream).shape[0]
-    return seen / (time.perf_counter() - start), seen / (cpu_time() - cpu)
+    wall, cpu = seen / (time.perf_counter() - start), seen / (cpu_time() - cpu)
+    return wall, cpu, batches.allocated
+
+
+def processes(root: str, out: int, count: int, workers: int, rounds: int, floor: float) -> None:
+    """The loader through ``workers`` processes, with and without its ring of shared buffers
+    (alternating rounds; best of each by CPU time, ratio to the floor's CPU rate)."""
+    runs: dict[bool, list] = {True: [], False: []}
+    for _ in range(rounds):
+        for ring in (True, False):
+            runs[ring].append(loader_rate(root, out, count, workers, ring=ring))
+    for ring, label in ((True, "ring"), (False, "fresh buffers")):
+        wall, per_cpu, allocated = max(runs[ring], key=lambda r: r[1])
+        print(
+            f"{out}x{out}: loader with {workers} processes, {label}: {per_cpu:.1f} images per "
+            f"CPU-second (all processes), ratio {per_cpu / floor:.2f}; {wall:.1f} images/s by "
+            f"wall time; buffers allocated {allocated} (rounds: "
+            f"{', '.join(f'{r[1]:.0f}' for r in runs[ring])})"
+        )
 
 
 def machine() -> str:
@@ -166,7 +192,7 @@ def main() -> None:
             floors, rates = [], []
             for _ in range(args.rounds):
                 floors.append(floor_rate(images))
-                rates.append(loader_rate(root, out, len(images), workers=0))
+                rates.append(loader_rate(root, out, len(images), workers=0)[:2])
             for i, clock in enumerate(("wall", "cpu")):
                 floor, rate = max(f[i] for f in floors), max(r[i] for r in rates)
                 print(
@@ -176,11 +202,8 @@ def main() -> None:
                     f"loader {', '.join(f'{r[i]:.0f}' for r in rates)})"
                 )
             if args.processes:
-                rate, per_cpu = loader_rate(root, out, 2 * len(images), workers=args.processes)
-                print(
-                    f"{out}x{out}: loader with {args.processes} processes {rate:.1f} images/s "
-                    f"by wall time, {per_cpu:.1f} images per CPU-second (all processes)"
-                )
+                cpu_floor = max(f[1] for f in floors)
+                processes(root, out, 2 * len(images), args.processes, args.rounds, cpu_floor)
         print(f"# load {os.getloadavg()}")
 
 
