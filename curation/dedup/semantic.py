@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from curation.dedup.cluster import greedy_canonical, priority_order
 from curation.storage import exists, locate, write_bytes_atomic
 from curation.writer import iter_shard, table_to_parquet_bytes
 from schemas.layout import embedding_file, shard_file
@@ -342,19 +343,78 @@ def gpu_resources():
     return faiss.StandardGpuResources() if faiss.get_num_gpus() > 0 else None
 
 
-def kmeans_partitions(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Partition of each row of ``x`` [N, D] (L2-normalised) by spherical k-means."""
+def _kmeans(x: np.ndarray, k: int, seed: int):
     import faiss
 
-    if k <= 1:
-        return np.zeros(len(x), dtype=np.int64)
     kmeans = faiss.Kmeans(
         x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
         gpu=gpu_resources() is not None,
     )  # fmt: skip
     kmeans.train(x)
-    _, assign = kmeans.index.search(x, 1)
+    return kmeans
+
+
+def kmeans_partitions(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Partition of each row of ``x`` [N, D] (L2-normalised) by spherical k-means."""
+    if k <= 1:
+        return np.zeros(len(x), dtype=np.int64)
+    _, assign = _kmeans(x, k, seed).index.search(x, 1)
     return assign[:, 0].astype(np.int64)
+
+
+def kmeans_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[k, D] centroids of ``kmeans_partitions``'s k-means (same settings) over ``x``."""
+    return np.asarray(_kmeans(x, k, seed).centroids, dtype=np.float32)
+
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Partition of each row of ``x`` [N, D]: its nearest of ``centroids`` [k, D] by inner
+    product, on the CPU. On the CPU this is the search ``kmeans_partitions`` runs (its index
+    is an IndexFlatIP holding the centroids), whatever rows are searched together."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, assign = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return assign[:, 0].astype(np.int64)
+
+
+# k-means needs no more than this many vectors per centroid: faiss.Kmeans itself samples down
+# to it (max_points_per_centroid), so a sample of this size loses nothing it would use.
+KMEANS_SAMPLE_PER_CENTROID = 256
+
+
+def key_hashes(keys: list[str]) -> np.ndarray:
+    """[N] uint64 hash of each key: the k-means sample's order, independent of the workers."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big") for k in keys],
+        dtype=np.uint64,
+    )
+
+
+def sample_limit(n: int, size: int) -> np.uint64:
+    """Keys whose hash is at most this are the sample's candidates: all of them when ``size``
+    >= ``n``, else about 1.25 ``size`` of the ``n`` (the ``size`` smallest hashes are kept)."""
+    top = 2**64 - 1
+    if size >= n:
+        return np.uint64(top)
+    return np.uint64(min(top, int(min(1.0, 1.25 * size / n + 1e-3) * 2**64)))
+
+
+def resolve_partition(
+    keys: list[str], areas: np.ndarray, x: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best-first resolution inside one k-means partition: (dropped rows, the row each names,
+    their cosine), rows of the inputs. Pairs never cross partitions, so this decides what the
+    driver path's global resolution decides for these rows."""
+    order = priority_order(np.asarray(keys, dtype=object), areas)
+    ranked = np.ascontiguousarray(x[order])  # [n, D], best first
+    parts = np.zeros(len(ranked), dtype=np.int64)
+    canonical = greedy_canonical(len(ranked), semantic_pairs(ranked, threshold, parts))
+    ranks = np.flatnonzero(canonical != np.arange(len(ranked)))
+    # one dot product at a time, as the driver path writes its detail
+    cosine = np.array([float(ranked[r] @ ranked[canonical[r]]) for r in ranks])
+    return order[ranks], order[canonical[ranks]], cosine
 
 
 def semantic_pairs(x: np.ndarray, threshold: float, partitions: np.ndarray) -> np.ndarray:

@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curation.dedup.cluster import greedy_canonical, priority_order
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import (
     EncoderError,
     ShardEmbedder,
     describe_encoder,
+    key_hashes,
+    kmeans_centroids,
     kmeans_partitions,
+    nearest_centroid,
     partitions_for,
+    resolve_partition,
+    sample_limit,
     semantic_pairs,
 )
 from tests.curation.test_dedup_signatures import encode, scene
@@ -185,6 +191,58 @@ def test_partitioned_search_against_brute_force() -> None:
     print(f"\npartitioned: {len(found)} pairs, brute force {len(reference)}")
     assert found <= reference and planted <= found
     np.testing.assert_array_equal(parts, kmeans_partitions(x, k, seed=0))  # fixed seed
+
+
+def _planted(n: int = 400, d: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(n, d)).astype(np.float32)
+    x = np.concatenate([base, base[: n // 4] + rng.normal(scale=0.02, size=(n // 4, d))])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_centroids_assign_as_kmeans_partitions() -> None:
+    """The Ray path trains centroids once and assigns rows block by block: the partitions of
+    the driver path's kmeans_partitions, whatever the blocks."""
+    x = _planted()
+    centroids = kmeans_centroids(x, 10, seed=0)
+    blocks = np.concatenate([nearest_centroid(x[i : i + 7], centroids) for i in range(0, 500, 7)])
+    np.testing.assert_array_equal(blocks, kmeans_partitions(x, 10, seed=0))
+
+
+def test_kmeans_sample_is_chosen_by_key_alone() -> None:
+    """The sample (hash at most the limit, then the smallest hashes) is the same whatever the
+    split of the keys into shards; it is every key when it may hold them all."""
+    keys = [f"{i:024x}" for i in range(5000)]
+    assert sample_limit(5000, 5000) == np.iinfo(np.uint64).max
+
+    def sample(parts: list[list[str]], size: int) -> list[str]:
+        limit = sample_limit(len(keys), size)
+        found = [(h, k) for p in parts for h, k in zip(key_hashes(p), p, strict=True) if h <= limit]
+        return [k for _, k in sorted(found)[:size]]
+
+    one, three = sample([keys], 512), sample([keys[0::3], keys[1::3], keys[2::3]], 512)
+    assert one == three and len(one) == 512
+    assert one == [keys[i] for i in np.argsort(key_hashes(keys), kind="stable")[:512]]
+
+
+def test_partition_resolved_alone_as_in_the_whole() -> None:
+    """resolve_partition on one partition's rows, in any order, drops what the driver path's
+    best-first over every row (pairs within partitions) drops there, naming the same rows."""
+    x = _planted()
+    rng = np.random.default_rng(2)
+    keys = np.array([f"k{i:04d}" for i in range(len(x))], dtype=object)
+    areas = rng.integers(1, 4, size=len(x)) * 100
+    parts = kmeans_partitions(x, 5, seed=0)
+    order = priority_order(keys, areas)
+    canonical = greedy_canonical(len(x), semantic_pairs(x[order], 0.99, parts[order]))
+    whole = {keys[order[r]]: keys[order[c]] for r, c in enumerate(canonical) if r != c}
+    alone = {}
+    for part in range(5):
+        rows = rng.permutation(np.flatnonzero(parts == part))
+        dropped, kept, cosine = resolve_partition(list(keys[rows]), areas[rows], x[rows], 0.99)
+        assert (cosine >= 0.99).all()
+        alone.update(zip(keys[rows[dropped]], keys[rows[kept]], strict=True))
+    assert alone == whole and len(whole) >= 90
 
 
 def test_threshold_is_inclusive() -> None:
