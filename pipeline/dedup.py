@@ -19,9 +19,9 @@ Two paths, the same decisions (the tests compare them, Ray path forced with smal
   arrays (pHash and integer rank: about 32 bytes a survivor in one task); drops go to
   Parquet under ``<dataset>/_work/dedup/`` partitioned by shard, and each shard rewrite (a Ray
   task) reads its own. The driver holds counts, block offsets and shard numbers: no bytes
-  per sample. The exception is the optional semantic pass, whose embeddings and survivors'
-  rows are still collected on the driver ([N, D] float32: 3 GB per million at D = 768; see
-  pipeline.dedup_semantic).
+  per sample. The optional semantic pass too (pipeline.dedup_semantic_ray): the embedding
+  cache files are its intermediate, k-means is trained on a bounded sample (up to 256 vectors
+  a partition) and each partition is resolved inside a Ray Data groupby.
 """
 
 from __future__ import annotations

@@ -15,18 +15,19 @@ process holds every sample's signature row:
   values, and one task resolves the pairs best-first over integer ranks only
   (``resolve_near``: about 8 more bytes a sample for the canonical array, plus the pairs).
   Ranks are turned back into keys by per-block tasks and a Ray Data join.
-* Semantic (optional, ``pipeline.dedup_semantic``): still its own limit: it gets the
-  survivors' (key, shard, source_uri, width, height) as one table on the driver and collects
-  the embeddings there.
+* Semantic (optional, ``pipeline.dedup_semantic_ray``): per-shard tasks embed what the
+  cache lacks, k-means is trained on the driver from a bounded sample keyed by hash, and a
+  groupby on the k-means partition resolves each partition best-first, emitting drop rows.
 * Apply: drops of each pass are Parquet under ``<dataset>/_work/dedup/<pass>/``; chains
   (a canonical dropped by a later pass) are followed with Ray Data joins, cluster sizes come
   from a groupby on the canonical, and both are written partitioned by shard, so each shard
   rewrite (a Ray task) reads only its own shard's rows.
 
 The driver holds counts (rows, drops per reason), one offset per sorted block, the numbers of
-the shards to rewrite and object refs: no per-sample bytes. The largest single process is the
-near pass's resolve task: about 32 bytes a survivor with a pHash (10 GB at 300M), plus 16
-bytes a pair found; it could be split further by connected component (left for later).
+the shards to rewrite and object refs: no per-sample bytes but the semantic pass's k-means
+sample (at most 256 embeddings a partition). The largest single process is the near pass's
+resolve task: about 32 bytes a survivor with a pHash (10 GB at 300M), plus 16 bytes a pair
+found; it could be split further by connected component (left for later).
 
 Resume: ``_work/dedup/`` is cleared when a run starts, so a rerun after a crash recomputes
 the plan from the manifests and the rejections already published (see
@@ -476,27 +477,13 @@ def _first_match(group: pa.Table, uri: str) -> pa.Table:
 
 
 def _semantic_pass(plan: RayPlan) -> None:
-    """The embedding pass; ``semantic_drops`` gets the survivors only (nothing excluded)."""
-    from pipeline.dedup_semantic import semantic_drops
+    """The embedding pass over the survivors (pipeline.dedup_semantic_ray): drop rows only."""
+    from pipeline.dedup_semantic_ray import semantic_drops_on_ray
 
-    # sha256 lets the embedding cache notice a key that now names other bytes
-    columns = ["key", "shard", "source_uri", "sha256", "width", "height"]
-    blocks = ray.get(_survivors(plan, columns).to_arrow_refs())
-    schema = pa.schema(
-        [("key", pa.string()), ("shard", pa.int64()), ("source_uri", pa.string()),
-         ("sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64())]
-    )  # fmt: skip
-    table = pa.concat_tables(
-        [schema.empty_table()] + [b.select(columns).cast(schema) for b in blocks]
-    )
-    if table.num_rows < 2:
-        return
-    drops = semantic_drops(plan.dataset, table, plan.config, set())
-    shard = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist(), strict=True))
-    rows = [{**d.__dict__, "shard": shard[d.key]} for d in drops.values()]
-    if rows:
-        drops_ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=DROP_SCHEMA))
-        _write_pass(plan, "semantic", drops_ds, within=True)
+    decided = [plan.folder(name) for name, _ in plan.passes]
+    drops = semantic_drops_on_ray(plan.dataset, plan.config, decided, plan.partitions)
+    if drops is not None:
+        _write_pass(plan, "semantic", drops, within=True)
 
 
 # -- apply --------------------------------------------------------------------------------

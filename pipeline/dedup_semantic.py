@@ -1,13 +1,15 @@
-"""The semantic dedup pass (SemDeDup) on Ray: embed the survivors on a Ray Data actor pool,
-then k-means partitions and within-partition cosine search on the driver (FAISS).
+"""The semantic dedup pass (SemDeDup), driver path (below ``ray_above`` rows): embed the
+survivors on a Ray Data actor pool, then k-means partitions and within-partition cosine search
+on the driver (FAISS). The Ray path (pipeline.dedup_semantic_ray) shares the cache and the
+actor pool stage defined here, and holds no embedding on the driver but a bounded sample.
 
 The model file is checked first (``describe_encoder``): a missing or invalid one fails before
 any work. Embeddings already in the dataset's cache (curation.dedup.semantic's docstring) are
 read on the driver; only shards with uncached survivors go to the actor pool, one input row
 per shard (its uncached keys), so the work unit and its embedding chunks are fixed by the data,
 not by the worker count. A fully cached rerun starts no actor and loads no model there.
-The embeddings are collected on the driver: [N, D] float32, 3 GB per million samples at
-D = 768; see pipeline.dedup's docstring.
+On this path the embeddings are collected on the driver: [N, D] float32, 3 GB per million
+samples at D = 768, which is why datasets from ``ray_above`` rows take the Ray path.
 """
 
 from __future__ import annotations
@@ -86,18 +88,9 @@ def _embed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard[, sha256]) rows: from the
     cache where it has them, the rest embedded on Ray (and cached)."""
-    fingerprint = encoder.fingerprint(image_size)
-    folder = dataset.join(EMBEDDINGS_DIR, fingerprint)
-    card = folder.join("model.json")
-    if not exists(card):
-        write_bytes_atomic(card, encoder.card(image_size))
+    fingerprint, folder = cache_folder(dataset, encoder, image_size)
     cached = _read_cache(folder, set(wanted["shard"].to_pylist()))
-    # Acero joins no list columns: join on (key[, sha256]) to a row number of the cache
-    match = [name for name in ("key", "sha256") if name in wanted.column_names]
-    rows = cached.select(match).append_column(
-        "row", pa.array(np.arange(cached.num_rows, dtype=np.int64))
-    )
-    joined = wanted.join(rows, keys=match, join_type="left outer")
+    joined = match_cache(cached, wanted)
     hit = joined.filter(pc.is_valid(joined["row"]))
     miss = joined.filter(pc.is_null(joined["row"]))
     keys = hit["key"].to_pylist()
@@ -112,6 +105,26 @@ def _embed(
     )  # fmt: skip
     order = np.argsort(np.array(keys, dtype=str), kind="stable")
     return np.array(keys, dtype=object)[order], np.concatenate(vectors)[order]
+
+
+def cache_folder(dataset: Location, encoder: EncoderInfo, image_size: int) -> tuple[str, Location]:
+    """(fingerprint, folder) of the model's embedding cache, with its model.json written."""
+    fingerprint = encoder.fingerprint(image_size)
+    folder = dataset.join(EMBEDDINGS_DIR, fingerprint)
+    card = folder.join("model.json")
+    if not exists(card):
+        write_bytes_atomic(card, encoder.card(image_size))
+    return fingerprint, folder
+
+
+def match_cache(cached: pa.Table, wanted: pa.Table) -> pa.Table:
+    """``wanted`` with ``row``: the cached row of the same (key[, sha256]), null if none."""
+    # Acero joins no list columns: join on (key[, sha256]) to a row number of the cache
+    match = [name for name in ("key", "sha256") if name in wanted.column_names]
+    rows = cached.select(match).append_column(
+        "row", pa.array(np.arange(cached.num_rows, dtype=np.int64))
+    )
+    return wanted.join(rows, keys=match, join_type="left outer")
 
 
 def _read_cache(folder: Location, shards: set[int]) -> pa.Table:
@@ -143,7 +156,21 @@ def _embed_on_ray(
         {"shard": s, "keys": [k for k, _ in sorted(p)], "sha256": [h for _, h in sorted(p)]}
         for s, p in sorted(by_shard.items())
     ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    ds = embed_shards(
+        ray.data.from_items(items, override_num_blocks=len(items)),
+        dataset, config, fingerprint, image_size,
+    )  # fmt: skip
+    keys, vectors = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        keys.extend(batch["key"].tolist())
+        vectors.append(np.asarray(batch["embedding"], dtype=np.float32))
+    return keys, np.concatenate(vectors)
+
+
+def embed_shards(items, dataset: Location, config: DedupConfig, fingerprint: str, image_size: int):
+    """``items`` (a Ray Data dataset of {shard, keys, sha256} rows, one block per shard) mapped
+    by ``ShardEmbedder`` on the actor pool, which caches each shard as it finishes."""
+    return items.map_batches(
         ShardEmbedder,
         fn_constructor_kwargs=dict(
             dataset_uri=dataset.uri,
@@ -160,8 +187,3 @@ def _embed_on_ray(
         num_cpus=config.semantic_threads,
         num_gpus=config.semantic_gpus,
     )
-    keys, vectors = [], []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        keys.extend(batch["key"].tolist())
-        vectors.append(np.asarray(batch["embedding"], dtype=np.float32))
-    return keys, np.concatenate(vectors)

@@ -255,3 +255,63 @@ def test_semantic_dedup(ray_cluster, tmp_path: Path) -> None:
     two = semantic_only(tmp_path, semantic_actors=2, semantic_chunk=2)
     assert run_dedup(str(tmp_path / "other"), two) == counts
     assert snapshot(tmp_path / "other") == snap
+
+
+def rejection_details(path: Path) -> list[tuple[str, str]]:
+    table = rejections_dataset(str(path)).to_table(columns=["key", "detail"]).sort_by("key")
+    return list(zip(table["key"].to_pylist(), table["detail"].to_pylist(), strict=True))
+
+
+def planned_on_ray(path: Path, config: DedupConfig) -> dict[str, tuple]:
+    """The Ray path's semantic drops, planned only (its Parquet plan read back, then cleared)."""
+    dataset = locate(str(path))
+    plan = dedup_ray.plan_on_ray(dataset, config, rows=24)
+    table = pq.read_table(plan.folder("semantic").path, columns=DROP_FIELDS)
+    dedup_ray._clear(plan.work)
+    return {row["key"]: tuple(row.values()) for row in table.to_pylist()}
+
+
+DROP_FIELDS = ["key", "source_uri", "reason", "duplicate_of", "detail"]
+
+
+def test_semantic_plan_on_ray(ray_cluster, tmp_path: Path, caplog) -> None:
+    """The Ray path's semantic pass (per-shard tasks, k-means on a hash sample that here holds
+    every survivor, a groupby on the partition in 2 shuffle partitions) plans exactly the
+    driver path's drops, cosines included; a rerun embeds nothing. Plans only: the shard
+    rewrite is the other passes' (compared end to end under -m slow, below)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pipeline")
+    expect = build(tmp_path / "ds", range(4))
+    driver = semantic_only(tmp_path)  # one model file: each save has other bytes
+    on_ray = dataclasses.replace(driver, ray_above=0, rows_per_partition=12)
+    drops = planned_on_ray(tmp_path / "ds", on_ray)
+    assert "0 from the cache, 24 embedded" in caplog.text
+    assert "3 partitions from 24 of 24 embeddings" in caplog.text
+    assert {k: d[2:4] for k, d in drops.items()} == {
+        sample_key(n): ("duplicate_semantic", sample_key(c)) for n, c in expect.items()
+    }
+    caplog.clear()
+    _, planned = dedup_pipeline.plan_dedup(str(tmp_path / "ds"), driver)
+    assert "24 from the cache, 0 embedded" in caplog.text  # the Ray path's cache, shared
+    assert {k: tuple(getattr(d, f) for f in DROP_FIELDS) for k, d in planned.items()} == drops
+    caplog.clear()
+    assert planned_on_ray(tmp_path / "ds", on_ray) == drops
+    assert "24 from the cache, 0 embedded" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_semantic_dedup_on_ray(ray_cluster, tmp_path: Path) -> None:
+    """End to end, the Ray path in one shuffle partition with 2 actors against the driver
+    path with 1: the same rewritten dataset and cosines; the rerun drops nothing more."""
+    build(tmp_path / "ds", range(4))
+    shutil.copytree(tmp_path / "ds", tmp_path / "ray")
+    driver = semantic_only(tmp_path, write_index=False)
+    counts = run_dedup(str(tmp_path / "ds"), driver)
+    on_ray = dataclasses.replace(driver, ray_above=0, rows_per_partition=1000, semantic_actors=2)
+    assert run_dedup(str(tmp_path / "ray"), on_ray) == counts
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "ds")
+    assert rejection_details(tmp_path / "ray") == rejection_details(tmp_path / "ds")
+    assert run_dedup(str(tmp_path / "ray"), on_ray) == {}
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "ds")
