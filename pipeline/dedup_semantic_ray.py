@@ -94,15 +94,16 @@ def _embed_missing(
     found = [_to_embed.remote(where, s) for s in shards]
     counts = ray.get([count for count, _ in found])  # (survivors, cached) per shard
     todo = [items for (_, items), (n, cached) in zip(found, counts, strict=True) if n > cached]
-    survivors, cached = sum(n for n, _ in counts), sum(c for _, c in counts)
-    if todo:  # run the pool; only a row count per shard comes back
-        embedded = embed_shards(
+    survivors, cached, embedded = sum(n for n, _ in counts), sum(c for _, c in counts), 0
+    if todo:  # the pool caches each shard; only a row count per shard comes back
+        pool = embed_shards(
             ray.data.from_arrow_refs(todo), where["dataset"], config, fingerprint, image_size
-        ).map_batches(_row_count, batch_format="pyarrow")
-        sum(int(row["rows"]) for row in embedded.iter_rows())
+        )
+        rows = pool.map_batches(_row_count, batch_format="pyarrow").iter_rows()
+        embedded = sum(int(row["rows"]) for row in rows)
     log.info(
         "semantic embeddings (%s): %d from the cache, %d embedded",
-        where["cache"].uri, cached, survivors - cached,
+        where["cache"].uri, cached, embedded,
     )  # fmt: skip
     return survivors
 
