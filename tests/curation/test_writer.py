@@ -114,3 +114,25 @@ print(len(list(iter_shard(dataset.join(shard_file(0))))), "torch" in sys.modules
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3", "False"]
+
+
+def test_a_shard_whose_samples_are_all_dropped_stays_a_valid_empty_shard(tmp_path):
+    """Dedup may drop every sample of a shard (which shard a duplicate lands in depends on
+    fetch order): the shard is rewritten empty, its manifest has no rows, and readers of the
+    dataset see nothing from it rather than an error."""
+    from curation.dedup.apply import Drop, apply_shard
+
+    dataset = locate(str(tmp_path))
+    rows = _rows(2)
+    write_shard(dataset, 0, _rows(3)[2:], [b"kept"])
+    write_shard(dataset, 1, rows, [b"a", b"b"])
+    drops = [
+        Drop(key=r["key"], source_uri=r["source_uri"], reason="duplicate_exact",
+             duplicate_of="elsewhere", detail="")
+        for r in rows
+    ]  # fmt: skip
+    assert apply_shard(dataset, 1, drops, {})
+    assert pq.read_table(tmp_path / manifest_file(1)).num_rows == 0
+    assert list(iter_shard(dataset.join(shard_file(1)))) == []
+    tars = [str(tmp_path / shard_file(s)) for s in (0, 1)]
+    assert [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)] == [_rows(3)[2]["key"]]
