@@ -13,7 +13,6 @@ printed as the false-merge side: their minimum distance must stay above the radi
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import subprocess
@@ -27,12 +26,8 @@ sys.path.insert(0, ROOT)
 
 from curation.dedup import signatures  # noqa: E402
 from curation.synthetic import photo_like  # noqa: E402
-
-
-def reencode(image: Image.Image, fmt: str, **params) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+from tests.curation.test_dedup_signatures import encode as reencode  # noqa: E402
+from tests.curation.test_dedup_signatures import scene  # noqa: E402
 
 
 def transforms(image: Image.Image) -> dict[str, Image.Image]:
@@ -67,13 +62,6 @@ def transforms(image: Image.Image) -> dict[str, Image.Image]:
         "channel swap": Image.fromarray(np.asarray(image)[:, :, [1, 2, 0]]),
         "mirror": ImageOps.mirror(image),
     }
-
-
-def scene(seed: int) -> Image.Image:
-    sys.path.insert(0, os.path.join(ROOT, "tests", "curation"))
-    from test_dedup_signatures import scene as tests_scene
-
-    return tests_scene(seed)
 
 
 def distances(images: list[Image.Image], trim: bool) -> tuple[dict[str, np.ndarray], int]:
