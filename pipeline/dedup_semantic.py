@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.dedup.apply import Drop
-from curation.dedup.cluster import greedy_canonical, priority_order
+from curation.dedup.cluster import priority_order
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import (
     EncoderInfo,
@@ -30,7 +30,7 @@ from curation.dedup.semantic import (
     embedding_matrix,
     kmeans_partitions,
     partitions_for,
-    semantic_pairs,
+    resolve_partition,
 )
 from curation.storage import Location, exists, list_files, write_bytes_atomic
 from schemas import Reason
@@ -61,20 +61,31 @@ def semantic_drops(
     position = {key: i for i, key in enumerate(rows["key"])}
     areas = np.array([rows["width"][position[k]] * rows["height"][position[k]] for k in keys])
     order = priority_order(keys, areas)
-    x = vectors[order]  # [N, D], best first: rank = row
-    parts = kmeans_partitions(
-        x, partitions_for(len(x), config.semantic_partition_size), config.semantic_seed
-    )
-    canonical = greedy_canonical(len(x), semantic_pairs(x, config.semantic_threshold, parts))
+    # k-means is trained on the vectors best first (the Ray path feeds its sample the same way)
+    partition = np.empty(len(keys), dtype=np.int64)
+    partition[order] = kmeans_partitions(
+        vectors[order], partitions_for(len(keys), config.semantic_partition_size),
+        config.semantic_seed,
+    )  # fmt: skip
+    # pairs never cross partitions: each is resolved alone, as on the Ray path
+    by_partition = np.argsort(partition, kind="stable")
+    found = []
+    for members in np.split(by_partition, np.flatnonzero(np.diff(partition[by_partition])) + 1):
+        dropped, kept, cosine = resolve_partition(
+            keys[members], areas[members], vectors[members], config.semantic_threshold
+        )
+        found += zip(members[dropped], members[kept], cosine, strict=True)
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys))
     drops = {}
-    for rank in np.flatnonzero(canonical != np.arange(len(x))):
-        key, best = keys[order[rank]], keys[order[canonical[rank]]]
+    for member, best, cosine in sorted(found, key=lambda f: rank[f[0]]):  # best first
+        key = keys[member]
         drops[key] = Drop(
             key=key,
             source_uri=rows["source_uri"][position[key]],
             reason=str(Reason.DUPLICATE_SEMANTIC),
-            duplicate_of=best,
-            detail=f"embedding cosine {float(x[rank] @ x[canonical[rank]]):.4f}",
+            duplicate_of=keys[best],
+            detail=f"embedding cosine {cosine:.4f}",
         )
     return drops
 
