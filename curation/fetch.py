@@ -1,15 +1,22 @@
 """Fetching the bytes of one input: HTTP(S), S3, local files and members of tars.
 
 HTTP is fetched with urllib3 against an address resolved and checked here, so a host name that
-resolves (or redirects) to a private, loopback or link-local address is refused before any
-connection is made, unless the configuration allows it. Every failure becomes a ``FetchResult``
-with a reason code; nothing raises out of ``Fetcher.fetch``.
+resolves (or redirects) to an address that is not globally routable (private, loopback,
+link-local, carrier-grade NAT, ...) is refused before any connection is made, unless the
+configuration allows it. One deadline covers each fetch from start to end (``curation.deadline``).
+Every failure becomes a ``FetchResult`` with a reason code whose detail is redacted
+(``curation.redact``); nothing raises out of ``Fetcher.fetch``.
+
+Which schemes a URL *list* may name is decided where lists are read (``curation.sources``):
+``s3://`` and ``file://`` here serve the operator's own inputs (folders, prefixes, tars).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import ipaddress
+import math
 import random
 import socket
 import threading
@@ -18,6 +25,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlparse
 
+from curation.deadline import WATCHDOG, watched_pools
+from curation.redact import redact_text
 from schemas import Reason
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
@@ -33,7 +42,11 @@ class FetchConfig:
     connect_timeout: float = field(default=5.0, metadata={"help": "seconds to connect"})
     read_timeout: float = field(default=20.0, metadata={"help": "seconds of silence while reading"})
     total_timeout: float = field(
-        default=60.0, metadata={"help": "seconds for a whole download (stops trickling bodies)"}
+        default=60.0,
+        metadata={
+            "help": "seconds for a whole fetch: connect, headers and body of every attempt, "
+            "redirects and retry waits (stops tarpits)"
+        },
     )
     retries: int = field(
         default=3, metadata={"help": "retries on timeouts, connection errors, 429 and 5xx"}
@@ -53,7 +66,10 @@ class FetchConfig:
     )
     allow_private_addresses: bool = field(
         default=False,
-        metadata={"help": "allow private, loopback and link-local addresses (demos and tests)"},
+        metadata={
+            "help": "allow addresses that are not globally routable: private, loopback, "
+            "link-local, carrier-grade NAT (demos and tests)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -80,9 +96,17 @@ class _Retryable(Exception):
         super().__init__(detail)
         self.reason, self.detail, self.status, self.delay = reason, detail, status, delay
 
+    def result(self, note: str = "") -> FetchResult:
+        return FetchResult(http_status=self.status, reason=self.reason, detail=self.detail + note)
+
 
 class Fetcher:
-    """Fetches inputs for one worker process; thread-safe, connection pools reused."""
+    """Fetches inputs for one worker process; thread-safe, connection pools reused.
+
+    ``total_timeout`` is one deadline per fetch: every attempt's connect, headers and body,
+    redirects, waits for a per-host slot and sleeps between retries all count against it, so a
+    tarpit costs one fetch at most ``total_timeout`` seconds and never stalls its batch longer.
+    """
 
     def __init__(self, config: FetchConfig) -> None:
         import urllib3
@@ -92,24 +116,31 @@ class Fetcher:
         self._pools = urllib3.PoolManager(
             num_pools=256, maxsize=config.per_host_concurrency, retries=False, block=False
         )
+        self._pools.pool_classes_by_scheme = watched_pools()
         self._host_slots: dict[str, threading.BoundedSemaphore] = defaultdict(
             lambda: threading.BoundedSemaphore(config.per_host_concurrency)
         )
+        # host -> monotonic time before which it asked not to be contacted (Retry-After)
+        self._not_before: dict[str, float] = {}
         self._lock = threading.Lock()
         self._s3 = None
 
     def fetch(self, uri: str, byte_range: str | None = None) -> FetchResult:
+        """The bytes of ``uri`` or a rejection; ``detail`` never holds a secret of the URL."""
         try:
             scheme = urlparse(uri).scheme.lower()
             if scheme in ("http", "https"):
-                return self._fetch_http(uri)
-            if scheme in ("s3", "file"):
-                return self._fetch_file(uri, byte_range)
-            return FetchResult(reason=Reason.UNSUPPORTED_SCHEME, detail=scheme)
+                result = self._fetch_http(uri)
+            elif scheme in ("s3", "file"):
+                result = self._fetch_file(uri, byte_range)
+            else:
+                result = FetchResult(reason=Reason.UNSUPPORTED_SCHEME, detail=scheme)
         except Exception as exc:  # a fetch must never take the worker down
-            return FetchResult(
+            result = FetchResult(
                 reason=Reason.CONNECTION_ERROR, detail=f"{type(exc).__name__}: {exc}"
             )
+        result.detail = redact_text(result.detail)
+        return result
 
     # -- files and objects ---------------------------------------------------------------
     def _fetch_file(self, uri: str, byte_range: str | None) -> FetchResult:
@@ -135,36 +166,50 @@ class Fetcher:
 
     # -- HTTP ----------------------------------------------------------------------------
     def _fetch_http(self, url: str) -> FetchResult:
+        deadline = time.monotonic() + self.config.total_timeout
         attempt = 0
         while True:
             try:
-                return self._follow_redirects(url)
+                return self._follow_redirects(url, deadline)
             except _Retryable as failure:
+                # past the deadline the watchdog's shutdown looks like a dropped connection
+                if time.monotonic() >= deadline:
+                    return self._timed_out(failure.status, failure.detail)
                 if attempt >= self.config.retries:
-                    return FetchResult(
-                        http_status=failure.status, reason=failure.reason, detail=failure.detail
-                    )
+                    return failure.result()
                 if failure.delay is not None and failure.delay > self.config.max_backoff:
-                    return FetchResult(
-                        http_status=failure.status,
-                        reason=failure.reason,
-                        detail=f"{failure.detail}; Retry-After {failure.delay:.0f}s exceeds "
-                        f"max_backoff {self.config.max_backoff:.0f}s",
+                    return failure.result(
+                        f"; Retry-After {failure.delay:.0f}s exceeds "
+                        f"max_backoff {self.config.max_backoff:.0f}s"
                     )
-                time.sleep(self._delay(attempt, failure.delay))
+                delay = self._delay(attempt, failure.delay)
+                if time.monotonic() + delay >= deadline:
+                    # retrying sooner than asked would be rude and likely refused again
+                    return failure.result(
+                        f"; no time left for a retry in {delay:.1f}s "
+                        f"(total_timeout {self.config.total_timeout:g}s)"
+                    )
+                time.sleep(delay)  # no per-host slot is held here
                 attempt += 1
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return retry_after
+            return retry_after  # never shortened by jitter: the server said how long
         # exponential backoff with full jitter keeps retrying workers from synchronising
         return min(self.config.max_backoff, self.config.backoff * 2**attempt) * random.uniform(
             0.5, 1.0
         )
 
-    def _follow_redirects(self, url: str) -> FetchResult:
+    def _timed_out(self, status: int | None, detail: str) -> FetchResult:
+        return FetchResult(
+            http_status=status,
+            reason=Reason.TIMEOUT,
+            detail=f"no complete response within {self.config.total_timeout:g}s ({detail})",
+        )
+
+    def _follow_redirects(self, url: str, deadline: float) -> FetchResult:
         for _ in range(self.config.max_redirects + 1):
-            result, location = self._request(url)
+            result, location = self._request(url, deadline)
             if location is None:
                 return result
             url = urljoin(url, location)
@@ -174,17 +219,53 @@ class Fetcher:
             reason=Reason.TOO_MANY_REDIRECTS, detail=f"more than {self.config.max_redirects}"
         )
 
-    def _request(self, url: str) -> tuple[FetchResult, str | None]:
+    def _request(self, url: str, deadline: float) -> tuple[FetchResult, str | None]:
         """One request; returns (result, redirect location or None). Raises _Retryable."""
         parsed = urlparse(url)
-        host = parsed.hostname or ""
+        host = (parsed.hostname or "").lower()
         address = self._resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         if isinstance(address, FetchResult):
             return address, None
-        with self._host_slots[host]:
-            return self._send(url, parsed, address)
+        waited = self._wait_for_host(host, deadline)
+        if waited is not None:
+            return waited, None
+        slot = self._host_slots[host]
+        if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return self._timed_out(None, f"waiting for a connection slot to {host}"), None
+        try:
+            return self._send(url, parsed, address, deadline)
+        except _Retryable as failure:
+            if failure.delay is not None:
+                self._host_asks_to_wait(host, failure.delay)
+            raise
+        finally:
+            slot.release()
 
-    def _send(self, url, parsed, address: str) -> tuple[FetchResult, str | None]:
+    def _host_asks_to_wait(self, host: str, seconds: float) -> None:
+        """Retry-After applies to the host: no request of this worker reaches it before then."""
+        with self._lock:
+            until = time.monotonic() + seconds
+            self._not_before[host] = max(self._not_before.get(host, 0.0), until)
+
+    def _wait_for_host(self, host: str, deadline: float) -> FetchResult | None:
+        """Sleeps (holding no slot) until ``host`` may be contacted; a rejection if too late."""
+        with self._lock:
+            until = self._not_before.get(host)
+            if until is not None and until <= time.monotonic():
+                del self._not_before[host]
+                until = None
+        if until is None:
+            return None
+        if until >= deadline:
+            return FetchResult(
+                reason=Reason.RATE_LIMITED,
+                detail=f"{host} asked to wait {until - time.monotonic():.1f}s (Retry-After), "
+                "beyond this fetch's deadline",
+            )
+        time.sleep(max(0.0, until - time.monotonic()))
+        return None
+
+    def _send(self, url, parsed, address: str, deadline: float) -> tuple[FetchResult, str | None]:
         u3 = self._urllib3
         cfg = self.config
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -197,31 +278,42 @@ class Fetcher:
         pool = self._pools.connection_from_host(
             address, port=port, scheme=parsed.scheme, pool_kwargs=pool_kwargs
         )
-        host_header = parsed.netloc.rsplit("@", 1)[-1]
+        host_header = parsed.netloc.rsplit("@", 1)[-1]  # credentials in a URL are never sent
         path = parsed.path or "/"
         if parsed.query:
             path += "?" + parsed.query
-        try:
-            response = pool.urlopen(
-                "GET",
-                path,
-                headers={"Host": host_header, "User-Agent": cfg.user_agent, "Accept": "image/*"},
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                timeout=u3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
-                assert_same_host=False,
-            )
-        except u3.exceptions.NewConnectionError as exc:  # subclasses ConnectTimeoutError
-            raise _Retryable(Reason.CONNECTION_ERROR, str(exc), None) from exc
-        except (u3.exceptions.ConnectTimeoutError, u3.exceptions.ReadTimeoutError) as exc:
-            raise _Retryable(Reason.TIMEOUT, str(exc), None) from exc
-        except u3.exceptions.HTTPError as exc:
-            raise _Retryable(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", None) from exc
-        try:
-            return self._read_response(response)
-        finally:
-            response.release_conn()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Retryable(Reason.TIMEOUT, "deadline passed before the request", None)
+        timeout = u3.Timeout(
+            connect=min(cfg.connect_timeout, left), read=min(cfg.read_timeout, left)
+        )
+        headers = {
+            "Host": host_header,
+            "User-Agent": cfg.user_agent,
+            "Accept": "image/*",
+            "Accept-Encoding": "identity",  # no decompression bombs: bytes are counted as sent
+        }
+        with WATCHDOG.watch(deadline) as watch:
+            try:
+                response = pool.urlopen(
+                    "GET", path, headers=headers, redirect=False, retries=False,
+                    preload_content=False, decode_content=False, timeout=timeout,
+                    assert_same_host=False,
+                )  # fmt: skip
+            except u3.exceptions.NewConnectionError as exc:  # subclasses ConnectTimeoutError
+                raise _Retryable(Reason.CONNECTION_ERROR, str(exc), None) from exc
+            except (u3.exceptions.ConnectTimeoutError, u3.exceptions.ReadTimeoutError) as exc:
+                raise _Retryable(Reason.TIMEOUT, str(exc), None) from exc
+            except u3.exceptions.HTTPError as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                raise _Retryable(Reason.CONNECTION_ERROR, detail, None) from exc
+            try:
+                return self._read_response(response)
+            finally:
+                if watch.expired or not response.isclosed():
+                    response.close()  # unread bytes would poison the next request on it
+                response.release_conn()
 
     def _read_response(self, response) -> tuple[FetchResult, str | None]:
         status = response.status
@@ -240,27 +332,29 @@ class Fetcher:
             if directives:
                 detail = "X-Robots-Tag: " + ", ".join(sorted(directives))
                 return FetchResult(http_status=status, reason=Reason.OPTED_OUT, detail=detail), None
-        content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type and not content_type.startswith(ACCEPTED_CONTENT_TYPES):
-            return (
-                FetchResult(
-                    http_status=status, reason=Reason.BAD_CONTENT_TYPE, detail=content_type
-                ),
-                None,
-            )
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.config.max_bytes:
-            return FetchResult(
-                http_status=status, reason=Reason.TOO_LARGE, detail=f"{length} bytes"
-            ), None
+        rejected = self._check_headers(response.headers)
+        if rejected:
+            return FetchResult(http_status=status, reason=rejected[0], detail=rejected[1]), None
         return self._read_body(response), None
+
+    def _check_headers(self, headers) -> tuple[Reason, str] | None:
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type and not content_type.startswith(ACCEPTED_CONTENT_TYPES):
+            return Reason.BAD_CONTENT_TYPE, content_type
+        encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            # asked for identity; decoding would let a few kB expand to gigabytes
+            return Reason.BAD_CONTENT_TYPE, f"Content-Encoding {encoding[:40]}"
+        length = headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.config.max_bytes:
+            return Reason.TOO_LARGE, f"{length[:20]} bytes"
+        return None
 
     def _read_body(self, response) -> FetchResult:
         u3 = self._urllib3
-        deadline = time.monotonic() + self.config.total_timeout
         chunks, size = [], 0
         try:
-            # read1 returns whatever has arrived, so a trickling body meets the deadline check
+            # read1 returns whatever has arrived; the watchdog ends a body past the deadline
             while chunk := response.read1(1 << 16):
                 size += len(chunk)
                 if size > self.config.max_bytes:
@@ -269,16 +363,10 @@ class Fetcher:
                         reason=Reason.TOO_LARGE,
                         detail=f"over {self.config.max_bytes} bytes",
                     )
-                if time.monotonic() > deadline:
-                    return FetchResult(
-                        http_status=200,
-                        reason=Reason.TIMEOUT,
-                        detail=f"body not complete after {self.config.total_timeout:.0f}s",
-                    )
                 chunks.append(chunk)
         except u3.exceptions.ReadTimeoutError as exc:
             raise _Retryable(Reason.TIMEOUT, f"read timeout after {size} bytes", 200) from exc
-        except (u3.exceptions.ProtocolError, u3.exceptions.IncompleteRead) as exc:
+        except (u3.exceptions.ProtocolError, u3.exceptions.IncompleteRead, OSError) as exc:
             raise _Retryable(
                 Reason.TRUNCATED_BODY, f"{type(exc).__name__} after {size} bytes", 200
             ) from exc
@@ -302,19 +390,49 @@ class Fetcher:
         return addresses[0]
 
 
+# Ranges that carry an IPv4 address inside an IPv6 one: the IPv4 address is what is reached.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+# not global, though Python 3.11's is_global says otherwise
+_NOT_GLOBAL = (ipaddress.ip_network("192.0.0.0/24"),)
+
+
 def is_forbidden_address(address: str) -> bool:
-    """Private, loopback, link-local, multicast, reserved or unspecified addresses."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    """Every address that is not globally routable unicast, whatever its spelling.
+
+    Private, loopback, link-local, carrier-grade NAT (100.64.0.0/10, cloud metadata such as
+    100.100.100.200), multicast, reserved, unspecified, and IPv6 forms that embed a forbidden
+    IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, NAT64); Teredo is refused.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:  # what a connection to it reaches
+            return is_forbidden_address(str(embedded))
     return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
+        not ip.is_global
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
+        or any(ip in net for net in _NOT_GLOBAL if net.version == ip.version)
     )
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, IPv4-compatible, 6to4 or NAT64 address stands for.
+
+    (Teredo addresses are not global: refused whatever client address they carry.)
+    """
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def opt_out_directives(values: list[str]) -> set[str]:
@@ -335,13 +453,18 @@ def opt_out_directives(values: list[str]) -> set[str]:
 
 
 def _retry_after(response) -> float | None:
-    value = response.headers.get("Retry-After")
+    """Seconds the server asks us to wait: delay-seconds (fractions accepted) or an HTTP date."""
+    value = (response.headers.get("Retry-After") or "").strip()
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT even when it fails to say so
+            when = when.replace(tzinfo=dt.UTC)
+        return max(0.0, when.timestamp() - time.time())
+    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -11,28 +11,43 @@
 /text/NAME         an HTML page served as text/html
 /loop              redirects to itself
 /status/CODE       that status code
+
+Hostile routes (a tarpit or an attacker's server):
+/slowloris/NAME    status line and headers one byte per ``drip`` seconds, then the image
+/bomb              a gzip bomb: Content-Encoding gzip, 64 MiB of zeros in about 64 kB
+/endless           a chunked body that never ends
+/bigheader         a 200 whose one header is 100 kB long
+/to/LOCATION       302 to LOCATION (percent-decoded): file://, credentials, private hosts
+/echo/ANYTHING     a page served as image/jpeg that quotes the request line (and its query)
+
+``times[path]`` holds the monotonic time of every request to ``path``.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 HTML = b"<!doctype html><html><body>not an image</body></html>"
 
 
 class CrawlServer:
-    def __init__(self, images: dict[str, bytes] | None = None) -> None:
+    def __init__(self, images: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
         self.images = dict(images or {})
         self.hits: Counter[str] = Counter()
+        self.times: dict[str, list[float]] = defaultdict(list)
         self.lag = 0.5  # seconds before /lag/ answers
+        self.drip = 1.0  # seconds between the bytes of /slowloris/ headers
         self._lock = threading.Lock()
         handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer((host, 0), handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> CrawlServer:
@@ -49,6 +64,7 @@ class CrawlServer:
     def _count(self, path: str) -> int:
         with self._lock:
             self.hits[path] += 1
+            self.times[path].append(time.monotonic())
             return self.hits[path]
 
     def _handler(self):
@@ -71,13 +87,15 @@ class CrawlServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 hit = server._count(self.path)
-                parts = self.path.strip("/").split("/", 1)
+                parts = self.path.split("?", 1)[0].strip("/").split("/", 1)
                 route, name = parts[0], parts[1] if len(parts) > 1 else ""
                 image = server.images.get(name)
                 if route == "loop":
                     return self._send(302, Location="/loop")
                 if route == "status":
                     return self._send(int(name), b"", "text/plain")
+                if route in HOSTILE:
+                    return HOSTILE[route](self, name, server)
                 if route in ("html", "text"):
                     return self._send(200, HTML, "image/jpeg" if route == "html" else "text/html")
                 if image is None:
@@ -119,3 +137,65 @@ class CrawlServer:
                 return self._send(404, b"", "text/plain")
 
         return Handler
+
+
+def _drip(handler, data: bytes, pause: float) -> None:
+    try:
+        for i in range(len(data)):
+            handler.wfile.write(data[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(pause)
+    except OSError:
+        pass  # the crawler hung up, as it should
+    handler.close_connection = True
+
+
+def _slowloris(handler, name: str, server: CrawlServer) -> None:
+    image = server.images.get(name, b"")
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len(image)}\r\n\r\n"
+    _drip(handler, head.encode(), server.drip)
+    handler.wfile.write(image)
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    return gzip.compress(bytes(64 << 20), compresslevel=9)
+
+
+def _bomb(handler, name: str, server: CrawlServer) -> None:
+    handler._send(200, _gzip_bomb(), Content_Encoding="gzip")
+
+
+def _endless(handler, name: str, server: CrawlServer) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "image/jpeg")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, bytes(1 << 16))
+    try:
+        while True:
+            handler.wfile.write(chunk)
+    except OSError:
+        handler.close_connection = True
+
+
+def _bigheader(handler, name: str, server: CrawlServer) -> None:
+    handler._send(200, b"x", X_Padding="a" * 100_000)
+
+
+def _to(handler, name: str, server: CrawlServer) -> None:
+    handler._send(302, b"", "text/plain", Location=unquote(name))
+
+
+def _echo(handler, name: str, server: CrawlServer) -> None:
+    handler._send(200, f"<html>you asked for {handler.requestline}</html>".encode())
+
+
+HOSTILE = {
+    "slowloris": _slowloris,
+    "bomb": _bomb,
+    "endless": _endless,
+    "bigheader": _bigheader,
+    "to": _to,
+    "echo": _echo,
+}

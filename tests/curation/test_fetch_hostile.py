@@ -1,0 +1,225 @@
+"""The fetcher against a hostile web: SSRF spellings, tarpits, bombs and lying servers.
+
+Every server here is the loopback crawl server; a test that needs it to look public patches
+the address check so that exactly 127.0.0.1 passes and every other address keeps the real rule.
+"""
+
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+import curation.fetch as fetch_module
+from curation.fetch import FetchConfig, Fetcher, is_forbidden_address
+from curation.synthetic import photo_jpeg
+from schemas import Reason
+from tests.support.httpserver import CrawlServer
+
+IMAGE = photo_jpeg(64, 48, seed=1)
+
+
+def _fetcher(**overrides) -> Fetcher:
+    settings = dict(
+        allow_private_addresses=True, backoff=0.01, total_timeout=2.0, read_timeout=1.5,
+        connect_timeout=1.0, retries=2,
+    )  # fmt: skip
+    settings.update(overrides)
+    return Fetcher(FetchConfig(**settings))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with CrawlServer({"a.jpg": IMAGE, "b.jpg": IMAGE}) as srv:
+        yield srv
+
+
+@pytest.fixture
+def loopback_is_public(monkeypatch):
+    """127.0.0.1 (the crawl server) counts as public; every other address keeps the rule."""
+    real = fetch_module.is_forbidden_address
+    monkeypatch.setattr(
+        fetch_module, "is_forbidden_address", lambda a: a != "127.0.0.1" and real(a)
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["100.100.100.200", "100.64.0.1", "0.0.0.0", "127.0.0.1", "10.0.0.1", "172.16.0.1",
+     "192.168.1.1", "169.254.169.254", "192.0.0.8", "198.18.0.1", "224.0.0.1",
+     "255.255.255.255", "240.0.0.1", "::", "::1", "fd00::1", "fe80::1%eth0", "ff02::1",
+     "::ffff:127.0.0.1", "::ffff:100.100.100.200", "::127.0.0.1",  # mapped, IPv4-compatible
+     "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1",  # NAT64 of private ones
+     "2002:7f00:1::", "2002:a9fe:a9fe::1",  # 6to4 around loopback and metadata
+     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+     "not an address"],
+)  # fmt: skip
+def test_every_address_that_is_not_global_is_forbidden(address):
+    assert is_forbidden_address(address)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"],
+)
+def test_global_addresses_pass(address):
+    assert not is_forbidden_address(address)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["2130706433", "0x7f000001", "0177.0.0.1", "0x7f.1", "127.1", "[::ffff:127.0.0.1]",
+     "[::ffff:7f00:1]", "[::]", "0.0.0.0", "0", "localhost", "LOCALHOST"],
+)  # fmt: skip
+def test_loopback_spellings_are_refused_before_connecting(server, host):
+    port = server.base.rsplit(":", 1)[1]
+    before = sum(server.hits.values())
+    result = _fetcher(allow_private_addresses=False).fetch(f"http://{host}:{port}/img/a.jpg")
+    assert result.reason == Reason.FORBIDDEN_ADDRESS, result
+    assert sum(server.hits.values()) == before
+
+
+def test_metadata_address_is_refused_without_a_connection():
+    start = time.monotonic()
+    result = _fetcher(allow_private_addresses=False).fetch(
+        "http://100.100.100.200/latest/meta-data/"
+    )
+    assert result.reason == Reason.FORBIDDEN_ADDRESS
+    assert time.monotonic() - start < 0.5  # refused, not timed out
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("http://100.100.100.200/latest/meta-data/", Reason.FORBIDDEN_ADDRESS),
+     ("http://169.254.169.254/", Reason.FORBIDDEN_ADDRESS),
+     ("http://[::ffff:169.254.169.254]/", Reason.FORBIDDEN_ADDRESS),
+     ("http://[::]/", Reason.FORBIDDEN_ADDRESS), ("http://0/", Reason.FORBIDDEN_ADDRESS),
+     ("http://127.0.0.2:9/", Reason.FORBIDDEN_ADDRESS),
+     ("http://2130706434:9/", Reason.FORBIDDEN_ADDRESS),  # 127.0.0.2 in decimal
+     ("http://0x7f.2:9/", Reason.FORBIDDEN_ADDRESS),
+     ("file:///etc/passwd", Reason.UNSUPPORTED_SCHEME), ("s3://bucket/key", Reason.UNSUPPORTED_SCHEME),
+     ("gopher://127.0.0.1:9/", Reason.UNSUPPORTED_SCHEME)],
+)  # fmt: skip
+def test_redirects_into_forbidden_places_are_refused(server, loopback_is_public, target, reason):
+    result = _fetcher(allow_private_addresses=False).fetch(server.url("to", quote(target, safe="")))
+    assert result.reason == reason, result
+    assert server.hits[f"/to/{quote(target, safe='')}"] == 1  # the first hop was fetched
+
+
+def test_redirect_with_credentials_is_followed_without_them_and_never_echoed(server):
+    port = server.base.rsplit(":", 1)[1]
+    target = f"http://admin:hunter2@127.0.0.1:{port}/to/{quote('file:///etc/shadow?sig=s3cr3t')}"
+    result = _fetcher().fetch(server.url("to", quote(target, safe="")))
+    assert result.reason == Reason.UNSUPPORTED_SCHEME
+    assert "hunter2" not in result.detail and "s3cr3t" not in result.detail
+    assert "admin" not in result.detail and "file:///etc/shadow" in result.detail
+
+
+def test_slowloris_headers_end_at_the_total_deadline(server):
+    server.drip = 1.0  # one byte of the status line and headers per second
+    before = server.hits["/slowloris/a.jpg"]
+    start = time.monotonic()
+    result = _fetcher(total_timeout=2.0, read_timeout=1.5).fetch(server.url("slowloris", "a.jpg"))
+    took = time.monotonic() - start
+    assert result.reason == Reason.TIMEOUT and "within 2s" in result.detail, result
+    assert 1.9 <= took < 3.0, took  # the deadline, not 5 retries of it nor the server's pace
+    assert server.hits["/slowloris/a.jpg"] - before == 1  # no retry after the deadline
+
+
+def test_a_slow_host_does_not_hold_back_the_others(server):
+    """Slow-loris URLs and another host's fetched together, as a batch does: all end by the
+    deadline, the other host's images arrive."""
+    fetcher = _fetcher(total_timeout=2.0, per_host_concurrency=2)
+    with CrawlServer({"a.jpg": IMAGE}, host="127.0.0.2") as other:
+        urls = [server.url("slowloris", "a.jpg")] * 6 + [other.url("img", "a.jpg")] * 4
+        results = _fetch_all(fetcher, urls)
+    assert [r.reason for r in results[:6]] == [Reason.TIMEOUT] * 6
+    assert all(r.data == IMAGE for r in results[6:])
+
+
+def _fetch_all(fetcher: Fetcher, urls: list[str]) -> list:
+    results: list = [None] * len(urls)
+
+    def one(i: int) -> None:
+        results[i] = fetcher.fetch(urls[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(urls))]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    # 6 tarpits on 2 slots still end at one deadline (2 s), not 3
+    assert time.monotonic() - start < 3.0
+    return results
+
+
+def test_gzip_bomb_is_refused_without_decompressing(server):
+    result = _fetcher().fetch(server.url("bomb"))
+    assert result.reason == Reason.BAD_CONTENT_TYPE and "gzip" in result.detail
+
+
+def test_endless_chunked_body_stops_at_max_bytes(server):
+    result = _fetcher(max_bytes=1 << 20).fetch(server.url("endless"))
+    assert result.reason == Reason.TOO_LARGE
+
+
+def test_endless_body_under_the_size_cap_stops_at_the_deadline(server):
+    start = time.monotonic()
+    result = _fetcher(max_bytes=1 << 40, total_timeout=1.0).fetch(server.url("endless"))
+    assert result.reason == Reason.TIMEOUT and time.monotonic() - start < 2.5
+
+
+def test_huge_header_is_a_connection_error(server):
+    result = _fetcher(retries=0).fetch(server.url("bigheader"))
+    assert result.reason == Reason.CONNECTION_ERROR, result
+
+
+def test_content_length_shorter_than_the_body_does_not_poison_the_next_request(server):
+    fetcher = _fetcher(per_host_concurrency=1)
+    assert fetcher.fetch(server.url("truncated", "a.jpg")).reason == Reason.TRUNCATED_BODY
+    assert fetcher.fetch(server.url("status", "404")).reason == Reason.HTTP_ERROR
+    assert fetcher.fetch(server.url("img", "a.jpg")).data == IMAGE
+
+
+def test_secrets_in_the_url_never_reach_a_detail(server):
+    url = server.url("status", "500").replace("://", "://bob:pa55word@") + "?X-Amz-Signature=abc123"
+    result = _fetcher(retries=0).fetch(url)
+    assert result.reason == Reason.SERVER_ERROR
+    assert "pa55word" not in result.detail and "abc123" not in result.detail
+
+
+def test_retry_after_is_waited_from_the_429_to_the_retry(server):
+    """Server-side timestamps: the retry comes at least Retry-After after the 429 was sent."""
+    server.images["timed.jpg"] = IMAGE
+    result = _fetcher(backoff=0.0, total_timeout=5.0).fetch(server.url("ratelimit", "timed.jpg"))
+    assert result.data == IMAGE
+    first, retry = server.times["/ratelimit/timed.jpg"]
+    assert retry - first >= 1.0, retry - first
+
+
+def test_retry_after_holds_back_the_whole_host_without_holding_a_slot(server):
+    """After a 429 with Retry-After: 1, no request of this worker reaches that host for 1 s,
+    while the waiting fetch holds no per-host slot (a host with one slot still serves others
+    once the wait is over)."""
+    server.images["held.jpg"] = IMAGE
+    fetcher = _fetcher(backoff=0.0, total_timeout=5.0, per_host_concurrency=1)
+    first = threading.Thread(target=fetcher.fetch, args=(server.url("ratelimit", "held.jpg"),))
+    first.start()
+    while not server.times["/ratelimit/held.jpg"]:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the 429 has arrived
+    assert fetcher.fetch(server.url("img", "b.jpg")).data == IMAGE
+    first.join()
+    refused_at = server.times["/ratelimit/held.jpg"][0]
+    assert server.times["/img/b.jpg"][-1] - refused_at >= 1.0
+    assert server.times["/ratelimit/held.jpg"][1] - refused_at >= 1.0
+
+
+def test_retry_after_beyond_the_deadline_gives_up_at_once(server):
+    server.images["soon.jpg"] = IMAGE
+    start = time.monotonic()
+    result = _fetcher(total_timeout=0.8).fetch(server.url("ratelimit", "soon.jpg"))
+    assert result.reason == Reason.RATE_LIMITED and "no time left" in result.detail
+    assert time.monotonic() - start < 0.5  # no early retry, no pointless sleep
+    assert server.hits["/ratelimit/soon.jpg"] == 1
