@@ -30,7 +30,7 @@ _PARAM = re.compile(
     r"(?P<lead>^|[?&;#\s\"'(,])(?P<name>[A-Za-z0-9_.\-]{1,64})=(?P<value>[^&;#\s\"')]*)"
 )
 # scheme://userinfo@ : drop the userinfo (user, user:password, or a token as the user name)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@\s\"']*@")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s\"']*@")  # up to the last @
 
 
 def is_secret_name(name: str) -> bool:

@@ -2,17 +2,26 @@
 
 ``iter_inputs`` turns each input the user names into a stream of ``InputBatch``es: rows with
 a ``source_uri`` (what the fetch stage reads), the passthrough columns and an ``extra`` JSON of
-the other columns, plus the rows that could not be used (malformed lines, missing URLs), which
-become ``malformed_input`` rejections. Nothing here fetches image bytes.
+the other columns, plus the rows that could not be used (malformed lines, missing URLs, tar
+members that are links or devices), which become rejections carrying their raw value.
+
+Trust: the inputs the operator names (folders, ``s3://`` prefixes, tars, the lists themselves)
+are read with the job's own access. The entries *inside* a URL list are not: lists come from the
+web, so an entry may only name ``http``/``https`` unless ``allow_file_and_s3_in_lists`` is set;
+``file://`` and ``s3://`` entries become ``refused_scheme`` rejections, never reads.
+An input that cannot be read at all (a truncated ``.gz``, a file that is not a tar) raises
+``ValueError`` naming it. Nothing here fetches image bytes.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import gzip
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -21,11 +30,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from curation.redact import redact_uri
 from curation.storage import Location, locate
-from schemas import PASSTHROUGH_COLUMNS
+from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")
 FETCHABLE_SCHEMES = ("http", "https", "s3", "file")
+LIST_SCHEMES = ("http", "https")  # what an entry of a URL list may name by default
+RAW_LIMIT = 1000  # characters of an unusable row's raw value kept in its rejection
 BATCH_ROWS = 10_000
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
 BYTE_RANGE = "byte_range"
@@ -44,6 +56,13 @@ class SourceConfig:
         default="url",
         metadata={"help": "column holding the image URL in csv/tsv/jsonl/parquet lists"},
     )
+    allow_file_and_s3_in_lists: bool = field(
+        default=False,
+        metadata={
+            "help": "let entries of URL lists name file:// and s3:// (read with this job's "
+            "own file access and AWS credentials); only for lists you wrote yourself"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -54,9 +73,30 @@ class SourceConfig:
 
 
 @dataclass
+class Unusable:
+    """An input row that cannot be processed: it becomes one rejection row."""
+
+    where: str  # "urls.csv:12", "shard.tar#k1.jpg"
+    detail: str
+    raw: str | None  # the row's URL, else its text: stored redacted and cut to RAW_LIMIT
+    reason: Reason = Reason.MALFORMED_INPUT
+
+    def rejection(self) -> dict:
+        """The REJECTION_SCHEMA row (no key: an unusable row has no source to key)."""
+        return {
+            "key": None,
+            "source_uri": None if self.raw is None else redact_uri(self.raw, RAW_LIMIT),
+            "stage": str(Stage.SOURCE),
+            "reason": str(self.reason),
+            "detail": redact_uri(f"{self.where}: {self.detail}", RAW_LIMIT),
+            "rejected_at": dt.datetime.now(dt.UTC),
+        }
+
+
+@dataclass
 class InputBatch:
     rows: list[dict]  # source_uri, passthrough columns, extra (JSON str or None), byte_range
-    malformed: list[tuple[str, str]]  # (source description, detail)
+    malformed: list[Unusable]
 
 
 def iter_inputs(spec: str, config: SourceConfig) -> Iterator[InputBatch]:
@@ -112,31 +152,61 @@ def _sibling(root: Location, path: str) -> Location:
 def _iter_tar(tar: Location) -> Iterator[InputBatch]:
     """Members of a tar (e.g. a WebDataset shard): each non-JSON file is one input.
 
-    A ``{key}.json`` member beside an image is read as passthrough metadata for it.
+    A ``{key}.json`` member beside an image is read as passthrough metadata for it. Links and
+    devices become rejections (never followed); a tar that is truncated, lies about a member's
+    size or is no tar at all raises ``ValueError``.
     """
     base_uri = tar.uri if tar.is_s3 else f"file://{tar.path}"
     rows: list[dict] = []
+    unusable: list[Unusable] = []
     meta: dict[str, dict] = {}
-    with tar.fs.open_input_file(tar.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            prefix, _, ext = member.name.partition(".")
-            if ext in ("json", "txt", "cls"):
-                if ext == "json":
-                    meta[prefix] = _json_or_empty(tf.extractfile(member))
-                continue
-            rows.append(
-                {
-                    "source_uri": f"{base_uri}#{member.name}",
-                    BYTE_RANGE: f"{member.offset_data}:{member.size}",
-                    "_prefix": prefix,
-                }
-            )
+    with tar.fs.open_input_file(tar.path) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for member in tf:
+                    if member.isdir():
+                        continue
+                    where = f"{base_uri}#{member.name}"
+                    if not member.isfile():
+                        unusable.append(Unusable(where, _not_a_file(member), where))
+                        continue
+                    prefix, _, ext = member.name.partition(".")
+                    if ext in ("json", "txt", "cls"):
+                        if ext == "json":
+                            meta[prefix] = _json_or_empty(tf.extractfile(member))
+                        continue
+                    byte_range = f"{member.offset_data}:{member.size}"
+                    rows.append({"source_uri": where, BYTE_RANGE: byte_range, "_prefix": prefix})
+                end = tf.offset
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ValueError(f"{tar.uri}: not a readable tar ({exc})") from exc
+        _check_tar_end(stream, end, tar.uri)
     for row in rows:
         row.update(_passthrough(meta.get(row.pop("_prefix"), {}), url_column=None))
-    for start in range(0, len(rows), BATCH_ROWS):
-        yield InputBatch(rows[start : start + BATCH_ROWS], [])
+    for start in range(0, max(len(rows), 1), BATCH_ROWS):
+        yield InputBatch(rows[start : start + BATCH_ROWS], unusable if start == 0 else [])
+
+
+def _not_a_file(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"tar member is a symbolic link to {member.linkname!r}, not a file"
+    if member.islnk():
+        return f"tar member is a hard link to {member.linkname!r}, not a file"
+    kind = "device" if member.isdev() else "special member"
+    return f"tar member is a {kind} (type {member.type!r}), not a file"
+
+
+def _check_tar_end(stream, offset: int, uri: str) -> None:
+    """tarfile ends a listing quietly at a header it cannot read: tell that from a real end."""
+    size = stream.size()
+    if offset >= size:
+        return
+    block = stream.read_at(tarfile.BLOCKSIZE, offset)
+    if block.strip(b"\0"):
+        raise ValueError(
+            f"{uri}: corrupt tar (unreadable header at byte {offset} of {size}: truncated, "
+            "or a member's size is wrong)"
+        )
 
 
 def _json_or_empty(stream: io.BufferedReader | None) -> dict:
@@ -161,43 +231,59 @@ def _iter_list(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
             records = _csv_records(text, delimiter="\t" if base.endswith(".tsv") else ",")
         else:
             records = _jsonl_records(text)
-        yield from _batched(records, loc.uri, config)
+        try:
+            yield from _batched(records, loc.uri, config)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ValueError(f"{loc.uri}: truncated or corrupt gzip ({exc})") from exc
 
 
-def _txt_records(text: io.TextIOWrapper) -> Iterator[tuple[int, dict | None, str]]:
+# A record: (line or row number, fields or None when unparsable, problem, the row's raw text)
+Record = tuple[int, dict | None, str, str | None]
+
+
+def _txt_records(text: io.TextIOWrapper) -> Iterator[Record]:
     for number, line in enumerate(text, start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            yield number, {"url": line}, ""
+            yield number, {"url": line}, "", line
 
 
-def _csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[tuple[int, dict | None, str]]:
+def _csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[Record]:
     reader = csv.reader(text, delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         return
-    for number, values in enumerate(reader, start=2):
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over the 128 KiB limit: the reader goes on
+            yield reader.line_num, None, f"unreadable CSV row: {exc}", None
+            continue
         if not values or values == [""]:
             continue
+        raw = delimiter.join(values)
         if len(values) != len(header):
-            yield number, None, f"{len(values)} fields, header has {len(header)}"
+            yield reader.line_num, None, f"{len(values)} fields, header has {len(header)}", raw
             continue
-        yield number, dict(zip(header, values, strict=True)), ""
+        yield reader.line_num, dict(zip(header, values, strict=True)), "", raw
 
 
-def _jsonl_records(text: io.TextIOWrapper) -> Iterator[tuple[int, dict | None, str]]:
+def _jsonl_records(text: io.TextIOWrapper) -> Iterator[Record]:
     for number, line in enumerate(text, start=1):
         if not line.strip():
             continue
+        raw = line.rstrip("\r\n")
         try:
             value = json.loads(line)
         except ValueError as exc:
-            yield number, None, f"invalid JSON: {exc}"
+            yield number, None, f"invalid JSON: {exc}", raw
             continue
         if isinstance(value, dict):
-            yield number, value, ""
+            yield number, value, "", raw
         else:
-            yield number, None, f"expected a JSON object, got {type(value).__name__}"
+            yield number, None, f"expected a JSON object, got {type(value).__name__}", raw
 
 
 def _iter_parquet(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
@@ -208,26 +294,36 @@ def _iter_parquet(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
                 f"{loc.uri}: no column {config.url_column!r} (columns: "
                 f"{', '.join(parquet.schema_arrow.names)}); set --url-column"
             )
-        offset = 0
+        first = 1  # row number (1-based) of the batch's first row
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-            records = (
-                (offset + i + 1, row, "")
-                for i, row in enumerate(pa.Table.from_batches([batch]).to_pylist())
-            )
-            offset += batch.num_rows
-            yield from _batched(records, loc.uri, config)
+            rows = pa.Table.from_batches([batch]).to_pylist()
+            records = [
+                (first + i, row, "", json.dumps(row, default=str)) for i, row in enumerate(rows)
+            ]
+            first += batch.num_rows
+            yield from _batched(iter(records), loc.uri, config)
 
 
-def _batched(
-    records: Iterator[tuple[int, dict | None, str]], where: str, config: SourceConfig
-) -> Iterator[InputBatch]:
+def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Iterator[InputBatch]:
     batch = InputBatch([], [])
-    for number, record, problem in records:
-        if record is not None:
+    for number, record, problem, raw in records:
+        unusable = None
+        if record is None:
+            unusable = Unusable(f"{where}:{number}", problem, raw)
+        else:
             url = record.get("url" if config.url_column not in record else config.url_column)
+            value = url if isinstance(url, str) else raw if url is None else json.dumps(url)
             problem = url_problem(url)
-        if problem:
-            batch.malformed.append((f"{where}:{number}", problem))
+            if problem:
+                unusable = Unusable(f"{where}:{number}", problem, value)
+            elif not config.allow_file_and_s3_in_lists and _scheme(url) not in LIST_SCHEMES:
+                detail = (
+                    f"{_scheme(url)}:// entry in a URL list refused (lists may name http(s) "
+                    "only; see --allow-file-and-s3-in-lists)"
+                )
+                unusable = Unusable(f"{where}:{number}", detail, value, Reason.REFUSED_SCHEME)
+        if unusable is not None:
+            batch.malformed.append(unusable)
         else:
             row = {"source_uri": str(url).strip()}
             row.update(_passthrough(record, url_column=config.url_column))
@@ -237,6 +333,10 @@ def _batched(
             batch = InputBatch([], [])
     if batch.rows or batch.malformed:
         yield batch
+
+
+def _scheme(url: str) -> str:
+    return urlparse(url.strip()).scheme.lower()
 
 
 def url_problem(url: object) -> str:

@@ -32,7 +32,7 @@ from curation.weights import WeightsError
 from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
 from pipeline.lock import OutputBusy, OutputLock
-from pipeline.plan import Plan, load_or_build_plan
+from pipeline.plan import Plan, forget_secrets, load_or_build_plan
 from pipeline.ray_env import check_submitted_job
 from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
 from pipeline.stages import StageConfig, fetch_and_validate
@@ -137,6 +137,8 @@ def _run_locked(
     log.info("plan: %d unique inputs, %d already finished", plan.rows, len(done))
     with phases("stream"):
         processed = stream(dataset, plan, done, config, run_id)
+    if forget_secrets(dataset, plan):
+        log.info("deleted the plan: its URLs held secrets and every input is accounted for")
     dedup_counts: dict = {}
     if config.run.dedup:
         from pipeline.dedup import run_dedup

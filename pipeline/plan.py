@@ -3,8 +3,15 @@
 Reading the inputs is the only step that runs on the driver: it streams them (a URL list of any
 length needs only a partition's worth of memory), spreads the rows over hash partitions of their
 key, drops repeated sources (the first listing wins, later ones become ``duplicate_input``
-rejections) and records malformed rows as ``malformed_input``. The plan is written under
+rejections) and records unusable rows (``curation.sources.Unusable``). The plan is written under
 ``_work/`` and marked done, so a rerun with the same inputs skips this step.
+
+Secrets: the plan is what a rerun fetches, so it keeps each ``source_uri`` in full, signed
+query strings and ``user:pass@`` included; everything the job publishes holds the redacted form
+(``curation.redact``), and the key is derived from the full URL so both agree across reruns.
+``_work/`` is private to the job and never published, and a plan that holds any secret is
+deleted by ``forget_secrets`` as soon as the stream has accounted for every input: a rerun of a
+finished job then reads its inputs again instead of keeping credentials on disk.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.redact import redact_uri
 from curation.sources import BYTE_RANGE, SourceConfig, iter_inputs
-from curation.storage import Location, exists, list_files, read_bytes, write_bytes_atomic
+from curation.storage import Location, delete, exists, list_files, read_bytes, write_bytes_atomic
 from curation.writer import table_to_parquet_bytes, write_rejections
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage, sample_key
 from schemas.layout import WORK_DIR
@@ -46,11 +54,14 @@ class Plan:
     rows: int  # unique inputs to process
     malformed: int
     duplicates: int
+    secrets: int = 0  # inputs whose URL holds a secret (the plan is deleted once done)
 
 
 def plan_id(config: SourceConfig) -> str:
-    spec = json.dumps({"inputs": list(config.inputs), "url_column": config.url_column})
-    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+    spec = {"inputs": list(config.inputs), "url_column": config.url_column}
+    if config.allow_file_and_s3_in_lists:  # other rows are usable: another plan
+        spec["allow_file_and_s3_in_lists"] = True
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
 
 
 def load_or_build_plan(dataset: Location, config: SourceConfig, partitions: int = 16) -> Plan:
@@ -60,15 +71,28 @@ def load_or_build_plan(dataset: Location, config: SourceConfig, partitions: int 
     if exists(marker):
         done = json.loads(read_bytes(marker))
         files = list_files(folder, ".parquet")
-        return Plan(pid, files, done["rows"], done["malformed"], done["duplicates"])
+        return Plan(
+            pid, files, done["rows"], done["malformed"], done["duplicates"], done.get("secrets", 0)
+        )
     return _build(dataset, folder, pid, config, partitions)
+
+
+def forget_secrets(dataset: Location, plan: Plan) -> bool:
+    """Delete a finished plan that holds secrets (see the module docstring); True if deleted."""
+    if not plan.secrets:
+        return False
+    folder = dataset.join(WORK_DIR, f"plan-{plan.plan_id}")
+    delete(folder.join("DONE.json"))  # first: a half-deleted plan is never taken as done
+    for file in list_files(folder, ".parquet"):
+        delete(file)
+    return True
 
 
 def _build(
     dataset: Location, folder: Location, pid: str, config: SourceConfig, partitions: int
 ) -> Plan:
     malformed: list[dict] = []
-    order = 0
+    order = secrets = 0
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
         writers = [
             pq.ParquetWriter(os.path.join(tmp, f"{p:04d}.parquet"), PLAN_SCHEMA)
@@ -76,10 +100,11 @@ def _build(
         ]
         for spec in config.inputs:
             for batch in iter_inputs(spec, config):
-                malformed.extend(_malformed_row(where, detail) for where, detail in batch.malformed)
+                malformed.extend(item.rejection() for item in batch.malformed)
                 rows = batch.rows
                 for row in rows:
-                    row["key"] = sample_key(row["source_uri"])
+                    row["key"] = sample_key(row["source_uri"])  # the full URL: stable keys
+                    secrets += redact_uri(row["source_uri"]) != row["source_uri"]
                     row["order"] = order
                     order += 1
                 _spread(rows, writers)
@@ -97,11 +122,14 @@ def _build(
     for start in range(0, len(rejected), REJECTIONS_CHUNK):
         chunk = rejected[start : start + REJECTIONS_CHUNK]
         write_rejections(dataset, f"source-{pid}-{start // REJECTIONS_CHUNK:05d}", chunk)
-    summary = {"rows": rows, "malformed": len(malformed), "duplicates": len(duplicates)}
+    summary = {
+        "rows": rows, "malformed": len(malformed), "duplicates": len(duplicates), "secrets": secrets
+    }  # fmt: skip
     write_bytes_atomic(
         folder.join("DONE.json"), json.dumps({"inputs": list(config.inputs), **summary}).encode()
     )
-    return Plan(pid, list_files(folder, ".parquet"), rows, len(malformed), len(duplicates))
+    files = list_files(folder, ".parquet")
+    return Plan(pid, files, rows, len(malformed), len(duplicates), secrets)
 
 
 def _spread(rows: list[dict], writers: list[pq.ParquetWriter]) -> None:
@@ -133,7 +161,7 @@ def _dedupe(table: pa.Table) -> tuple[pa.Table, list[dict]]:
     ):
         if key in seen:
             repeated.append(
-                {"key": key, "source_uri": uri, "stage": str(Stage.SOURCE),
+                {"key": key, "source_uri": redact_uri(uri), "stage": str(Stage.SOURCE),
                  "reason": str(Reason.DUPLICATE_INPUT),
                  "detail": f"input #{position} repeats input #{seen[key]}", "rejected_at": now}
             )  # fmt: skip
@@ -141,14 +169,3 @@ def _dedupe(table: pa.Table) -> tuple[pa.Table, list[dict]]:
             seen[key] = position
             keep.append(i)
     return table.take(pa.array(keep, pa.int64())), repeated
-
-
-def _malformed_row(where: str, detail: str) -> dict:
-    return {
-        "key": None,
-        "source_uri": None,
-        "stage": str(Stage.SOURCE),
-        "reason": str(Reason.MALFORMED_INPUT),
-        "detail": f"{where}: {detail}",
-        "rejected_at": dt.datetime.now(dt.UTC),
-    }

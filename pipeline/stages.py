@@ -20,6 +20,7 @@ import numpy as np
 
 from curation.fetch import FetchConfig, Fetcher
 from curation.record import OK, REJECTED, Batch, object_column
+from curation.redact import redact_text, redact_uri
 from curation.sources import BYTE_RANGE
 from curation.validate import Rejected, ValidateConfig, decode
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
@@ -70,11 +71,12 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
     results = list(
         _pool(config.fetch.concurrency).map(lambda item: process_one(fetcher, item, config), inputs)
     )
+    # from here on only the stored form of the URL: the key was derived from the full one
     out: Batch = {
-        name: batch[name]
-        for name in ("key", "source_uri", *PASSTHROUGH_COLUMNS, "extra")
-        if name in batch
+        "key": batch["key"],
+        "source_uri": object_column([redact_uri(uri) for uri, _ in inputs]),
     }
+    out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
     for name, default in OUTPUT_DEFAULTS.items():
         if name == "detector":
             default = config.detector_identity
@@ -134,7 +136,9 @@ def _validate_and_sign(data: bytes, config: StageConfig) -> dict:
 
 
 def _rejected(stage: Stage, reason: Reason, detail: str) -> dict:
-    return {"status": REJECTED, "stage": str(stage), "reason": str(reason), "detail": detail[:2000]}
+    # details quote URLs, redirect targets and the first bytes of bodies: never their secrets
+    detail = redact_text(detail)[:2000]
+    return {"status": REJECTED, "stage": str(stage), "reason": str(reason), "detail": detail}
 
 
 def extra_to_map(extra: object) -> list[tuple[str, str]] | None:

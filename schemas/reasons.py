@@ -21,6 +21,7 @@ class Reason(StrEnum):
     # source
     MALFORMED_INPUT = "malformed_input"  # row without a usable URL, unparsable line
     DUPLICATE_INPUT = "duplicate_input"  # the same source listed more than once
+    REFUSED_SCHEME = "refused_scheme"  # a file:// or s3:// entry inside a URL list
     # fetch
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     FORBIDDEN_ADDRESS = "forbidden_address"  # private/loopback/link-local, refused by default
@@ -63,7 +64,7 @@ class Reason(StrEnum):
 
 REASON_STAGE: dict[Reason, Stage] = {}
 for _stage, _names in {
-    Stage.SOURCE: ("MALFORMED_INPUT", "DUPLICATE_INPUT"),
+    Stage.SOURCE: ("MALFORMED_INPUT", "DUPLICATE_INPUT", "REFUSED_SCHEME"),
     Stage.FETCH: [
         "UNSUPPORTED_SCHEME",
         "FORBIDDEN_ADDRESS",

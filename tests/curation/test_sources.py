@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.sources import SourceConfig, iter_inputs, url_problem
+from schemas import Reason
 
 
 def _all(spec: str, **config):
@@ -25,8 +26,9 @@ def test_txt_with_comments_blank_lines_and_junk(tmp_path):
     )
     rows, malformed = _all(str(path))
     assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg", "https://b.example/2.png"]
-    assert [m[0].rsplit(":", 1)[1] for m in malformed] == ["5", "6"]
-    assert "scheme" in malformed[1][1]
+    assert [m.where.rsplit(":", 1)[1] for m in malformed] == ["5", "6"]
+    assert [m.raw for m in malformed] == ["not a url", "ftp://x/y"]
+    assert "scheme" in malformed[1].detail
 
 
 def test_csv_gz_with_passthrough_and_extra_columns(tmp_path):
@@ -37,7 +39,8 @@ def test_csv_gz_with_passthrough_and_extra_columns(tmp_path):
     assert rows[0]["caption"] == "a dog" and rows[0]["license"] == "cc-by"
     assert json.loads(rows[0]["extra"]) == {"width_hint": "640"}
     assert rows[1]["caption"] == "x, y"
-    assert len(malformed) == 1 and "fields" in malformed[0][1]
+    assert len(malformed) == 1 and "fields" in malformed[0].detail
+    assert malformed[0].raw == "broken,row" and malformed[0].where.endswith(":4")
 
 
 def test_tsv_with_custom_url_column(tmp_path):
@@ -57,7 +60,8 @@ def test_jsonl_with_bad_lines(tmp_path):
     )
     rows, malformed = _all(str(path))
     assert len(rows) == 1 and rows[0]["attribution"] == "me"
-    assert [m[1].split(":")[0] for m in malformed] == [
+    assert [m.raw for m in malformed] == ["{oops", "[1]", '{"caption": "no url"}']
+    assert [m.detail.split(":")[0] for m in malformed] == [
         "invalid JSON",
         "expected a JSON object, got list",
         "missing URL",
@@ -69,7 +73,8 @@ def test_parquet_and_missing_url_column(tmp_path):
     pq.write_table(pa.table({"URL": ["http://a.example/1.jpg", None], "caption": ["c", "d"]}), path)
     rows, malformed = _all(str(path), url_column="URL")
     assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg"]
-    assert malformed and malformed[0][1] == "missing URL"
+    assert malformed and malformed[0].detail == "missing URL"
+    assert malformed[0].where.endswith(":2")  # its row number in the file
     with pytest.raises(ValueError, match="url-column"):
         _all(str(path))
 
@@ -130,3 +135,127 @@ def test_missing_and_unknown_inputs(tmp_path):
 )  # fmt: skip
 def test_url_problem(url, ok):
     assert (url_problem(url) == "") is ok
+
+
+def test_list_entries_may_name_only_http_by_default(tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"local bytes")
+    path = tmp_path / "urls.txt"
+    path.write_text(
+        f"file://{secret}\nFILE://{secret}\ns3://someone-elses-bucket/k.jpg\n"
+        "s3://b/k.jpg?X-Amz-Signature=abc\nHTTPS://a.example/ok.jpg\n"
+    )
+    rows, refused = _all(str(path))
+    assert [r["source_uri"] for r in rows] == ["HTTPS://a.example/ok.jpg"]
+    assert [u.reason for u in refused] == [Reason.REFUSED_SCHEME] * 4
+    assert (
+        refused[0].raw == f"file://{secret}" and "--allow-file-and-s3-in-lists" in refused[0].detail
+    )
+    assert refused[3].rejection()["source_uri"] == "s3://b/k.jpg?X-Amz-Signature=REDACTED"
+    rows, refused = _all(str(path), allow_file_and_s3_in_lists=True)
+    assert len(rows) == 5 and refused == []
+
+
+def test_unusable_rows_keep_their_raw_value_redacted_and_cut(tmp_path):
+    path = tmp_path / "urls.jsonl"
+    long_url = "http://a.example/" + "x" * 5000
+    lines = [
+        {"url": ""}, {"url": "not a url"}, {"url": "ftp://x/y.jpg"},
+        {"url": "http://u:hunter2@a.example/a b.jpg?token=t0k"}, {"url": 42},
+        {"url": long_url + " y"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, malformed = _all(str(path))
+    stored = [m.rejection() for m in malformed]
+    assert [r["source_uri"] for r in stored[:5]] == [
+        "", "not a url", "ftp://x/y.jpg", "http://a.example/a b.jpg?token=REDACTED", "42"
+    ]  # fmt: skip
+    assert len(stored[5]["source_uri"]) == 1000 and stored[5]["source_uri"].endswith("...")
+    assert all(r["key"] is None and r["reason"] == "malformed_input" for r in stored)
+    assert all("hunter2" not in str(r) and "t0k" not in str(r) for r in stored)
+
+
+def test_csv_field_over_the_limit_is_one_malformed_row(tmp_path):
+    path = tmp_path / "urls.csv"
+    path.write_text(f"url,caption\nhttp://a.example/1.jpg,ok\nhttp://a.example/2.jpg,{'x' * 200_000}\n"
+                    "http://a.example/3.jpg,fine\n")  # fmt: skip
+    rows, malformed = _all(str(path))
+    assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg", "http://a.example/3.jpg"]
+    assert len(malformed) == 1 and "field limit" in malformed[0].detail
+    assert malformed[0].where.endswith(":3")
+
+
+@pytest.mark.parametrize("name", ["urls.txt.gz", "urls.csv.gz", "urls.jsonl.gz"])
+def test_truncated_gzip_list_is_a_one_line_error(tmp_path, name):
+    lines = "".join(f'{{"url": "http://a.example/{i}.jpg"}}\n' for i in range(5000))
+    if name.startswith("urls.csv"):
+        lines = "url\n" + "".join(f"http://a.example/{i}.jpg\n" for i in range(5000))
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(lines.encode())[:-200])
+    with pytest.raises(ValueError, match="truncated or corrupt gzip") as caught:
+        _all(str(path))
+    assert "\n" not in str(caught.value)
+    (tmp_path / "plain.txt.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        _all(str(tmp_path / "plain.txt.gz"))
+
+
+def test_parquet_errors_report_their_real_row_numbers(tmp_path):
+    path = tmp_path / "urls.parquet"
+    urls = [None, "not a url", "file:///etc/passwd", "http://a.example/4.jpg", ""]
+    pq.write_table(pa.table({"url": urls}), path)
+    rows, malformed = _all(str(path))
+    assert [m.where.rsplit(":", 1)[1] for m in malformed] == ["1", "2", "3", "5"]
+    assert [m.raw for m in malformed] == ['{"url": null}', "not a url", "file:///etc/passwd", ""]
+
+
+def _tar(path, members) -> bytes:
+    with tarfile.open(path, "w") as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path.read_bytes()
+
+
+def _member(name: str, data: bytes = b"", kind=tarfile.REGTYPE, link: str = ""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def test_tar_links_and_devices_become_rejections(tmp_path):
+    path = tmp_path / "shard.tar"
+    _tar(path, [
+        _member("k1.jpg", b"img1"), _member("k2.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd"),
+        _member("k3.jpg", kind=tarfile.LNKTYPE, link="k1.jpg"), _member("k4.jpg", kind=tarfile.CHRTYPE),
+        _member("k5.jpg", kind=tarfile.FIFOTYPE), _member("sub", kind=tarfile.DIRTYPE),
+    ])  # fmt: skip
+    rows, unusable = _all(str(path))
+    assert [r["source_uri"].split("#")[1] for r in rows] == ["k1.jpg"]
+    assert [u.raw.split("#")[1] for u in unusable] == ["k2.jpg", "k3.jpg", "k4.jpg", "k5.jpg"]
+    assert "symbolic link to '/etc/passwd'" in unusable[0].detail
+    assert "hard link" in unusable[1].detail and "device" in unusable[2].detail
+
+
+def test_broken_tars_are_one_line_errors(tmp_path):
+    good = _tar(tmp_path / "good.tar", [_member(f"k{i}.jpg", b"\xff" * 3000) for i in range(3)])
+    lying = bytearray(good)
+    small = tarfile.TarInfo("k0.jpg")
+    small.size = 1000  # the header says 1000 bytes, 3000 follow
+    lying[:512] = small.tobuf()[:512]
+    cases = {
+        "not.tar": b"hello, not a tar" * 100,
+        "empty.tar": b"",
+        "cut-in-data.tar": good[:2000],
+        "cut-in-header.tar": good[: 512 + 3072 + 100],
+        "cut-after-member.tar": good[:4000],
+        "size-lie.tar": bytes(lying),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match="tar") as caught:
+            _all(str(tmp_path / name))
+        assert name in str(caught.value) and "\n" not in str(caught.value), name
+    rows, _ = _all(str(tmp_path / "good.tar"))
+    assert len(rows) == 3
