@@ -44,6 +44,7 @@ def _hostile_list(tmp_path, tarpit: CrawlServer, good: CrawlServer, bucket: str)
     return path, local
 
 
+@pytest.mark.slow  # two job runs with a 3 s tarpit: about 40 s on a quiet machine
 def test_a_hostile_list_publishes_no_secret_and_no_local_file(tmp_path, s3_bucket, caplog, capfd):
     import boto3
 
