@@ -38,6 +38,7 @@ LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet
 FETCHABLE_SCHEMES = ("http", "https", "s3", "file")
 LIST_SCHEMES = ("http", "https")  # what an entry of a URL list may name by default
 RAW_LIMIT = 1000  # characters of an unusable row's raw value kept in its rejection
+MAX_META_BYTES = 1 << 20  # a tar's {key}.json larger than this is not read (nor held in memory)
 BATCH_ROWS = 10_000
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
 BYTE_RANGE = "byte_range"
@@ -172,7 +173,7 @@ def _iter_tar(tar: Location) -> Iterator[InputBatch]:
                         continue
                     prefix, _, ext = member.name.partition(".")
                     if ext in ("json", "txt", "cls"):
-                        if ext == "json":
+                        if ext == "json" and member.size <= MAX_META_BYTES:
                             meta[prefix] = _json_or_empty(tf.extractfile(member))
                         continue
                     byte_range = f"{member.offset_data}:{member.size}"

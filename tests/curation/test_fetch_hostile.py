@@ -154,6 +154,12 @@ def _fetch_all(fetcher: Fetcher, urls: list[str]) -> list:
     return results
 
 
+def test_endless_interim_responses_end_at_the_deadline(server):
+    start = time.monotonic()
+    result = _fetcher(total_timeout=1.0).fetch(server.url("continue"))
+    assert result.reason == Reason.TIMEOUT and time.monotonic() - start < 2.0
+
+
 def test_gzip_bomb_is_refused_without_decompressing(server):
     result = _fetcher().fetch(server.url("bomb"))
     assert result.reason == Reason.BAD_CONTENT_TYPE and "gzip" in result.detail

@@ -106,3 +106,38 @@ def test_a_hostile_list_publishes_no_secret_and_no_local_file(tmp_path, s3_bucke
             for needle in needles:
                 assert needle.encode() not in data, (needle, path)
     assert local.read_bytes() not in b"".join(p.read_bytes() for p in output.rglob("*.tar"))
+
+
+def _broken_inputs(tmp_path) -> dict[str, str]:
+    import gzip
+
+    lists = "".join(f"http://a.example/{i}.jpg\n" for i in range(3000))
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(lists.encode())[:-100])
+    (tmp_path / "not.tar").write_bytes(b"definitely not a tar archive\n" * 40)
+    with (tmp_path / "cut.tar").open("wb") as out:  # a member cut in its data
+        import io
+        import tarfile
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tf:
+            info = tarfile.TarInfo("k.jpg")
+            info.size = 5000
+            tf.addfile(info, io.BytesIO(b"\xff" * 5000))
+        out.write(buffer.getvalue()[:3000])
+    return {
+        "cut.txt.gz": "truncated or corrupt gzip",
+        "not.tar": "not a readable tar",
+        "cut.tar": "not a readable tar",
+    }
+
+
+def test_unreadable_inputs_end_in_one_line_and_exit_2(tmp_path, capsys):
+    from pipeline.build_humans300m import main
+
+    for name, message in _broken_inputs(tmp_path).items():
+        output = tmp_path / "out"  # the same output each time: the lock is released on error
+        code = main(job_args(tmp_path / name, output))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, err
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not list(output.glob("manifests/*")) and not list(output.glob("rejections/*"))

@@ -17,6 +17,7 @@ Hostile routes (a tarpit or an attacker's server):
 /bomb              a gzip bomb: Content-Encoding gzip, 64 MiB of zeros in about 64 kB
 /endless           a chunked body that never ends
 /bigheader         a 200 whose one header is 100 kB long
+/continue          "100 Continue" interim responses, quickly and forever
 /to/LOCATION       302 to LOCATION (percent-decoded): file://, credentials, private hosts
 /echo/ANYTHING     a page served as image/jpeg that quotes the request line (and its query)
 
@@ -183,6 +184,16 @@ def _bigheader(handler, name: str, server: CrawlServer) -> None:
     handler._send(200, b"x", X_Padding="a" * 100_000)
 
 
+def _continue(handler, name: str, server: CrawlServer) -> None:
+    try:
+        while True:
+            handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            handler.wfile.flush()
+            time.sleep(0.01)
+    except OSError:
+        handler.close_connection = True
+
+
 def _to(handler, name: str, server: CrawlServer) -> None:
     handler._send(302, b"", "text/plain", Location=unquote(name))
 
@@ -196,6 +207,7 @@ HOSTILE = {
     "bomb": _bomb,
     "endless": _endless,
     "bigheader": _bigheader,
+    "continue": _continue,
     "to": _to,
     "echo": _echo,
 }
