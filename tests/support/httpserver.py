@@ -26,6 +26,7 @@ Hostile routes (a tarpit or an attacker's server):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import threading
@@ -155,7 +156,8 @@ def _slowloris(handler, name: str, server: CrawlServer) -> None:
     image = server.images.get(name, b"")
     head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len(image)}\r\n\r\n"
     _drip(handler, head.encode(), server.drip)
-    handler.wfile.write(image)
+    with contextlib.suppress(OSError):
+        handler.wfile.write(image)
 
 
 @functools.cache
