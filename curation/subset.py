@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -37,6 +35,7 @@ from curation.writer import ShardBuilder, iter_shard
 from schemas import SCHEMA_VERSION, SchemaError
 from schemas.layout import MANIFESTS_DIR, SHARDS_DIR, SUMMARY_FILE, manifest_file, shard_file
 from schemas.summary import validate_summary
+from schemas.version import code_version
 
 
 @dataclass(kw_only=True)
@@ -54,18 +53,6 @@ class SubsetConfig:
             raise ValueError("the predicate is empty")
         if locate(self.dataset).uri == locate(self.output).uri:
             raise ValueError("the output must differ from the parent dataset")
-
-
-def code_version() -> str:
-    """Git commit of this code, or "unknown" outside a checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def select_keys(config: SubsetConfig) -> tuple[dict[int, set[str]], int]:

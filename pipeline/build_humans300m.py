@@ -36,6 +36,7 @@ from pipeline.plan import Plan, forget_secrets, load_or_build_plan
 from pipeline.ray_env import check_submitted_job
 from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
 from pipeline.stages import StageConfig, fetch_and_validate
+from schemas.version import version_line
 
 log = logging.getLogger("humans300m")
 
@@ -58,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=version_line())
     p.add_argument(
         "--config",
         help="YAML or JSON file with one mapping per section "

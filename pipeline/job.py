@@ -9,11 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -30,9 +28,9 @@ from pipeline.ray_env import start_ray
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
 from schemas.summary import validate_summary
+from schemas.version import code_version
 
 log = logging.getLogger("humans300m")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(kw_only=True)
@@ -80,20 +78,6 @@ class JobConfig:
     dedup: DedupConfig
     output: OutputConfig
     run: RunConfig
-
-
-def code_version() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def init_ray(config: RunConfig) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from humans300m.cli import main
+
+sys.exit(main())
