@@ -42,3 +42,41 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
 
 def photo_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
     return encode(photo_like(width, height, seed), "JPEG", quality=quality)
+
+
+# Photographs of people that an installed package ships, for the demo: file name -> caption.
+PACKAGED_PEOPLE = {
+    "bus.jpg": "people boarding a bus in a street",
+    "zidane.jpg": "two men in suits talking",
+}
+PEOPLE_ATTRIBUTION = "sample image shipped in the ultralytics package (ultralytics/assets)"
+PEOPLE_LICENSE = "AGPL-3.0"  # the license of the package that ships them
+
+
+def packaged_people_photos(scale: float = 1.0) -> list[tuple[str, bytes, str]]:
+    """Ultralytics' bundled photos of people as (file name, JPEG bytes, caption); [] without it.
+
+    ``scale`` 1 gives the shipped bytes untouched; other scales resize (Lanczos) and re-encode,
+    named ``{stem}_x{scale:g}.jpg``. The package is located, not imported: importing Ultralytics
+    costs seconds and looks up DNS names.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    assets = Path(spec.submodule_search_locations[0]) / "assets"
+    photos = []
+    for name, caption in PACKAGED_PEOPLE.items():
+        path = assets / name
+        if not path.is_file():
+            continue
+        if scale == 1.0:
+            photos.append((name, path.read_bytes(), caption))
+            continue
+        with Image.open(path) as image:
+            size = (round(image.width * scale), round(image.height * scale))
+            resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        photos.append((f"{path.stem}_x{scale:g}.jpg", encode(resized, "JPEG"), caption))
+    return photos

@@ -1,8 +1,10 @@
 """The embedded demo: a generated sample corpus, served over HTTP on 127.0.0.1, built into a dataset.
 
-The corpus holds photo-like images of mixed sizes and formats plus the things a crawl meets: a
-byte copy, a re-encode, an HTML page, a truncated file, an image too small, a dead link and a
-line that is not a URL, so the summary shows every kind of outcome.
+The corpus holds photo-like scenes without people, of mixed sizes and formats; real photographs
+of people that the installed Ultralytics package ships, as shipped and enlarged so that their
+people exceed the keep rule's 300 px; and the things a crawl meets: a byte copy, a re-encode,
+an HTML page, a truncated file, an image too small, a dead link and a line that is not a URL.
+With detector weights the summary shows people kept and scenes without people rejected.
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from curation.synthetic import encode, photo_jpeg, photo_like
+from curation.synthetic import (
+    PEOPLE_ATTRIBUTION,
+    PEOPLE_LICENSE,
+    encode,
+    packaged_people_photos,
+    photo_jpeg,
+    photo_like,
+)
 
 log = logging.getLogger("humans300m")
 DEMO_ROOT = Path("demo_out")
+# Enlargements of the packaged photos: bus.jpg's people are 120-200 px wide as shipped (too
+# small for the keep rule's 300 px), three times that once enlarged.
+PEOPLE_SCALES = (1.0, 3.0)
 
 
-def make_corpus(folder: Path, count: int = 120) -> list[tuple[str, str, str]]:
-    """Write the corpus files; returns (file name, caption, license) rows for the URL list."""
+def make_corpus(folder: Path, count: int = 120) -> list[tuple[str, str, str, str]]:
+    """Write the corpus files; returns (file name, caption, license, attribution) rows."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     sizes = [(640, 480), (1024, 768), (800, 1200), (1600, 1200), (480, 640), (2000, 1500)]
@@ -36,7 +48,11 @@ def make_corpus(folder: Path, count: int = 120) -> list[tuple[str, str, str]]:
             (folder / name).write_bytes(encode(photo_like(width // 2, height // 2, seed=i), "PNG"))
         else:
             (folder / name).write_bytes(photo_jpeg(width, height, seed=i))
-        rows.append((name, f"sample photo {i}", "cc-by-4.0" if i % 3 else "cc0"))
+        rows.append((name, f"sample photo {i}", "cc-by-4.0" if i % 3 else "cc0", ""))
+    for scale in PEOPLE_SCALES:
+        for name, data, caption in packaged_people_photos(scale):
+            (folder / name).write_bytes(data)
+            rows.append((name, caption, PEOPLE_LICENSE, PEOPLE_ATTRIBUTION))
     first = (folder / "photo_0000.jpg").read_bytes()
     (folder / "copy_of_0000.jpg").write_bytes(first)  # exact duplicate
     (folder / "reencode_of_0001.jpg").write_bytes(photo_jpeg(1024, 768, seed=1, quality=70))
@@ -51,8 +67,29 @@ def make_corpus(folder: Path, count: int = 120) -> list[tuple[str, str, str]]:
         "thumbnail.jpg",
         "missing.jpg",
     ):
-        rows.append((name, "", "unknown"))
+        rows.append((name, "", "unknown", ""))
     return rows
+
+
+def people_outcomes(dataset_uri: str, names: list[str]) -> list[str]:
+    """One line per named corpus file (by URL file name): kept, with its count of people
+    passing the keep rule when the detector ran, or the stage and reason that rejected it."""
+    from curation.manifest import rejections_table, samples_table
+
+    outcome: dict[str, str] = {}
+    for row in samples_table(dataset_uri, columns=["source_uri", "num_persons"]).to_pylist():
+        persons = row["num_persons"]
+        text = "kept" if persons is None else f"kept, {persons} people pass the keep rule"
+        outcome[row["source_uri"].rsplit("/", 1)[-1]] = text
+    columns = ["source_uri", "stage", "reason"]
+    for row in rejections_table(dataset_uri, columns=columns).to_pylist():
+        if row["source_uri"]:  # malformed inputs have none
+            name = row["source_uri"].rsplit("/", 1)[-1]
+            outcome[name] = f"rejected at {row['stage']}: {row['reason']}"
+    lines = ["  photos of people:"] if names else []
+    width = max(map(len, names), default=0)
+    lines += [f"    {name:<{width}}  {outcome.get(name, 'not processed')}" for name in names]
+    return lines
 
 
 def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
@@ -80,9 +117,9 @@ def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
         url_list = DEMO_ROOT / "urls.csv"
         with url_list.open("w", newline="") as out:
             writer = csv.writer(out)
-            writer.writerow(["url", "caption", "license"])
-            writer.writerows([f"{base}/{name}", caption, lic] for name, caption, lic in rows)
-            writer.writerow(["not a url", "", ""])
+            writer.writerow(["url", "caption", "license", "attribution"])
+            writer.writerows([f"{base}/{name}", *rest] for name, *rest in rows)
+            writer.writerow(["not a url", "", "", ""])
         if not getattr(args, "source__inputs", None):
             args.source__inputs = [str(url_list)]
         if not getattr(args, "output__output", None):
@@ -104,6 +141,9 @@ def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
     finally:
         server.shutdown()
     print_summary(summary, config.output.output)
+    people = [name for name, _, _, attribution in rows if attribution == PEOPLE_ATTRIBUTION]
+    for line in people_outcomes(config.output.output, people):
+        print(line)
     print(
         f'\nQuery it:  python -m curation.query "SELECT format, count(*) FROM samples GROUP BY 1" '
         f"--dataset {config.output.output}"
