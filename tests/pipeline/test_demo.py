@@ -44,7 +44,9 @@ def test_demo_offline_keeps_the_people_photos_and_says_the_detector_is_off(
     assert "No person-detector weights available" in out
     assert "runs WITHOUT the person filter" in out
     assert "detector: none: run without the person detector" in out
-    lines = dict(line.split(None, 1) for line in out.split("photos of people:")[1].splitlines()[1:5])
+    lines = dict(
+        line.split(None, 1) for line in out.split("photos of people:")[1].splitlines()[1:5]
+    )
     # as shipped and enlarged they are near-duplicates: dedup keeps the larger copy
     assert lines == {
         "bus.jpg": "rejected at dedup: duplicate_near",
