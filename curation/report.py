@@ -20,20 +20,23 @@ from typing import Any
 
 import duckdb
 
-from curation import report_plots
+from curation import report_gallery, report_plots
+from curation.detect import DetectorConfig
 from curation.manifest import DatasetError, read_summary
 from curation.query import connect, one_line
 from curation.report_render import render_card, render_html
 from curation.storage import locate
 from schemas import SCHEMA_VERSION, SchemaError
 
-# Funnel steps after "inputs" and the rejection stages that remove inputs before each one.
+# Funnel steps after "inputs" and the rejection stages that remove inputs before each one;
+# "person" and "unique" appear only when the detector and dedup ran.
 FUNNEL = (
     ("fetched", ("source", "fetch")),
     ("valid", ("validate", "prefilter")),
     ("person", ("detect",)),
     ("unique", ("dedup",)),
 )
+OPTIONAL_STEPS = {"person": "detector_ran", "unique": "dedup_ran"}
 DOMAIN_SQL = (
     "CASE WHEN source_uri LIKE 's3://%' THEN 's3://' || split_part(source_uri[6:], '/', 1) "
     "WHEN regexp_matches(source_uri, '^[A-Za-z][A-Za-z0-9+.-]*://') THEN "
@@ -121,7 +124,7 @@ def _boxes(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     }
 
 
-def _funnel(con: duckdb.DuckDBPyConnection, samples: int) -> dict[str, Any]:
+def _funnel(con: duckdb.DuckDBPyConnection, samples: int, ran: dict[str, bool]) -> dict[str, Any]:
     rows = con.sql(
         "SELECT stage, reason, count(*) AS n FROM rejections GROUP BY ALL ORDER BY n DESC, reason"
     ).fetchall()
@@ -134,6 +137,8 @@ def _funnel(con: duckdb.DuckDBPyConnection, samples: int) -> dict[str, Any]:
     remaining = samples + sum(removed.values())
     steps = [{"step": "inputs", "count": remaining, "removed_by": {}}]
     for name, stages in FUNNEL:
+        if not ran.get(OPTIONAL_STEPS.get(name, ""), True):
+            continue  # the stage did not run: a step removing nothing would mislead
         gone = {s: removed[s] for s in stages if s in removed}
         remaining -= sum(gone.values())
         steps.append({"step": name, "count": remaining, "removed_by": gone})
@@ -165,13 +170,46 @@ def _duplicates(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "rejected_duplicates": rejected}  # fmt: skip
 
 
+def keep_rule(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The person keep rule the job ran with, read from the detector section of its summary.
+
+    The section holds DetectorConfig's fields (the job writes its whole configuration), so it
+    is read back through DetectorConfig: one owner for the names and their meaning. None when
+    the job ran without a detector or its summary does not record one this code understands.
+    """
+    section = ((summary or {}).get("config") or {}).get("detector")
+    try:
+        config = DetectorConfig(**section)
+    except (TypeError, ValueError):  # no section, or one written by another version
+        return None
+    if not config.enabled:
+        return None
+    rule = config.rule()
+    sides = {"both_sides": "on both sides", "long_side": "on its long side"}
+    size = (f"an area over {rule.min_area:,g} px²" if rule.box_rule == "area"
+            else f"a box over {rule.min_side:g} px {sides.get(rule.box_rule, rule.box_rule)}")  # fmt: skip
+    most = f" and at most {rule.max_persons}" if rule.max_persons is not None else ""
+    text = (f"an image is kept when at least {rule.min_persons}{most} person(s) have a score "
+            f"over {rule.min_score:g} and {size} (detector {config.weights})")  # fmt: skip
+    return {"weights": config.weights, "min_score": rule.min_score, "min_side": rule.min_side,
+            "box_rule": rule.box_rule, "min_area": rule.min_area, "text": text}  # fmt: skip
+
+
 def compute_stats(dataset_uri: str) -> dict[str, Any]:
     """Every number of the report, as written to ``stats.json``."""
     con = connect(dataset_uri)
     summary = read_summary(dataset_uri)
     samples = _scalar(con, "SELECT count(*) FROM samples")
-    detector_ran = _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL") > 0
-    funnel = _funnel(con, samples)
+    stages = {s for (s,) in con.sql("SELECT DISTINCT stage FROM rejections").fetchall()}
+    detector_ran = (
+        "detect" in stages
+        or _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL") > 0
+    )
+    dedup_ran = (
+        "dedup" in stages
+        or _scalar(con, "SELECT count(*) FROM samples WHERE dup_cluster_size IS NOT NULL") > 0
+    )
+    funnel = _funnel(con, samples, {"detector_ran": detector_ran, "dedup_ran": dedup_ran})
     prefiltered = _scalar(con, "SELECT count(*) FROM samples WHERE prefilter IS NOT NULL")
     stats = {
         "dataset": locate(dataset_uri).uri,
@@ -183,6 +221,8 @@ def compute_stats(dataset_uri: str) -> dict[str, Any]:
         "rejected": _scalar(con, "SELECT count(*) FROM rejections"),
         "formats": dict(con.sql(FORMATS_SQL).fetchall()),
         "detector_ran": detector_ran,
+        "dedup_ran": dedup_ran,
+        "keep_rule": keep_rule(summary),
         "people": _people(con) if detector_ran else None,
         "person_boxes": _boxes(con) if detector_ran else None,
         "resolution": _resolution(con) if samples else None,
@@ -192,6 +232,8 @@ def compute_stats(dataset_uri: str) -> dict[str, Any]:
         "duplicates": _duplicates(con),
         "prefilter_ran": prefiltered > 0 or "prefilter" in funnel["by_stage"],
         "summary": summary,
+        "gallery": report_gallery.select_gallery(con),
+        "duplicate_groups": report_gallery.duplicate_groups(con),
     }
     stats["inputs"] = funnel["steps"][0]["count"]
     return stats
@@ -203,7 +245,9 @@ def _figures(stats: dict[str, Any]) -> dict[str, bytes]:
     if stats["people"] and stats["people"]["counts"]:
         figures["people"] = report_plots.people_per_image(stats["people"])
     if stats["person_boxes"] and stats["person_boxes"]["boxes"]:
-        figures["boxes"] = report_plots.person_boxes(stats["person_boxes"], _min_box_side(stats))
+        rule = stats["keep_rule"]
+        min_side = rule["min_side"] if rule and rule["box_rule"] != "area" else None
+        figures["boxes"] = report_plots.person_boxes(stats["person_boxes"], min_side)
     if stats["resolution"]:
         figures["resolution"] = report_plots.resolution(stats["resolution"])
         figures["sources"] = report_plots.top_values(stats["domains"], stats["licenses"])
@@ -214,14 +258,15 @@ def _figures(stats: dict[str, Any]) -> dict[str, bytes]:
     return figures
 
 
-def _min_box_side(stats: dict[str, Any]) -> float | None:
-    """The keep rule's minimum box side, if the job's configuration names one."""
-    config = (stats["summary"] or {}).get("config", {})
-    for section in (config, *[v for v in config.values() if isinstance(v, dict)]):
-        for key in ("min_box_side", "min_box_size", "min_person_size"):
-            if isinstance(section.get(key), int | float):
-                return float(section[key])
-    return None
+def _thumbnails(dataset_uri: str, stats: dict[str, Any]) -> dict[str, bytes]:
+    """JPEG thumbnail (person boxes drawn) per key shown in the gallery or duplicate groups."""
+    shown = stats["gallery"] + [m for g in stats["duplicate_groups"] for m in g["kept"]]
+    images = report_gallery.read_images(dataset_uri, shown)
+    return {
+        s["key"]: report_gallery.thumbnail(images[s["key"]], s["persons"])
+        for s in shown
+        if s["key"] in images
+    }
 
 
 def write_report(dataset_uri: str, out: str | Path) -> Path:
@@ -229,12 +274,13 @@ def write_report(dataset_uri: str, out: str | Path) -> Path:
     out = Path(out)
     stats = compute_stats(dataset_uri)
     figures = _figures(stats)
+    thumbnails = _thumbnails(dataset_uri, stats)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
     for name, png in figures.items():
         (out / f"{name}.png").write_bytes(png)
     (out / "datacard.md").write_text(render_card(stats))
-    (out / "index.html").write_text(render_html(stats, figures))
+    (out / "index.html").write_text(render_html(stats, figures, thumbnails))
     return out / "index.html"
 
 

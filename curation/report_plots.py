@@ -25,6 +25,13 @@ def _figure(width: float = 9.0, height: float = 3.6, ncols: int = 1) -> tuple[An
     return plt.subplots(1, ncols, figsize=(width, height), layout="constrained")
 
 
+def _counts_axis(axis: Any) -> None:
+    """Counts are whole numbers: ticks on integers only (matplotlib would place 0.5 steps)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -42,6 +49,7 @@ def _hist_axes(
     ax.bar(edges[:-1], counts, width=widths, align="edge", color=colour, label=legend or None)
     ax.set_xlabel(label + f" (last bin: >= {edges[-2]:g})")
     ax.set_ylabel("count")
+    _counts_axis(ax.yaxis)
 
 
 def people_per_image(people: dict[str, Any]) -> bytes:
@@ -50,6 +58,7 @@ def people_per_image(people: dict[str, Any]) -> bytes:
     left.bar([str(k) for k in counts], list(counts.values()), color="#3a7dc9")
     left.set_xlabel("persons passing the keep rule")
     left.set_ylabel("images")
+    _counts_axis(left.yaxis)
     left.set_title("People per image")
     names = list(SAPIENS_BUCKETS)
     ours = [people["shares"].get(name, 0.0) * 100 for name in names]
@@ -94,12 +103,24 @@ def funnel(steps: list[dict[str, Any]], reasons: list[dict[str, Any]]) -> bytes:
         left.annotate(f" {step['count']:,}", (step["count"], y), va="center", fontsize=8)
     left.set_title("Filter funnel")
     left.set_xlabel("inputs remaining")
+    left.set_ylabel("step")
+    left.margins(x=0.12)  # room for the count written after each bar
+    _counts_axis(left.xaxis)
     labels = [f"{r['stage']}: {r['reason']}" for r in reasons][::-1]
     colours = [STAGE_COLOURS.get(r["stage"], "#444444") for r in reasons][::-1]
-    right.barh(labels, [r["count"] for r in reasons][::-1], color=colours)
+    counts = [r["count"] for r in reasons][::-1]
+    right.barh(labels, counts, color=colours)
+    for y, count in enumerate(counts):
+        right.annotate(f" {count:,}", (count, y), va="center", fontsize=8)
     right.set_title("Rejection reasons")
     right.set_xlabel("inputs rejected")
+    right.set_ylabel("stage: reason")
+    right.margins(x=0.12)
+    _counts_axis(right.xaxis)
     right.tick_params(axis="y", labelsize=8)
+    if not reasons:
+        right.text(0.5, 0.5, "nothing was rejected", ha="center", va="center",
+                   transform=right.transAxes)  # fmt: skip
     return _png(fig)
 
 
@@ -114,6 +135,8 @@ def top_values(domains: list[dict[str, Any]], licenses: list[dict[str, Any]]) ->
                 color="#3a7dc9")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("samples")
+        ax.set_ylabel(field)
+        _counts_axis(ax.xaxis)
         ax.tick_params(axis="y", labelsize=8)
     return _png(fig)
 

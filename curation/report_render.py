@@ -7,6 +7,8 @@ import json
 from html import escape
 from typing import Any
 
+from curation.report_gallery import SHORT_SIDES
+
 PEOPLE_NOTE = (
     "The job ran without a person detector (<code>--detector none</code>): the manifests "
     "hold no person boxes, so people per image and box sizes cannot be shown."
@@ -17,7 +19,18 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; } .note { background: #fff6d5; padding: 0.6em 1em; }
+.tiles { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-start; }
+.tiles figure { margin: 0; width: 144px; font-size: 0.75em; }
+.tiles figure img { width: 144px; height: 108px; object-fit: contain; background: #f2f2f2; }
+table.gallery td { vertical-align: top; } table.gallery .tiles { flex-wrap: nowrap; }
+.cluster { display: flex; gap: 1em; align-items: flex-start; margin: 0 0 1em; }
+.cluster ul { margin: 0; padding-left: 1.2em; font-size: 0.8em; overflow-wrap: anywhere; }
+.legend .pass { color: #28c846; font-weight: bold; } .legend .fail { color: #ffaa00; font-weight: bold; }
 """
+BOX_LEGEND = (
+    '<p class="legend">Boxes: <span class="pass">green</span> persons passing the keep rule, '
+    '<span class="fail">amber</span> other detected persons.</p>'
+)
 
 
 def limitations(stats: dict[str, Any]) -> list[str]:
@@ -119,6 +132,12 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _keep_rule_html(stats: dict[str, Any]) -> str:
+    rule = stats["keep_rule"]
+    text = f"Keep rule: {rule['text']}." if rule else "The job's keep rule is not recorded."
+    return f'<p id="keep-rule">{escape(text)}</p>'
+
+
 def _img(figures: dict[str, bytes], name: str, alt: str) -> str:
     data = base64.b64encode(figures[name]).decode()
     return f'<img id="fig-{name}" src="data:image/png;base64,{data}" alt="{escape(alt)}">'
@@ -128,8 +147,67 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{escape(title)}</h2>{body}</section>"
 
 
-def render_html(stats: dict[str, Any], figures: dict[str, bytes]) -> str:
+def _tile(sample: dict[str, Any], thumbnails: dict[str, bytes]) -> str:
+    people = sample["num_persons"]
+    caption = f"{sample['width']}×{sample['height']}"
+    if people is not None:
+        caption = f"{people} {'person' if people == 1 else 'people'} · " + caption
+    title = escape(f"{sample['source_uri']}\nkey {sample['key']}, {sample['image_member']}")
+    if sample["key"] not in thumbnails:
+        body = f"<p>image not found in shard {sample['shard']}</p>"
+    else:
+        data = base64.b64encode(thumbnails[sample["key"]]).decode()
+        body = (
+            f'<img class="thumb" src="data:image/jpeg;base64,{data}" alt="sample {sample["key"]}">'
+        )
+    return f'<figure title="{title}">{body}<figcaption>{escape(caption)}</figcaption></figure>'
+
+
+def _gallery(stats: dict[str, Any], thumbnails: dict[str, bytes]) -> str:
+    """A table: one row per people-per-image bucket, one column per short-side bucket."""
+    cells: dict[tuple[str, str], list[str]] = {}
+    for sample in stats["gallery"]:
+        cells.setdefault((sample["people"], sample["resolution"]), []).append(
+            _tile(sample, thumbnails)
+        )
+    people = sorted({p for p, _ in cells}, key=lambda p: (not p[0].isdigit(), p))
+    columns = [label for _, label in SHORT_SIDES if any(r == label for _, r in cells)]
+    head = "<tr><th>people \\ short side</th>" + "".join(f"<th>{escape(c)}</th>" for c in columns)
+    rows = "".join(
+        f"<tr><th>{escape(p)}</th>" + "".join(
+            f'<td><div class="tiles">{"".join(cells.get((p, c), []))}</div></td>' for c in columns
+        ) + "</tr>"
+        for p in people
+    )  # fmt: skip
+    intro = ("<p>A few kept samples per stratum of people per image (persons passing the keep "
+             "rule) and image short side, from a few shards spread over the dataset. Hover a "
+             "picture for its source.</p>")  # fmt: skip
+    legend = BOX_LEGEND if stats["detector_ran"] else ""
+    return f'{intro}{legend}<table class="gallery">{head}</tr>{rows}</table>'
+
+
+def _duplicate_groups(stats: dict[str, Any], thumbnails: dict[str, bytes]) -> str:
+    html = []
+    for group in stats["duplicate_groups"]:
+        kept = "".join(_tile(m, thumbnails) for m in group["kept"])
+        removed = "".join(
+            f"<li>removed ({escape(c['reason'])}): {escape(c['source_uri'] or '')}"
+            + (f" <small>({escape(c['detail'])})</small>" if c["detail"] else "") + "</li>"
+            for c in group["removed"]
+        )  # fmt: skip
+        html.append(f'<div class="cluster"><div class="tiles">{kept}</div>'
+                    + (f"<ul>{removed}</ul>" if removed else "") + "</div>")  # fmt: skip
+    note = ("<p>One row per cluster: the samples still in the dataset side by side, and the "
+            "copies dedup removed (their bytes are no longer in the dataset).</p>")  # fmt: skip
+    return note + "".join(html) if html else ""
+
+
+def render_html(
+    stats: dict[str, Any], figures: dict[str, bytes], thumbnails: dict[str, bytes]
+) -> str:
     parts = [_section("Overview", _table(("", ""), _counts(stats)))]
+    if stats["gallery"]:
+        parts.append(_section("Samples", _gallery(stats, thumbnails)))
     if stats["people"]:
         parts.append(_section("People per image",
             (_img(figures, "people", "people per image") if "people" in figures else "") +
@@ -140,7 +218,8 @@ def render_html(stats: dict[str, Any], figures: dict[str, bytes]) -> str:
     if "boxes" in figures:
         boxes = stats["person_boxes"]
         parts.append(_section("Person boxes", _img(figures, "boxes", "person box sizes") +
-            f"<p>{boxes['boxes']:,} boxes, {boxes['passing']:,} pass the keep rule.</p>"))  # fmt: skip
+            f"<p>{boxes['boxes']:,} boxes, {boxes['passing']:,} pass the keep rule.</p>" +
+            _keep_rule_html(stats)))  # fmt: skip
     if "resolution" in figures:
         parts.append(_section("Image resolution", _img(figures, "resolution", "resolution")))
     steps = [(s["step"], f"{s['count']:,}", ", ".join(f"{k} {v:,}" for k, v in s["removed_by"].items()))
@@ -153,11 +232,12 @@ def render_html(stats: dict[str, Any], figures: dict[str, bytes]) -> str:
         parts.append(_section("Sources and licenses", _img(figures, "sources", "domains, licenses")
                               + _table(("domain", "samples", "share"), top)
                               + _table(("license", "samples", "share"), lic)))  # fmt: skip
-    if "duplicates" in figures:
+    if "duplicates" in figures or stats["duplicate_groups"]:
         dup = stats["duplicates"]
-        parts.append(_section("Duplicates", _img(figures, "duplicates", "duplicate clusters") +
-            f"<p>{dup['clusters_with_copies']:,} kept samples had copies; "
-            f"{dup['rejected_duplicates']:,} duplicates were rejected.</p>"))  # fmt: skip
+        body = _img(figures, "duplicates", "duplicate clusters") if "duplicates" in figures else ""
+        body += (f"<p>{dup['clusters_with_copies']:,} kept samples had copies; "
+                 f"{dup['rejected_duplicates']:,} duplicates were rejected.</p>")  # fmt: skip
+        parts.append(_section("Duplicates", body + _duplicate_groups(stats, thumbnails)))
     parts.append(_section("Known limitations",
         "<ul>" + "".join(f"<li>{escape(x)}</li>" for x in limitations(stats)) + "</ul>" +
         '<p>Data card: <a href="datacard.md">datacard.md</a>; numbers: '
@@ -184,6 +264,7 @@ def render_card(stats: dict[str, Any]) -> str:
            "## Counts\n", _md_table(("", ""), _counts(stats)),
            "## Provenance\n", _md_table(("field", "value"), _provenance(stats)),
            "## Filters and thresholds (the job's configuration)\n",
+           (f"Keep rule: {stats['keep_rule']['text']}.\n" if stats["keep_rule"] else ""),
            _md_table(("setting", "value"), _flatten(config)) if config else "Not recorded.\n",
            "## Filter funnel\n",
            _md_table(("step", "remaining"), [(s["step"], f"{s['count']:,}") for s in stats["funnel"]["steps"]]),

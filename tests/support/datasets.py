@@ -20,15 +20,15 @@ import datetime as dt
 import io
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from curation.storage import locate, write_bytes_atomic
+from curation.storage import Location, locate
 from curation.writer import write_rejections, write_shard
-from schemas import SCHEMA_VERSION, sample_key
-from schemas.layout import SUMMARY_FILE
+from schemas import sample_key
 
 DOMAINS = (  # (source prefix, weight): a skewed mix like a web crawl
     ("https://images.example.com/p/", 8),
@@ -50,12 +50,7 @@ REJECTIONS = (  # (stage, reason, weight)
     ("detect", "person_too_small", 2),
     ("detect", "person_low_score", 1),
 )
-CONFIG = {
-    "inputs": ["s3://lists/urls-000.parquet"],
-    "detector": {"name": "yolo11x", "score_threshold": 0.9, "min_box_side": 300},
-    "validate": {"min_side": 256, "max_aspect_ratio": 3.0},
-    "dedup": {"phash_radius": 4},
-}
+DETECTOR_WEIGHTS = "yolo11x.pt"
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
 
@@ -144,12 +139,23 @@ def build_dataset(
     samples_per_shard: int = 20,
     num_rejections: int = 40,
     detector: bool = True,
+    kept_duplicates: int = 0,
     seed: int = 0,
 ) -> BuiltDataset:
-    """Write a complete dataset at ``uri`` (local path or ``s3://``); see the module doc."""
+    """Write a complete dataset at ``uri`` (local path or ``s3://``); see the module doc.
+
+    ``kept_duplicates``: that many of the last samples are byte copies of the first one still
+    in the dataset, as a job run with ``--no-dedup`` leaves them.
+    """
     rng = random.Random(seed)
     loc = locate(uri)
     pairs = [_sample_row(rng, i, detector) for i in range(num_samples)]
+    first, first_image = pairs[0]
+    copied = ("sha256", "pixel_hash", "phash", "num_bytes", "format", "width", "height",
+              "persons", "num_persons")  # fmt: skip
+    for i in range(num_samples - kept_duplicates, num_samples):
+        pairs[i][0].update({name: first[name] for name in copied if name in first})
+        pairs[i] = (pairs[i][0], first_image)
     rows = [row for row, _ in pairs]
     for row in rows:
         row["dup_cluster"] = row["key"]
@@ -161,8 +167,7 @@ def build_dataset(
     half = len(rejections) // 2  # two files, as several workers would write
     rej_tables = [write_rejections(loc, "part-000", rejections[:half]),
                   write_rejections(loc, "part-001", rejections[half:])]  # fmt: skip
-    summary = _summary(rows, rejections, len(tables))
-    write_bytes_atomic(loc.join(SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    summary = _summary(loc, detector, processed=len(rows) + len(rejections))
     return BuiltDataset(
         uri=loc.uri,
         samples=pd.concat([t.to_pandas() for t in tables], ignore_index=True),
@@ -172,24 +177,26 @@ def build_dataset(
     )
 
 
-def _summary(rows: list[dict], rejections: list[dict], shards: int) -> dict[str, Any]:
-    by_stage: dict[str, dict[str, int]] = {}
-    for rej in rejections:
-        stage = by_stage.setdefault(rej["stage"], {})
-        stage[rej["reason"]] = stage.get(rej["reason"], 0) + 1
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "code_version": "0123456789abcdef0123456789abcdef01234567",
-        "config": CONFIG,
-        "started_at": NOW.isoformat(),
-        "finished_at": (NOW + dt.timedelta(minutes=5)).isoformat(),
-        "counts": {
-            "inputs": len(rows) + len(rejections),
-            "kept": len(rows),
-            "rejected": len(rejections),
-            "by_stage": by_stage,
-        },
-        "shards": shards,
-        "bytes": sum(r["num_bytes"] for r in rows),
-        "images_per_s": 12.5,
-    }
+def _summary(loc: Location, detector: bool, processed: int) -> dict[str, Any]:
+    """The summary the job writes, through the job's own ``write_summary`` and configuration."""
+    from curation.dedup.config import DedupConfig
+    from curation.detect import DetectorConfig
+    from curation.fetch import FetchConfig
+    from curation.sources import SourceConfig
+    from curation.validate import ValidateConfig
+    from pipeline.build_humans300m import detector_note
+    from pipeline.job import JobConfig, OutputConfig, RunConfig, write_summary
+
+    config = JobConfig(
+        source=SourceConfig(inputs=("s3://lists/urls-000.parquet",)),
+        fetch=FetchConfig(),
+        validate=ValidateConfig(min_side=256, max_aspect_ratio=3.0),
+        detector=DetectorConfig(weights=DETECTOR_WEIGHTS if detector else "none"),
+        classifiers=[],
+        dedup=DedupConfig(radius=4),
+        output=OutputConfig(output=loc.uri),
+        run=RunConfig(),
+    )
+    extra = {"detector": detector_note(config), "dedup": {}, "phases_s": {}}
+    started = time.time() - 300  # a five-minute run
+    return write_summary(loc, config, started, processed, extra)
