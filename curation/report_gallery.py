@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from curation.storage import locate
-from curation.writer import iter_shard
+from curation.writer import iter_shard, sample_image
 from schemas.layout import shard_file
 
 PER_STRATUM = 2
@@ -105,8 +105,7 @@ def read_images(dataset_uri: str, samples: list[dict[str, Any]]) -> dict[str, by
     for shard, keys in sorted(wanted.items()):
         for item in iter_shard(dataset.join(shard_file(shard))):
             if item["__key__"] in keys:
-                ext = next(k for k in item if not k.startswith("__") and k != "json")
-                images[item["__key__"]] = item[ext]
+                images[item["__key__"]] = sample_image(item)
                 keys.discard(item["__key__"])
                 if not keys:
                     break  # the rest of the shard is not needed

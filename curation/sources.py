@@ -64,13 +64,20 @@ class SourceConfig:
             "own file access and AWS credentials); only for lists you wrote yourself"
         },
     )
+    caption_column: str = field(
+        default="caption",
+        metadata={
+            "help": "column holding the caption in csv/tsv/jsonl/parquet lists (e.g. TEXT for "
+            "LAION-style parquet); it becomes the manifest's caption and the shards' .txt"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
             self.inputs = (self.inputs,)
         self.inputs = tuple(self.inputs)
-        if not self.url_column:
-            raise ValueError("url_column must not be empty")
+        if not self.url_column or not self.caption_column:
+            raise ValueError("url_column and caption_column must not be empty")
 
 
 @dataclass
@@ -327,7 +334,7 @@ def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Ite
             batch.malformed.append(unusable)
         else:
             row = {"source_uri": str(url).strip()}
-            row.update(_passthrough(record, url_column=config.url_column))
+            row.update(_passthrough(record, config.url_column, config.caption_column))
             batch.rows.append(row)
         if len(batch.rows) + len(batch.malformed) >= BATCH_ROWS:
             yield batch
@@ -358,15 +365,21 @@ def url_problem(url: object) -> str:
     return ""
 
 
-def _passthrough(record: dict, url_column: str | None) -> dict:
-    """Split a record's other columns into the named passthrough columns and ``extra``."""
+def _passthrough(record: dict, url_column: str | None, caption_column: str = "caption") -> dict:
+    """Split a record's other columns into the named passthrough columns and ``extra``.
+
+    The caption comes from ``caption_column``; a column named ``caption`` beside another
+    caption column is kept in ``extra`` rather than lost.
+    """
+    sources = {name: name for name in PASSTHROUGH_COLUMNS} | {"caption": caption_column}
+    columns = {source: name for name, source in sources.items()}  # input column -> manifest
     row: dict = {name: None for name in PASSTHROUGH_COLUMNS}
     extra = {}
     for name, value in record.items():
         if name in (url_column, "url", "source_uri") or value is None:
             continue
-        if name in PASSTHROUGH_COLUMNS:
-            row[name] = str(value)
+        if name in columns:
+            row[columns[name]] = str(value)
         else:
             extra[str(name)] = value if isinstance(value, str) else json.dumps(value, default=str)
     row["extra"] = json.dumps(extra, sort_keys=True) if extra else None

@@ -59,6 +59,15 @@ def webdataset():
     return webdataset
 
 
+NON_IMAGE_MEMBERS = ("json", "txt")  # the other members a sample of ours holds
+
+
+def sample_image(sample: dict[str, Any]) -> bytes:
+    """The image bytes of a sample read with ``iter_shard`` (whatever the image's extension)."""
+    (ext,) = [k for k in sample if not k.startswith("__") and k not in NON_IMAGE_MEMBERS]
+    return sample[ext]
+
+
 def image_extension(image_format: str) -> str:
     return FORMAT_EXTENSIONS.get(image_format.upper(), image_format.lower())
 
@@ -104,7 +113,11 @@ class ShardBuilder:
         # every schema column in the JSON, so it equals the manifest row; rows are validated
         # together in publish(), and a bad one discards the whole unpublished shard
         full_row = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
-        self._tar.write({"__key__": row["key"], ext: image, "json": row_to_json(full_row)})
+        sample = {"__key__": row["key"], ext: image, "json": row_to_json(full_row)}
+        if row.get("caption"):
+            # {key}.txt: where CLIP-style readers (open_clip, img2dataset's layout) look
+            sample["txt"] = row["caption"].encode("utf-8")
+        self._tar.write(sample)
         self.rows.append(full_row)
         self.num_bytes += len(image)
 
@@ -139,8 +152,8 @@ def write_shard(
 ) -> pa.Table:
     """Write shard ``shard`` of ``dataset`` from manifest rows and their original image bytes.
 
-    Fills ``shard``, ``image_member`` and ``json_member`` in each row, writes the tar (image +
-    JSON row per sample, in the given order), publishes it, then publishes the manifest.
+    Fills ``shard``, ``image_member`` and ``json_member`` in each row, writes the tar (image,
+    JSON row and, when the row has a caption, a ``.txt`` member per sample, in the given order), publishes it, then publishes the manifest.
     Overwrites an existing shard of that number. Returns the manifest table.
     """
     if len(rows) != len(images):
@@ -164,7 +177,8 @@ def write_rejections(dataset: Location, name: str, rows: Sequence[dict[str, Any]
 
 
 def iter_shard(tar: Location) -> Iterator[dict[str, Any]]:
-    """Samples of one tar as webdataset dicts: ``__key__``, the image extension, ``json``."""
+    """Samples of one tar as webdataset dicts: ``__key__``, the image extension, ``json`` and
+    ``txt`` when the sample has a caption."""
     webdataset()
     from webdataset.tariterators import group_by_keys, tar_file_expander
 

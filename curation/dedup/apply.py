@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pyarrow.parquet as pq
 
 from curation.storage import Location, exists, list_files
-from curation.writer import iter_shard, write_rejections, write_shard
+from curation.writer import iter_shard, sample_image, write_rejections, write_shard
 from schemas import Stage
 from schemas.layout import manifest_file, rejection_file, shard_file
 
@@ -122,6 +122,5 @@ def _images_by_key(tar: Location, keys: set[str]) -> dict[str, bytes]:
     images = {}
     for sample in iter_shard(tar):
         if sample["__key__"] in keys:
-            ext = next(k for k in sample if not k.startswith("__") and k != "json")
-            images[sample["__key__"]] = sample[ext]
+            images[sample["__key__"]] = sample_image(sample)
     return images

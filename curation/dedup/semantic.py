@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from curation.dedup.cluster import greedy_canonical, priority_order
 from curation.storage import exists, locate, write_bytes_atomic
-from curation.writer import iter_shard, table_to_parquet_bytes
+from curation.writer import iter_shard, sample_image, table_to_parquet_bytes
 from schemas.layout import embedding_file, shard_file
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -322,8 +322,7 @@ class ShardEmbedder:
         found = []
         for sample in iter_shard(self.dataset.join(shard_file(shard))):
             if sample["__key__"] in wanted:
-                ext = next(k for k in sample if not k.startswith("__") and k != "json")
-                found.append((sample["__key__"], sample[ext]))
+                found.append((sample["__key__"], sample_image(sample)))
         if len(found) != len(wanted):  # the manifest names samples the tar lacks
             missing = sorted(wanted - {key for key, _ in found})
             raise ValueError(f"shard {shard} lacks {len(missing)} samples, e.g. {missing[:3]}")

@@ -259,3 +259,23 @@ def test_broken_tars_are_one_line_errors(tmp_path):
         assert name in str(caught.value) and "\n" not in str(caught.value), name
     rows, _ = _all(str(tmp_path / "good.tar"))
     assert len(rows) == 3
+
+
+def test_caption_column_names_the_caption_of_a_laion_style_list(tmp_path):
+    path = tmp_path / "laion.parquet"
+    table = pa.table(
+        {
+            "URL": ["http://a.example/1.jpg", "http://b.example/2.jpg"],
+            "TEXT": ["a person running", None],
+            "caption": ["an older caption", "kept too"],
+            "similarity": [0.31, 0.28],
+        }
+    )
+    pq.write_table(table, path)
+    rows, malformed = _all(str(path), url_column="URL", caption_column="TEXT")
+    assert not malformed and [r["source_uri"] for r in rows] == table["URL"].to_pylist()
+    assert [r["caption"] for r in rows] == ["a person running", None]
+    # a column named caption beside the chosen one is kept, not lost
+    assert json.loads(rows[0]["extra"]) == {"caption": "an older caption", "similarity": "0.31"}
+    with pytest.raises(ValueError, match="caption_column"):
+        SourceConfig(caption_column="")

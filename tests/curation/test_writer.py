@@ -6,7 +6,7 @@ import pytest
 import webdataset as wds
 
 from curation.storage import exists, locate
-from curation.writer import iter_shard, write_rejections, write_shard
+from curation.writer import iter_shard, sample_image, write_rejections, write_shard
 from schemas import SAMPLE_SCHEMA, SCHEMA_VERSION, SchemaError, sample_key
 from schemas.layout import manifest_file, shard_file
 from schemas.manifest import schema_version_of
@@ -27,7 +27,7 @@ def _rows(n: int) -> list[dict]:
                 width=10 + i,
                 height=20,
                 fetched_at=now,
-                caption=f"caption {i}",
+                caption=f"légende {i}" if i != 3 else None,
             )
         )
     return rows
@@ -51,9 +51,11 @@ def test_shard_and_manifest_match_row_for_row(tmp_path):
         stored = json.loads(sample["json"])
         assert stored["key"] == row["key"] and stored["shard"] == 7
         assert stored["caption"] == row["caption"]
-    assert [s["__key__"] for s in iter_shard(dataset.join(shard_file(7)))] == [
-        r["key"] for r in rows
-    ]
+        # the caption as a .txt member (CLIP-style readers), none for a sample without one
+        assert sample.get("txt") == (row["caption"].encode() if row["caption"] else None)
+    read = list(iter_shard(dataset.join(shard_file(7))))
+    assert [s["__key__"] for s in read] == [r["key"] for r in rows]
+    assert [sample_image(s) for s in read] == images
     # nothing left behind but the published files
     leftovers = list((tmp_path / "_work" / "tmp").iterdir())
     assert leftovers == []
