@@ -61,6 +61,10 @@ def plan_id(config: SourceConfig) -> str:
     spec = {"inputs": list(config.inputs), "url_column": config.url_column}
     if config.allow_file_and_s3_in_lists:  # other rows are usable: another plan
         spec["allow_file_and_s3_in_lists"] = True
+    if config.caption_column != "caption":
+        # the caption column changes the planned rows; left out at its default, so that plans
+        # written before it existed keep their id and their jobs resume on them
+        spec["caption_column"] = config.caption_column
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
 
 
