@@ -41,17 +41,21 @@ def _spread(values: list[int], count: int) -> list[int]:
     return sorted({values[round(i * step)] for i in range(count)})
 
 
+def _gallery_shards(con: duckdb.DuckDBPyConnection) -> str:
+    """The shards the pictures come from, as an SQL list ("" for a dataset without samples)."""
+    shards = [s for (s,) in con.sql("SELECT DISTINCT shard FROM samples ORDER BY 1").fetchall()]
+    return ", ".join(str(s) for s in _spread(shards, GALLERY_SHARDS))
+
+
 def select_gallery(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Up to PER_STRATUM samples per (people, resolution) stratum, with their person boxes.
 
     Within a stratum samples are picked by a hash of their key: stable across runs of the
     report, and unrelated to crawl order.
     """
-    shards = [s for (s,) in con.sql("SELECT DISTINCT shard FROM samples ORDER BY 1").fetchall()]
-    shards = _spread(shards, GALLERY_SHARDS)
-    if not shards:
+    listing = _gallery_shards(con)
+    if not listing:
         return []
-    listing = ", ".join(str(s) for s in shards)
     rows = con.sql(
         f"SELECT key, shard, image_member, source_uri, width, height, num_persons, persons, "
         f"{PEOPLE_SQL} AS people, {RESOLUTION_SQL} AS resolution FROM ("
@@ -65,16 +69,22 @@ def select_gallery(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 def duplicate_groups(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Clusters of duplicates, each as its kept members and the copies dedup removed.
 
-    Kept members: samples still in the dataset with identical decoded pixels, whatever their
-    encoding (e.g. in a dataset built with ``--no-dedup``); their images are shown side by side. Removed copies:
+    Kept members: samples still in the dataset (in the gallery's shards) with identical
+    decoded pixels, whatever their encoding (e.g. in a dataset built with ``--no-dedup``); their images are shown side by side. Removed copies:
     dedup rejections naming a kept sample as ``duplicate_of``; their bytes are no longer in the
     dataset, so the report names them instead.
     """
     clusters: dict[str, dict[str, Any]] = {}
+    listing = _gallery_shards(con)
+    if not listing:
+        return []
+    # looked for within the gallery's shards: grouping every sample of a large dataset by a
+    # near-unique hash would cost more memory than the rest of the report together
+    in_shards = f"(SELECT * FROM samples WHERE shard IN ({listing}))"
     kept = con.sql(
         "SELECT s.pixel_hash AS cluster, s.key, s.shard, s.image_member, s.source_uri, "
-        "s.width, s.height, s.num_persons, s.persons FROM samples s JOIN ("
-        "  SELECT pixel_hash FROM samples WHERE pixel_hash IS NOT NULL GROUP BY 1 "
+        f"s.width, s.height, s.num_persons, s.persons FROM {in_shards} s JOIN ("
+        f"  SELECT pixel_hash FROM {in_shards} WHERE pixel_hash IS NOT NULL GROUP BY 1 "
         f"  HAVING count(*) > 1 ORDER BY min(hash(key)) LIMIT {DUPLICATE_GROUPS}"
         ") d USING (pixel_hash) ORDER BY 1, s.key"
     ).to_arrow_table()
