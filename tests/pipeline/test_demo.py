@@ -32,6 +32,7 @@ def test_corpus_serves_the_packaged_photos_of_people_as_shipped_and_enlarged(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")  # the shared local Ray, as the job tests use
 def test_demo_offline_keeps_the_people_photos_and_says_the_detector_is_off(
     tmp_path, monkeypatch, capsys
 ):
