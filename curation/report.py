@@ -195,20 +195,31 @@ def keep_rule(summary: dict[str, Any] | None) -> dict[str, Any] | None:
             "box_rule": rule.box_rule, "min_area": rule.min_area, "text": text}  # fmt: skip
 
 
+def _stages_ran(con: duckdb.DuckDBPyConnection, summary: dict | None) -> tuple[bool, bool]:
+    """Whether the person detector and the dedup pass ran: as the job's configuration says,
+    else (no summary, or one without those sections) as the manifests and rejections show."""
+    config = (summary or {}).get("config") or {}
+    stages = {s for (s,) in con.sql("SELECT DISTINCT stage FROM rejections").fetchall()}
+    if isinstance(config.get("detector"), dict):
+        detector_ran = keep_rule(summary) is not None
+    else:
+        persons = _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL")
+        detector_ran = "detect" in stages or persons > 0
+    dedup = (config.get("run") or {}).get("dedup")
+    if isinstance(dedup, bool):
+        dedup_ran = dedup
+    else:
+        clusters = _scalar(con, "SELECT count(*) FROM samples WHERE dup_cluster_size IS NOT NULL")
+        dedup_ran = "dedup" in stages or clusters > 0
+    return detector_ran, dedup_ran
+
+
 def compute_stats(dataset_uri: str) -> dict[str, Any]:
     """Every number of the report, as written to ``stats.json``."""
     con = connect(dataset_uri)
     summary = read_summary(dataset_uri)
     samples = _scalar(con, "SELECT count(*) FROM samples")
-    stages = {s for (s,) in con.sql("SELECT DISTINCT stage FROM rejections").fetchall()}
-    detector_ran = (
-        "detect" in stages
-        or _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL") > 0
-    )
-    dedup_ran = (
-        "dedup" in stages
-        or _scalar(con, "SELECT count(*) FROM samples WHERE dup_cluster_size IS NOT NULL") > 0
-    )
+    detector_ran, dedup_ran = _stages_ran(con, summary)
     funnel = _funnel(con, samples, {"detector_ran": detector_ran, "dedup_ran": dedup_ran})
     prefiltered = _scalar(con, "SELECT count(*) FROM samples WHERE prefilter IS NOT NULL")
     stats = {

@@ -218,6 +218,21 @@ def test_report_without_detector_says_so(tmp_path, browser):
     assert "No person detector ran" in (out / "datacard.md").read_text()
 
 
+def test_funnel_steps_follow_the_jobs_configuration(tmp_path):
+    built = build_dataset(str(tmp_path / "nodedup"), num_samples=10, num_rejections=0)
+    steps = [s["step"] for s in report.compute_stats(built.uri)["funnel"]["steps"]]
+    assert steps == ["inputs", "fetched", "valid", "person", "unique", "kept"]
+    summary = Path(built.uri, "summary.json")
+    written = json.loads(summary.read_text())
+    written["config"]["run"]["dedup"] = False  # as after --no-dedup
+    summary.write_text(json.dumps(written))
+    stats = report.compute_stats(built.uri)
+    assert [s["step"] for s in stats["funnel"]["steps"]] == [
+        "inputs", "fetched", "valid", "person", "kept"
+    ]  # fmt: skip
+    assert stats["dedup_ran"] is False and stats["detector_ran"] is True
+
+
 def test_report_errors_are_clear(tmp_path, capsys):
     assert report.main(["--dataset", str(tmp_path / "absent"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
