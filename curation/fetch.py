@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlparse
 
-from curation.addresses import is_forbidden_address
+from curation.addresses import is_forbidden_address, resolve
 from curation.deadline import WATCHDOG, watched_pools
 from curation.redact import redact_text
 from schemas import Reason
@@ -106,6 +106,9 @@ class Fetcher:
     ``total_timeout`` is one deadline per fetch: every attempt's connect, headers and body,
     redirects, waits for a per-host slot and sleeps between retries all count against it, so a
     tarpit costs one fetch at most ``total_timeout`` seconds and never stalls its batch longer.
+    The host name is resolved within the same deadline. A host that ran a fetch out of time is
+    not tried again for ``total_timeout`` seconds (its URLs become timeouts at once), so a batch
+    naming one tarpit many times still ends in about one deadline.
     """
 
     def __init__(self, config: FetchConfig) -> None:
@@ -122,6 +125,8 @@ class Fetcher:
         )
         # host -> monotonic time before which it asked not to be contacted (Retry-After)
         self._not_before: dict[str, float] = {}
+        # host -> monotonic time until which its URLs are not tried (it stalled a fetch)
+        self._stalled_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._s3 = None
 
@@ -222,24 +227,59 @@ class Fetcher:
     def _request(self, url: str, deadline: float) -> tuple[FetchResult, str | None]:
         """One request; returns (result, redirect location or None). Raises _Retryable."""
         parsed = urlparse(url)
-        host = (parsed.hostname or "").lower()
-        address = self._resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
-        if isinstance(address, FetchResult):
-            return address, None
-        waited = self._wait_for_host(host, deadline)
-        if waited is not None:
-            return waited, None
-        slot = self._host_slots[host]
-        if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return self._timed_out(None, f"waiting for a connection slot to {host}"), None
+        host = _ascii_host(parsed.hostname or "")
+        if not host:
+            return FetchResult(reason=Reason.CONNECTION_ERROR, detail="no usable host name"), None
+        stalled = self._stalled(host)
+        if stalled is not None:
+            return stalled, None
         try:
-            return self._send(url, parsed, address, deadline)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            address = self._resolve(host, port, deadline)
+            if isinstance(address, FetchResult):
+                return address, None
+            waited = self._wait_for_host(host, deadline)
+            if waited is not None:
+                return waited, None
+            slot = self._host_slots[host]
+            if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return self._timed_out(None, f"waiting for a connection slot to {host}"), None
+            try:
+                return self._send(parsed, host, address, deadline)
+            finally:
+                slot.release()
         except _Retryable as failure:
             if failure.delay is not None:
                 self._host_asks_to_wait(host, failure.delay)
+            if time.monotonic() >= deadline:
+                self._host_stalls(host)
             raise
-        finally:
-            slot.release()
+
+    def _host_stalls(self, host: str) -> None:
+        """``host`` (its name server or its web server) held a fetch to the very deadline."""
+        with self._lock:
+            self._stalled_until[host] = time.monotonic() + self.config.total_timeout
+
+    def _stalled(self, host: str) -> FetchResult | None:
+        """A timeout, without trying, for a host that ran a fetch out of time just now.
+
+        A tarpit holds every fetch sent to it for the whole deadline: a batch listing it many
+        times would take (times / concurrency) deadlines, its other hosts' images waiting
+        behind. For ``total_timeout`` seconds after a fetch to it ran out of time, its other
+        URLs are rejected at once instead, so one tarpit costs a batch about one deadline.
+        """
+        with self._lock:
+            until = self._stalled_until.get(host)
+            left = 0.0 if until is None else until - time.monotonic()
+            if until is not None and left <= 0:
+                del self._stalled_until[host]
+        if left <= 0:
+            return None
+        return FetchResult(
+            reason=Reason.TIMEOUT,
+            detail=f"not tried: a fetch from {host} ran out its {self.config.total_timeout:g}s "
+            f"just now (host skipped for {left:.0f}s more)",
+        )
 
     def _host_asks_to_wait(self, host: str, seconds: float) -> None:
         """Retry-After applies to the host: no request of this worker reaches it before then."""
@@ -265,21 +305,24 @@ class Fetcher:
         time.sleep(max(0.0, until - time.monotonic()))
         return None
 
-    def _send(self, url, parsed, address: str, deadline: float) -> tuple[FetchResult, str | None]:
+    def _send(
+        self, parsed, host: str, address: str, deadline: float
+    ) -> tuple[FetchResult, str | None]:
         u3 = self._urllib3
         cfg = self.config
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         pool_kwargs = (
-            {"server_hostname": parsed.hostname, "assert_hostname": parsed.hostname}
-            if parsed.scheme == "https"
-            else {}
+            {"server_hostname": host, "assert_hostname": host} if parsed.scheme == "https" else {}
         )
         # connect to the checked address, never re-resolve: no DNS-rebinding window
         pool = self._pools.connection_from_host(
             address, port=port, scheme=parsed.scheme, pool_kwargs=pool_kwargs
         )
-        host_header = parsed.netloc.rsplit("@", 1)[-1]  # credentials in a URL are never sent
-        path = parsed.path or "/"
+        # credentials in a URL are never sent; the name as DNS and TLS know it (IDNA)
+        host_header = f"[{host}]" if ":" in host else host
+        if parsed.port is not None:
+            host_header += f":{parsed.port}"
+        path = parsed.path or "/"  # urllib3 percent-encodes what a request line cannot hold
         if parsed.query:
             path += "?" + parsed.query
         left = deadline - time.monotonic()
@@ -372,22 +415,51 @@ class Fetcher:
             ) from exc
         return FetchResult(data=b"".join(chunks), http_status=200)
 
-    def _resolve(self, host: str, port: int) -> str | FetchResult:
-        """The address to connect to, or a rejection when the host is refused or unknown."""
+    def _resolve(self, host: str, port: int, deadline: float) -> str | FetchResult:
+        """The address to connect to, or a rejection when the host is refused or unknown.
+
+        The lookup shares the fetch's deadline (a tarpit name server costs no more than a
+        tarpit web server); only a temporary resolver failure is worth a retry.
+        """
+        left = deadline - time.monotonic()
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise _Retryable(
-                Reason.CONNECTION_ERROR, f"cannot resolve {host!r}: {exc}", None
-            ) from exc
-        addresses = [info[4][0] for info in infos]
+            addresses = resolve(host, port, left)
+        except TimeoutError as exc:
+            raise _Retryable(Reason.TIMEOUT, str(exc), None) from exc
+        except socket.gaierror as exc:
+            detail = f"cannot resolve {host!r}: {exc}"
+            if exc.errno == socket.EAI_AGAIN:
+                raise _Retryable(Reason.CONNECTION_ERROR, detail, None) from exc
+            return FetchResult(reason=Reason.CONNECTION_ERROR, detail=detail)
+        except (UnicodeError, OSError) as exc:
+            return FetchResult(
+                reason=Reason.CONNECTION_ERROR, detail=f"cannot resolve {host!r}: {exc}"
+            )
+        if not addresses:
+            return FetchResult(reason=Reason.CONNECTION_ERROR, detail=f"{host} has no address")
         if not self.config.allow_private_addresses:
+            # every answer is checked: a name mixing a public and a private address is refused
             refused = [a for a in addresses if is_forbidden_address(a)]
             if refused:
                 return FetchResult(
                     reason=Reason.FORBIDDEN_ADDRESS, detail=f"{host} resolves to {refused[0]}"
                 )
         return addresses[0]
+
+
+def _ascii_host(hostname: str) -> str:
+    """The host name as DNS, TLS and the Host header spell it ("" if it has none usable).
+
+    IDNA turns ``bücher.example`` into ``xn--bcher-kva.example`` and ideographic full stops
+    into dots (``127。0。0。1`` is 127.0.0.1, and is checked as such); an IP literal stays.
+    """
+    hostname = hostname.strip().lower().rstrip(".")
+    if hostname.isascii():
+        return hostname
+    try:
+        return hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
 
 
 def opt_out_directives(values: list[str]) -> set[str]:

@@ -4,8 +4,10 @@ Every server here is the loopback crawl server; a test that needs it to look pub
 the address check so that exactly 127.0.0.1 passes and every other address keeps the real rule.
 """
 
+import socket
 import threading
 import time
+from collections import Counter
 from urllib.parse import quote
 
 import pytest
@@ -14,7 +16,7 @@ import curation.fetch as fetch_module
 from curation.fetch import FetchConfig, Fetcher, is_forbidden_address
 from curation.synthetic import photo_jpeg
 from schemas import Reason
-from tests.support.httpserver import CrawlServer
+from tests.support.httpserver import CrawlServer, SilentServer
 
 IMAGE = photo_jpeg(64, 48, seed=1)
 
@@ -229,3 +231,170 @@ def test_retry_after_beyond_the_deadline_gives_up_at_once(server):
     assert result.reason == Reason.RATE_LIMITED and "no time left" in result.detail
     assert time.monotonic() - start < 0.5  # no early retry, no pointless sleep
     assert server.hits["/ratelimit/soon.jpg"] == 1
+
+
+# -- name resolution: what is checked is what is connected to, within the deadline -------------
+
+
+@pytest.fixture
+def dns(monkeypatch):
+    """A stub resolver: ``dns[name]`` is a list of addresses, or a callable returning one per
+    lookup; other names resolve as usual. ``dns.lookups`` counts lookups per name."""
+    real = socket.getaddrinfo
+
+    class Stub(dict):
+        lookups: Counter = Counter()
+
+    stub = Stub()
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        stub.lookups[host] += 1
+        if host not in stub:
+            return real(host, port, *args, **kwargs)
+        answer = stub[host]
+        addresses = answer() if callable(answer) else answer
+        family = lambda a: socket.AF_INET6 if ":" in a else socket.AF_INET  # noqa: E731
+        return [(family(a), socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return stub
+
+
+def test_a_name_resolving_to_a_public_and_a_private_address_is_refused(
+    server, loopback_is_public, dns
+):
+    dns["mixed.example"] = ["127.0.0.1", "10.0.0.7"]  # the first one "public"
+    port = server.base.rsplit(":", 1)[1]
+    before = sum(server.hits.values())
+    result = _fetcher(allow_private_addresses=False).fetch(f"http://mixed.example:{port}/img/a.jpg")
+    assert result.reason == Reason.FORBIDDEN_ADDRESS and "10.0.0.7" in result.detail, result
+    assert sum(server.hits.values()) == before
+
+
+def test_rebinding_connects_to_the_address_that_was_checked(server, loopback_is_public, dns):
+    """The name answers the crawl server once, then the metadata address: the fetch connects to
+    the first answer without looking the name up again; the next fetch is refused."""
+    answers = iter([["127.0.0.1"], ["169.254.169.254"], ["169.254.169.254"]])
+    dns["rebind.example"] = lambda: next(answers)
+    port = server.base.rsplit(":", 1)[1]
+    fetcher = _fetcher(allow_private_addresses=False)
+    assert fetcher.fetch(f"http://rebind.example:{port}/img/a.jpg").data == IMAGE
+    assert dns.lookups["rebind.example"] == 1
+    second = fetcher.fetch(f"http://rebind.example:{port}/img/b.jpg")
+    assert second.reason == Reason.FORBIDDEN_ADDRESS and "169.254.169.254" in second.detail
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["127.0.0.1.nip.io", "localtest.me", "spoofed.example."],
+)
+def test_public_looking_names_of_internal_addresses_are_refused(server, dns, name):
+    dns[name.rstrip(".")] = ["127.0.0.1"]
+    dns["localtest.me"] = ["::1"]
+    port = server.base.rsplit(":", 1)[1]
+    before = sum(server.hits.values())
+    result = _fetcher(allow_private_addresses=False).fetch(f"http://{name}:{port}/img/a.jpg")
+    assert result.reason == Reason.FORBIDDEN_ADDRESS, result
+    assert sum(server.hits.values()) == before
+
+
+def test_slow_name_resolution_ends_at_the_deadline(server, dns):
+    dns["tarpit-dns.example"] = lambda: time.sleep(5) or ["127.0.0.1"]
+    start = time.monotonic()
+    result = _fetcher(total_timeout=1.0).fetch("http://tarpit-dns.example/img/a.jpg")
+    took = time.monotonic() - start
+    assert result.reason == Reason.TIMEOUT and "resolving" in result.detail, result
+    assert took < 1.6, took
+
+
+def test_an_unknown_name_is_rejected_without_retries(dns, monkeypatch):
+    def unknown(host, port, *args, **kwargs):
+        dns.lookups[host] += 1
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    result = _fetcher(retries=3, backoff=0.5).fetch("http://no-such-host.example/a.jpg")
+    assert result.reason == Reason.CONNECTION_ERROR and "cannot resolve" in result.detail
+    assert dns.lookups["no-such-host.example"] == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[fe80::1%25eth0]:{port}/img/a.jpg", "http://[fe80::1%eth0]:{port}/img/a.jpg",
+     "http://0x7f.0.0.1:{port}/img/a.jpg", "http://[::ffff:a9fe:a9fe]:{port}/",
+     "http://[::ffff:7f00:1]:{port}/img/a.jpg", "HTTP://127.0.0.1:{port}/img/a.jpg",
+     "hTtP://LocalHost:{port}/img/a.jpg", "http://127。0。0。1:{port}/img/a.jpg",
+     "http://①②⑦.0.0.1:{port}/img/a.jpg", "http://１２７.0.0.1:{port}/img/a.jpg",
+     "http://8.8.8.8\\@127.0.0.1:{port}/img/a.jpg", "http://127.0.0.1\t:{port}/img/a.jpg",
+     "http://127.0.\n0.1:{port}/img/a.jpg", "http:/127.0.0.1:{port}/img/a.jpg",
+     "http:127.0.0.1:{port}/img/a.jpg", "http://%31%32%37.0.0.1:{port}/img/a.jpg",
+     "http://user@:{port}/img/a.jpg", "http://[::1:{port}/img/a.jpg",
+     "http://127.0.0.1:{port}99999/img/a.jpg", "http://" + "a" * 64 + ".example/a.jpg",
+     "http://127.0.0.1:{port}/" + "a" * 100_000],
+)  # fmt: skip
+def test_ssrf_spellings_never_reach_the_server(server, dns, url):
+    """Every spelling of loopback or metadata, and every URL without a usable host, ends
+    quickly (no retries) without a request reaching the loopback server."""
+    dns["xn--127-2x1e.0.0.1"] = ["127.0.0.1"]  # in case an IDNA form escapes as a name
+    port = server.base.rsplit(":", 1)[1]
+    before = sum(server.hits.values())
+    start = time.monotonic()
+    result = _fetcher(allow_private_addresses=False, backoff=0.5).fetch(url.format(port=port))
+    assert result.reason in (Reason.FORBIDDEN_ADDRESS, Reason.CONNECTION_ERROR), result
+    assert time.monotonic() - start < 0.5
+    assert sum(server.hits.values()) == before
+
+
+def test_international_names_are_looked_up_and_sent_in_idna(server, loopback_is_public, dns):
+    dns["xn--bcher-kva.example"] = ["127.0.0.1"]
+    port = server.base.rsplit(":", 1)[1]
+    result = _fetcher(allow_private_addresses=False).fetch(
+        f"http://Bücher.example:{port}/img/a.jpg"
+    )
+    assert result.data == IMAGE, result
+    assert dns.lookups["xn--bcher-kva.example"] == 1 and not dns.lookups["bücher.example"]
+
+
+def test_non_ascii_and_spaces_in_a_path_are_percent_encoded(server):
+    server.images["%C3%BC%20x.jpg"] = IMAGE
+    assert _fetcher().fetch(server.url("img", "ü x.jpg")).data == IMAGE
+    assert server.hits["/img/%C3%BC%20x.jpg"] == 1
+
+
+# -- tarpits ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_server_that_accepts_and_never_answers_ends_at_the_deadline(scheme):
+    """Plain HTTP waits for a response, HTTPS for a handshake: neither outlives the deadline,
+    whatever the (longer) read timeout."""
+    with SilentServer() as silent:
+        start = time.monotonic()
+        result = _fetcher(total_timeout=1.0, read_timeout=30, retries=3).fetch(
+            f"{scheme}://127.0.0.1:{silent.port}/a.jpg"
+        )
+        took = time.monotonic() - start
+        assert silent.accepted >= 1  # the connection was made: this is a tarpit, not a refusal
+    assert result.reason == Reason.TIMEOUT, result
+    assert took < 1.6, took
+
+
+def test_many_urls_to_one_tarpit_cost_a_batch_about_one_deadline(server):
+    """40 slow-loris URLs before 4 good ones, fetched by 8 threads in list order (as a batch is):
+    after the first fetches to the tarpit run out of time its other URLs are timeouts at once,
+    so the good images arrive within about one deadline instead of 40 / 8 deadlines."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server.drip = 1.0
+    fetcher = _fetcher(total_timeout=1.5, read_timeout=1.5, per_host_concurrency=2)
+    with CrawlServer({"a.jpg": IMAGE}, host="127.0.0.2") as good:
+        urls = [server.url("slowloris", f"a.jpg?{i}") for i in range(40)]
+        urls += [good.url("img", "a.jpg")] * 4
+        start = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(fetcher.fetch, urls))
+        took = time.monotonic() - start
+    assert all(r.data == IMAGE for r in results[40:])
+    assert {r.reason for r in results[:40]} == {Reason.TIMEOUT}
+    assert sum("not tried" in r.detail for r in results[:40]) >= 30
+    assert took < 4.0, took  # 40 / 8 deadlines would be 7.5 s

@@ -213,3 +213,39 @@ HOSTILE = {
     "to": _to,
     "echo": _echo,
 }
+
+
+class SilentServer:
+    """A TCP port on 127.0.0.1 that accepts connections and never sends a byte: a tarpit for
+    plain HTTP (no response) and for HTTPS (a TLS handshake that never completes)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._held: list = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            self._held.append(conn)  # held open, never answered
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
