@@ -8,7 +8,8 @@ members that are links or devices), which become rejections carrying their raw v
 Trust: the inputs the operator names (folders, ``s3://`` prefixes, tars, the lists themselves)
 are read with the job's own access. The entries *inside* a URL list are not: lists come from the
 web, so an entry may only name ``http``/``https`` unless ``allow_file_and_s3_in_lists`` is set;
-``file://`` and ``s3://`` entries become ``refused_scheme`` rejections, never reads.
+``file://`` and ``s3://`` entries become ``refused_scheme`` rejections, never reads. Lines are
+read in bounded memory (``MAX_LINE_BYTES``) and every carried column is stored redacted.
 An input that cannot be read at all (a truncated ``.gz``, a file that is not a tar) raises
 ``ValueError`` naming it. Nothing here fetches image bytes.
 """
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curation.redact import redact_uri
+from curation.redact import redact_text, redact_uri
 from curation.storage import Location, locate
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
 
@@ -38,6 +39,7 @@ LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet
 FETCHABLE_SCHEMES = ("http", "https", "s3", "file")
 LIST_SCHEMES = ("http", "https")  # what an entry of a URL list may name by default
 RAW_LIMIT = 1000  # characters of an unusable row's raw value kept in its rejection
+MAX_LINE_BYTES = 1 << 20  # a longer line of a list is an unusable row, never read into memory
 MAX_META_BYTES = 1 << 20  # a tar's {key}.json larger than this is not read (nor held in memory)
 BATCH_ROWS = 10_000
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
@@ -231,14 +233,14 @@ def _iter_list(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
         yield from _iter_parquet(loc, config)
         return
     with loc.fs.open_input_stream(loc.path, compression=None) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else raw
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+        stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else io.BufferedReader(raw)
+        lines = _bounded_lines(stream)
         if base.endswith(".txt"):
-            records = _txt_records(text)
+            records = _txt_records(lines)
         elif base.endswith((".csv", ".tsv")):
-            records = _csv_records(text, delimiter="\t" if base.endswith(".tsv") else ",")
+            records = _csv_records(lines, "\t" if base.endswith(".tsv") else ",", loc.uri, config)
         else:
-            records = _jsonl_records(text)
+            records = _jsonl_records(lines)
         try:
             yield from _batched(records, loc.uri, config)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -247,28 +249,78 @@ def _iter_list(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
 
 # A record: (line or row number, fields or None when unparsable, problem, the row's raw text)
 Record = tuple[int, dict | None, str, str | None]
+# A line of a list: (its number, its text with the line ending, True when cut at MAX_LINE_BYTES)
+Line = tuple[int, str, bool]
 
 
-def _txt_records(text: io.TextIOWrapper) -> Iterator[Record]:
-    for number, line in enumerate(text, start=1):
+def _bounded_lines(stream: io.BufferedIOBase) -> Iterator[Line]:
+    """The lines of a list, decoded as UTF-8 (a BOM dropped, invalid bytes replaced).
+
+    A line longer than ``MAX_LINE_BYTES`` is cut there and the rest of it skipped in bounded
+    reads: a list that is one 1 GB line costs a megabyte of memory, not gigabytes.
+    """
+    limit = MAX_LINE_BYTES
+    number = 0
+    while line := stream.readline(limit + 1):
+        number += 1
+        cut = len(line) > limit
+        if cut:
+            line = line[:limit]
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        text = line.decode("utf-8", errors="replace")
+        yield number, text.removeprefix("\ufeff") if number == 1 else text, cut
+
+
+def _too_long(number: int, text: str) -> Record:
+    head = text[:RAW_LIMIT]
+    return number, None, f"line longer than {MAX_LINE_BYTES} bytes (skipped)", head
+
+
+def _txt_records(lines: Iterator[Line]) -> Iterator[Record]:
+    for number, line, cut in lines:
+        if cut:
+            yield _too_long(number, line)
+            continue
         line = line.strip()
         if line and not line.startswith("#"):
             yield number, {"url": line}, "", line
 
 
-def _csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[Record]:
-    reader = csv.reader(text, delimiter=delimiter)
+def _csv_records(
+    lines: Iterator[Line], delimiter: str, where: str, config: SourceConfig
+) -> Iterator[Record]:
+    cut_lines: list[tuple[int, str]] = []  # lines cut at the limit, not yet reported
+
+    def texts() -> Iterator[str]:
+        for number, text, cut in lines:
+            if cut:
+                cut_lines.append((number, text))
+                yield "\n"  # a blank line: the reader skips it, the cut line is reported below
+            else:
+                yield text
+
+    reader = csv.reader(texts(), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         return
+    if config.url_column not in header and "url" not in header:
+        raise ValueError(
+            f"{where}: no column {config.url_column!r} in the header "
+            f"({', '.join(h[:40] for h in header[:20])}); set --url-column"
+        )
     while True:
         try:
             values = next(reader)
         except StopIteration:
-            return
+            values = None
         except csv.Error as exc:  # e.g. a field over the 128 KiB limit: the reader goes on
             yield reader.line_num, None, f"unreadable CSV row: {exc}", None
             continue
+        while cut_lines:
+            yield _too_long(*cut_lines.pop(0))
+        if values is None:
+            return
         if not values or values == [""]:
             continue
         raw = delimiter.join(values)
@@ -278,8 +330,11 @@ def _csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[Record]:
         yield reader.line_num, dict(zip(header, values, strict=True)), "", raw
 
 
-def _jsonl_records(text: io.TextIOWrapper) -> Iterator[Record]:
-    for number, line in enumerate(text, start=1):
+def _jsonl_records(lines: Iterator[Line]) -> Iterator[Record]:
+    for number, line, cut in lines:
+        if cut:
+            yield _too_long(number, line)
+            continue
         if not line.strip():
             continue
         raw = line.rstrip("\r\n")
@@ -296,11 +351,23 @@ def _jsonl_records(text: io.TextIOWrapper) -> Iterator[Record]:
 
 def _iter_parquet(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
     with loc.fs.open_input_file(loc.path) as stream:
-        parquet = pq.ParquetFile(stream)
-        if config.url_column not in parquet.schema_arrow.names:
+        try:
+            parquet = pq.ParquetFile(stream)
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{loc.uri}: not a readable Parquet file ({exc})") from exc
+        schema = parquet.schema_arrow
+        if config.url_column not in schema.names:
             raise ValueError(
                 f"{loc.uri}: no column {config.url_column!r} (columns: "
-                f"{', '.join(parquet.schema_arrow.names)}); set --url-column"
+                f"{', '.join(schema.names)}); set --url-column"
+            )
+        url_type = schema.field(config.url_column).type
+        if pa.types.is_dictionary(url_type):
+            url_type = url_type.value_type
+        if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
+            raise ValueError(
+                f"{loc.uri}: column {config.url_column!r} holds {url_type}, not strings; "
+                "set --url-column to the column of URLs"
             )
         first = 1  # row number (1-based) of the batch's first row
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
@@ -320,7 +387,13 @@ def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Ite
             unusable = Unusable(f"{where}:{number}", problem, raw)
         else:
             url = record.get("url" if config.url_column not in record else config.url_column)
-            value = url if isinstance(url, str) else raw if url is None else json.dumps(url)
+            value = (
+                url
+                if isinstance(url, str)
+                else raw
+                if url is None
+                else json.dumps(url, default=str)
+            )
             problem = url_problem(url)
             if problem:
                 unusable = Unusable(f"{where}:{number}", problem, value)
@@ -349,9 +422,14 @@ def _scheme(url: str) -> str:
 
 def url_problem(url: object) -> str:
     """Why ``url`` cannot be fetched, or "" when it looks usable."""
-    if not isinstance(url, str) or not url.strip():
+    if url is not None and not isinstance(url, str):
+        return f"URL is not a string ({type(url).__name__})"
+    if not url or not url.strip():
         return "missing URL"
     url = url.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        # urlparse silently drops tabs and newlines: what is fetched would not be what was listed
+        return "control character inside URL"
     try:
         parsed = urlparse(url)
     except ValueError as exc:
@@ -369,7 +447,10 @@ def _passthrough(record: dict, url_column: str | None, caption_column: str = "ca
     """Split a record's other columns into the named passthrough columns and ``extra``.
 
     The caption comes from ``caption_column``; a column named ``caption`` beside another
-    caption column is kept in ``extra`` rather than lost.
+    caption column is kept in ``extra`` rather than lost. Every value is stored redacted
+    (``curation.redact``): lists carry signed URLs in ``page_url``, captions and extra columns
+    as well as in the image URL, and none of them is ever fetched, so nothing needs their
+    secrets.
     """
     sources = {name: name for name in PASSTHROUGH_COLUMNS} | {"caption": caption_column}
     columns = {source: name for name, source in sources.items()}  # input column -> manifest
@@ -379,8 +460,9 @@ def _passthrough(record: dict, url_column: str | None, caption_column: str = "ca
         if name in (url_column, "url", "source_uri") or value is None:
             continue
         if name in columns:
-            row[columns[name]] = str(value)
+            row[columns[name]] = redact_text(str(value))
         else:
-            extra[str(name)] = value if isinstance(value, str) else json.dumps(value, default=str)
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            extra[redact_text(str(name))] = redact_text(text)
     row["extra"] = json.dumps(extra, sort_keys=True) if extra else None
     return row

@@ -279,3 +279,184 @@ def test_caption_column_names_the_caption_of_a_laion_style_list(tmp_path):
     assert json.loads(rows[0]["extra"]) == {"caption": "an older caption", "similarity": "0.31"}
     with pytest.raises(ValueError, match="caption_column"):
         SourceConfig(caption_column="")
+
+
+# -- hostile lists: encodings, control characters, huge lines, wrong shapes, secrets ------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("urls.txt", "http://a.example/1.jpg\r\nhttp://a.example/2.jpg\r\n"),
+     ("urls.csv", "url,caption\r\nhttp://a.example/1.jpg,x\r\nhttp://a.example/2.jpg,y\r\n"),
+     ("urls.jsonl", '{"url": "http://a.example/1.jpg"}\r\n{"url": "http://a.example/2.jpg"}\r\n')],
+)  # fmt: skip
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_byte_order_mark_and_crlf_lines(tmp_path, name, text, bom):
+    path = tmp_path / name
+    path.write_bytes((bom + text).encode())
+    rows, malformed = _all(str(path))
+    assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg", "http://a.example/2.jpg"]
+    assert not malformed
+
+
+def test_control_characters_and_invalid_utf8(tmp_path):
+    path = tmp_path / "urls.csv"
+    path.write_bytes(
+        b"url,caption\n"
+        b"http://a.example/1\x00.jpg,a\n"  # NUL inside the URL
+        b"http://a.example/2.jpg,nul\x00inside\n"  # NUL in a caption: harmless, kept
+        b"http://a.example/3\x1b[2J.jpg,esc\n"
+        b"http://a.example/\xff\xfe.jpg,\xc3\n"  # invalid UTF-8: replaced, never a crash
+    )
+    rows, malformed = _all(str(path))
+    assert [(m.where.rsplit(":", 1)[1], m.detail) for m in malformed] == [
+        ("2", "control character inside URL"), ("4", "control character inside URL")
+    ]  # fmt: skip
+    assert malformed[0].raw == "http://a.example/1\x00.jpg"  # the URL, as listed
+    assert rows[0]["caption"] == "nul\x00inside"
+    assert rows[1]["source_uri"] == "http://a.example/\ufffd\ufffd.jpg"
+
+
+@pytest.mark.parametrize("name", ["urls.txt", "urls.csv", "urls.jsonl", "urls.txt.gz"])
+def test_a_huge_line_is_one_unusable_row_read_in_bounded_memory(tmp_path, name):
+    """A 64 MiB line between two good ones: rejected with its line number and a cut raw value,
+    the lines around it read, and never more than a few MiB held at once."""
+    import tracemalloc
+
+    from curation.sources import MAX_LINE_BYTES
+
+    path = tmp_path / name
+    good = {
+        "urls.txt": ("http://a.example/1.jpg", "http://a.example/2.jpg"),
+        "urls.txt.gz": ("http://a.example/1.jpg", "http://a.example/2.jpg"),
+        "urls.csv": ("url\nhttp://a.example/1.jpg", "http://a.example/2.jpg"),
+        "urls.jsonl": ('{"url": "http://a.example/1.jpg"}', '{"url": "http://a.example/2.jpg"}'),
+    }[name]
+    huge = "http://a.example/" + "x" * (64 << 20)
+    data = f"{good[0]}\n{huge}\n{good[1]}\n".encode()
+    path.write_bytes(gzip.compress(data, compresslevel=1) if name.endswith(".gz") else data)
+    del data, huge
+    tracemalloc.start()
+    try:
+        rows, malformed = _all(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg", "http://a.example/2.jpg"]
+    assert len(malformed) == 1 and "longer than" in malformed[0].detail
+    assert malformed[0].where.endswith(":3" if name == "urls.csv" else ":2")
+    assert malformed[0].raw.startswith("http://a.example/xxx") and len(malformed[0].raw) <= 1000
+    assert peak < 8 * MAX_LINE_BYTES, peak
+
+
+def test_jsonl_lines_that_are_not_objects_and_urls_that_are_not_strings(tmp_path):
+    path = tmp_path / "urls.jsonl"
+    path.write_text(
+        '1\n"http://a.example/1.jpg"\nnull\ntrue\n{"url": 5}\n{"url": {"href": "http://a/"}}\n'
+    )
+    rows, malformed = _all(str(path))
+    assert not rows
+    assert [m.detail for m in malformed] == [
+        "expected a JSON object, got int", "expected a JSON object, got str",
+        "expected a JSON object, got NoneType", "expected a JSON object, got bool",
+        "URL is not a string (int)", "URL is not a string (dict)",
+    ]  # fmt: skip
+    assert [m.raw for m in malformed][-2:] == ["5", '{"href": "http://a/"}']
+
+
+@pytest.mark.parametrize("name", ["urls.csv", "urls.tsv", "urls.csv.gz"])
+def test_csv_without_the_url_column_is_a_one_line_error(tmp_path, name):
+    path = tmp_path / name
+    text = "image,caption\nhttp://a.example/1.jpg,x\n".replace(",", "\t" if "tsv" in name else ",")
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    with pytest.raises(ValueError, match="no column 'url'.*url-column") as caught:
+        _all(str(path))
+    assert name in str(caught.value) and "\n" not in str(caught.value)
+    rows, _ = _all(str(path), url_column="image")
+    assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg"]
+
+
+@pytest.mark.parametrize(
+    "name", ["e.txt", "e.csv", "e.tsv", "e.jsonl", "e.txt.gz", "e.csv.gz", "h.csv", "e.parquet"]
+)
+def test_empty_lists_give_no_rows_and_no_error(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"url": pa.array([], pa.string())}), path)
+    elif name.endswith(".gz"):
+        path.write_bytes(gzip.compress(b""))
+    else:
+        path.write_bytes(b"url\n" if name == "h.csv" else b"")
+    assert _all(str(path)) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [(pa.array([1, 2], pa.int64()), "int64"), (pa.array([b"http://a/"] * 2, pa.binary()), "binary"),
+     (pa.array([["http://a/"]] * 2), "list"), (pa.array([None, None], pa.null()), "null")],
+)  # fmt: skip
+def test_parquet_url_column_that_is_not_strings_is_a_one_line_error(tmp_path, column, kind):
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": column}), path)
+    with pytest.raises(ValueError, match=f"holds {kind}.*not strings"):
+        _all(str(path))
+    # a dictionary-encoded string column is strings
+    pq.write_table(
+        pa.table({"url": pa.array(["http://a.example/1.jpg"]).dictionary_encode()}), path
+    )
+    assert [r["source_uri"] for r in _all(str(path))[0]] == ["http://a.example/1.jpg"]
+
+
+def test_a_file_named_parquet_that_is_not_one_is_a_one_line_error(tmp_path):
+    path = tmp_path / "urls.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="urls.parquet: not a readable Parquet file"):
+        _all(str(path))
+
+
+_SECRET_ROW = {
+    "url": "http://a.example/1.jpg",
+    "page_url": "https://bob:hunter2@a.example/page?access_token=AT-secret&id=7",
+    "caption": "mirror: https://cdn.example/x.jpg?X-Amz-Signature=AMZ-secret",
+    "license": "cc-by",
+    "mirror": "https://cdn.example/y.jpg?sig=SIG-secret&w=640",
+}
+
+
+def _write_list(path, row: dict) -> None:
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist([row]), path)
+        return
+    if name.endswith(".jsonl"):
+        text = json.dumps({**row, "nested": {"u": row["mirror"]}}) + "\n"
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        text = sep.join(row) + "\n" + sep.join(row.values()) + "\n"
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+
+
+@pytest.mark.parametrize(
+    "name", ["urls.csv", "urls.tsv", "urls.jsonl", "urls.parquet", "urls.csv.gz", "urls.jsonl.gz"]
+)
+def test_secrets_in_page_url_caption_and_extra_columns_are_redacted(tmp_path, name):
+    path = tmp_path / name
+    _write_list(path, _SECRET_ROW)
+    rows, malformed = _all(str(path))
+    assert not malformed and len(rows) == 1
+    stored = json.dumps(rows[0])
+    for secret in ("hunter2", "AT-secret", "AMZ-secret", "SIG-secret"):
+        assert secret not in stored, (secret, stored)
+    assert rows[0]["page_url"] == "https://a.example/page?access_token=REDACTED&id=7"
+    assert rows[0]["caption"] == "mirror: https://cdn.example/x.jpg?X-Amz-Signature=REDACTED"
+    assert rows[0]["license"] == "cc-by"
+    assert json.loads(rows[0]["extra"])["mirror"] == "https://cdn.example/y.jpg?sig=REDACTED&w=640"
+
+
+def test_secrets_in_a_tar_members_metadata_are_redacted(tmp_path):
+    meta = json.dumps({"page_url": _SECRET_ROW["page_url"], "src": _SECRET_ROW["mirror"]})
+    path = tmp_path / "shard.tar"
+    _tar(path, [_member("k1.jpg", b"img"), _member("k1.json", meta.encode())])
+    rows, _ = _all(str(path))
+    assert rows[0]["page_url"] == "https://a.example/page?access_token=REDACTED&id=7"
+    assert json.loads(rows[0]["extra"]) == {"src": "https://cdn.example/y.jpg?sig=REDACTED&w=640"}
