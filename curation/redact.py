@@ -31,6 +31,18 @@ _PARAM = re.compile(
 )
 # scheme://userinfo@ : drop the userinfo (user, user:password, or a token as the user name)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s\"']*@")  # up to the last @
+# The same inside a percent-encoded URL (an image proxy's ?url=https%3A%2F%2F...%3Fsig%3D...),
+# encoded once or more (%3F, %253F, ...): "?", "&", "#", "=", ":", "/" and "@" in disguise.
+_E = {c: rf"%(?:25)*{h[0]}[{h[1].upper()}{h[1].lower()}]" for c, h in
+      {"?": "3f", "&": "26", "#": "23", "=": "3d", ":": "3a", "/": "2f", "@": "40"}.items()}  # fmt: skip
+_ENCODED_PARAM = re.compile(
+    rf"(?P<lead>{_E['?']}|{_E['&']}|{_E['#']})(?P<name>[A-Za-z0-9_.\-]{{1,64}}){_E['=']}"
+    rf"(?P<value>(?:(?!{_E['&']}|{_E['#']})[^&;#\s\"')])*)"
+)
+_ENCODED_USERINFO = re.compile(
+    rf"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*{_E[':']}{_E['/']}{_E['/']})"
+    rf"(?:(?!{_E['/']}|{_E['?']}|{_E['#']})[^/?#\s\"'@])*{_E['@']}"
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -43,15 +55,19 @@ def is_secret_name(name: str) -> bool:
 def redact_text(text: str) -> str:
     """``text`` with URL userinfo removed and secret-looking ``name=value`` values redacted.
 
-    Works on a bare URL as on any message that quotes one (an exception, a redirect target).
+    Works on a bare URL as on any message that quotes one (an exception, a redirect target),
+    and on URLs percent-encoded inside another URL (kept encoded: ``%3Fsig%3DREDACTED``).
     """
 
     def param(match: re.Match) -> str:
         if not match["value"] or not is_secret_name(match["name"]):
             return match[0]
-        return f"{match['lead']}{match['name']}={REDACTED}"
+        return match[0][: match.start("value") - match.start()] + REDACTED  # lead, name, "="
 
-    return _PARAM.sub(param, _USERINFO.sub(r"\g<scheme>", text))
+    text = _PARAM.sub(param, _USERINFO.sub(r"\g<scheme>", text))
+    if "%" in text:
+        text = _ENCODED_PARAM.sub(param, _ENCODED_USERINFO.sub(r"\g<scheme>", text))
+    return text
 
 
 def redact_uri(uri: str, limit: int = 2048) -> str:

@@ -44,3 +44,23 @@ def test_redact_text_finds_urls_inside_messages():
 
 def test_redact_uri_cuts_long_values():
     assert len(redact_uri("http://a.example/" + "x" * 5000, limit=100)) == 100
+
+
+@pytest.mark.parametrize(
+    ("uri", "stored"),
+    [  # a signed URL percent-encoded inside another one (image proxies, redirectors)
+        ("https://p.example/_next/image?url=https%3A%2F%2Fb.s3.amazonaws.com%2Fk.jpg"
+         "%3FX-Amz-Credential%3DAKIA%252F2026%26X-Amz-Signature%3Dab%2Bcd%3D%3D%26w%3D1&w=640",
+         "https://p.example/_next/image?url=https%3A%2F%2Fb.s3.amazonaws.com%2Fk.jpg"
+         "%3FX-Amz-Credential%3DREDACTED%26X-Amz-Signature%3DREDACTED%26w%3D1&w=640"),
+        ("http://h.example/to/http%3A%2F%2Fi.example%2Fa.jpg%3Fsig%3Ds3cret",
+         "http://h.example/to/http%3A%2F%2Fi.example%2Fa.jpg%3Fsig%3DREDACTED"),
+        ("http://p.example/?u=https%3a%2f%2fbob%3apw%40i.example%2Fa.jpg%3Fw%3D1",
+         "http://p.example/?u=https%3a%2f%2fi.example%2Fa.jpg%3Fw%3D1"),
+        ("http://p.example/?u=https%253A%252F%252Fi%252Fa%253Ftoken%253Dabc%2526w%253D1",
+         "http://p.example/?u=https%253A%252F%252Fi%252Fa%253Ftoken%253DREDACTED%2526w%253D1"),
+        ("http://p.example/a%20b.jpg?q=100%25&monkey%3D1", "http://p.example/a%20b.jpg?q=100%25&monkey%3D1"),
+    ],
+)  # fmt: skip
+def test_redact_uri_inside_percent_encoded_urls(uri, stored):
+    assert redact_uri(uri) == stored

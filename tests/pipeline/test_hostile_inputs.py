@@ -27,7 +27,7 @@ def _hostile_list(tmp_path, tarpit: CrawlServer, good: CrawlServer, bucket: str)
     local.write_bytes(photo_jpeg(200, 150, seed=99))  # would be kept if it were read
     good.images.update({f"g{i}.jpg": photo_jpeg(200, 150, seed=i) for i in range(6)})
     tarpit.images["t.jpg"] = photo_jpeg(200, 150, seed=50)
-    # (its path quotes the target verbatim: only the detail's copy can be redacted)
+    # (its path quotes the target percent-encoded: redacted there too, see curation.redact)
     to_file = quote("file:///etc/passwd?sig=redirect-secret", safe="")
     lines = [
         *(good.url("img", f"g{i}.jpg") for i in range(4)),
