@@ -16,11 +16,14 @@ finished job then reads its inputs again instead of keeping credentials on disk.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -97,7 +100,7 @@ def _build(
 ) -> Plan:
     malformed: list[dict] = []
     order = secrets = 0
-    with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
+    with _scratch(dataset, pid) as tmp:
         writers = [
             pq.ParquetWriter(os.path.join(tmp, f"{p:04d}.parquet"), PLAN_SCHEMA)
             for p in range(partitions)
@@ -134,6 +137,23 @@ def _build(
     )
     files = list_files(folder, ".parquet")
     return Plan(pid, files, rows, len(malformed), len(duplicates), secrets)
+
+
+@contextlib.contextmanager
+def _scratch(dataset: Location, pid: str) -> Iterator[str]:
+    """A private local folder for the partitions being built, removed once they are written.
+
+    They hold full URLs, secrets included. The folder's name is fixed per output and plan, so
+    the rerun that follows a kill -9 removes what the killed build left behind in it.
+    """
+    name = hashlib.sha256(f"{dataset.uri}\0{pid}".encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"humans300m-plan-{name}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path, mode=0o700)  # fails if someone else made it meanwhile: never shared
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _spread(rows: list[dict], writers: list[pq.ParquetWriter]) -> None:
