@@ -361,7 +361,7 @@ class Fetcher:
     def _read_response(self, response) -> tuple[FetchResult, str | None]:
         status = response.status
         if 300 <= status < 400 and response.headers.get("Location"):
-            return FetchResult(http_status=status), response.headers["Location"]
+            return FetchResult(http_status=status), _header_text(response.headers["Location"])
         if status == 429:
             raise _Retryable(Reason.RATE_LIMITED, "HTTP 429", status, _retry_after(response))
         if status >= 500:
@@ -445,6 +445,15 @@ class Fetcher:
                     reason=Reason.FORBIDDEN_ADDRESS, detail=f"{host} resolves to {refused[0]}"
                 )
         return addresses[0]
+
+
+def _header_text(value: str) -> str:
+    """A header as its sender meant it: servers send non-ASCII Locations as raw UTF-8, which
+    http.client decodes as Latin-1 (browsers and requests decode them as UTF-8)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _ascii_host(hostname: str) -> str:

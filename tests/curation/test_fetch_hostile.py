@@ -398,3 +398,41 @@ def test_many_urls_to_one_tarpit_cost_a_batch_about_one_deadline(server):
     assert {r.reason for r in results[:40]} == {Reason.TIMEOUT}
     assert sum("not tried" in r.detail for r in results[:40]) >= 30
     assert took < 4.0, took  # 40 / 8 deadlines would be 7.5 s
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["//127.0.0.2:9/a.jpg", "HTTP://0x7f.0.0.2:9/a.jpg", "http://127。0。0。2:9/a.jpg",
+     "https://[::ffff:7f00:2]:9/a.jpg", "http://127.0.0.1@127.0.0.2:9/a.jpg",
+     "http://[fe80::1%eth0]:9/", "http://100.100.100.200/latest/meta-data/"],
+)  # fmt: skip
+def test_redirect_chains_into_forbidden_places_are_refused_at_the_last_hop(
+    server, loopback_is_public, target
+):
+    """public -> public -> forbidden: each hop is checked, whatever the spelling of the last."""
+    second = server.url("to", quote(target, safe=""))
+    first = server.url("to", quote(second, safe=""))
+    before = server.hits[f"/to/{quote(target, safe='')}"]
+    result = _fetcher(allow_private_addresses=False).fetch(first)
+    assert result.reason == Reason.FORBIDDEN_ADDRESS, result
+    assert server.hits[f"/to/{quote(target, safe='')}"] == before + 1  # the second hop was fetched
+
+
+def test_failure_details_never_quote_a_secret(server, dns):
+    """Details built from exceptions (refused connection, unknown name, read timeout) and from
+    a redirect Location carry no userinfo and no signed value of the URL."""
+    dns["no-such.example"] = lambda: (_ for _ in ()).throw(socket.gaierror(socket.EAI_NONAME, "x"))
+    fetcher = _fetcher(retries=0, total_timeout=1.0, read_timeout=0.5)
+    server.images["s.jpg"] = IMAGE
+    urls = [
+        "http://bob:pw-1-secret@127.0.0.1:9/a.jpg?token=tok-1-secret",  # refused
+        "http://bob:pw-2-secret@no-such.example/a.jpg?sig=sig-2-secret",
+        server.url("slowloris", "s.jpg").replace("://", "://u:pw-3-secret@") + "?sig=sig-3-secret",
+        server.url("to", quote("gopher://u:pw-4-secret@x/?X-Amz-Signature=sig-4-secret", safe="")),
+    ]
+    results = [fetcher.fetch(url) for url in urls]
+    assert [r.reason for r in results] == [
+        Reason.CONNECTION_ERROR, Reason.CONNECTION_ERROR, Reason.TIMEOUT, Reason.UNSUPPORTED_SCHEME
+    ]  # fmt: skip
+    for result in results:
+        assert "secret" not in result.detail, result.detail

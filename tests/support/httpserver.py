@@ -197,7 +197,9 @@ def _continue(handler, name: str, server: CrawlServer) -> None:
 
 
 def _to(handler, name: str, server: CrawlServer) -> None:
-    handler._send(302, b"", "text/plain", Location=unquote(name))
+    # raw UTF-8 bytes on the wire, as real servers send a non-ASCII Location
+    location = unquote(name).encode().decode("latin-1")
+    handler._send(302, b"", "text/plain", Location=location)
 
 
 def _echo(handler, name: str, server: CrawlServer) -> None:
