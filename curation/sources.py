@@ -222,7 +222,7 @@ def _check_tar_end(stream, offset: int, uri: str) -> None:
 def _json_or_empty(stream: io.BufferedReader | None) -> dict:
     try:
         value = json.loads(stream.read()) if stream else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -342,6 +342,9 @@ def _jsonl_records(lines: Iterator[Line]) -> Iterator[Record]:
             value = json.loads(line)
         except ValueError as exc:
             yield number, None, f"invalid JSON: {exc}", raw
+            continue
+        except RecursionError:  # "[[[[..." a million deep: valid JSON, too deep to parse
+            yield number, None, "invalid JSON: nested too deeply", raw
             continue
         if isinstance(value, dict):
             yield number, value, "", raw

@@ -460,3 +460,16 @@ def test_secrets_in_a_tar_members_metadata_are_redacted(tmp_path):
     rows, _ = _all(str(path))
     assert rows[0]["page_url"] == "https://a.example/page?access_token=REDACTED&id=7"
     assert json.loads(rows[0]["extra"]) == {"src": "https://cdn.example/y.jpg?sig=REDACTED&w=640"}
+
+
+def test_json_nested_too_deeply_is_a_malformed_row_not_a_crash(tmp_path):
+    deep = "[" * 200_000
+    path = tmp_path / "urls.jsonl"
+    path.write_text(f'{deep}\n{{"url": "http://a.example/1.jpg", "x": {deep}{"]" * 200_000}}}\n')
+    rows, malformed = _all(str(path))
+    assert not rows
+    assert [m.detail for m in malformed] == ["invalid JSON: nested too deeply"] * 2
+    tar = tmp_path / "shard.tar"
+    _tar(tar, [_member("k1.jpg", b"img"), _member("k1.json", deep.encode())])
+    rows, _ = _all(str(tar))
+    assert len(rows) == 1 and rows[0]["extra"] is None  # its metadata is ignored, as invalid
