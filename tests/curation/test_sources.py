@@ -473,3 +473,28 @@ def test_json_nested_too_deeply_is_a_malformed_row_not_a_crash(tmp_path):
     _tar(tar, [_member("k1.jpg", b"img"), _member("k1.json", deep.encode())])
     rows, _ = _all(str(tar))
     assert len(rows) == 1 and rows[0]["extra"] is None  # its metadata is ignored, as invalid
+
+
+@pytest.mark.slow  # reads 1 GiB: about 17 s on the loaded 2-core machine
+def test_a_one_gigabyte_line_is_read_in_bounded_memory(tmp_path):
+    """The real size: a sparse file whose second line is 1 GiB of NUL bytes."""
+    import tracemalloc
+
+    from curation.sources import MAX_LINE_BYTES
+
+    path = tmp_path / "urls.txt"
+    with path.open("wb") as out:
+        out.write(b"http://a.example/1.jpg\n")
+        out.seek(1 << 30, 1)  # a hole: 1 GiB of zeros, no newline
+        out.write(b"\nhttp://a.example/2.jpg\n")
+    tracemalloc.start()
+    try:
+        rows, malformed = _all(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["source_uri"] for r in rows] == ["http://a.example/1.jpg", "http://a.example/2.jpg"]
+    assert [(m.where.rsplit(":", 1)[1], m.detail.split(" (")[0]) for m in malformed] == [
+        ("2", f"line longer than {MAX_LINE_BYTES} bytes")
+    ]
+    assert peak < 8 * MAX_LINE_BYTES, peak
