@@ -390,13 +390,9 @@ def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Ite
             unusable = Unusable(f"{where}:{number}", problem, raw)
         else:
             url = record.get("url" if config.url_column not in record else config.url_column)
-            value = (
-                url
-                if isinstance(url, str)
-                else raw
-                if url is None
-                else json.dumps(url, default=str)
-            )
+            value = url if isinstance(url, str) else raw
+            if url is not None and not isinstance(url, str):
+                value = json.dumps(url, default=str)  # a number, list, ...: as it was listed
             problem = url_problem(url)
             if problem:
                 unusable = Unusable(f"{where}:{number}", problem, value)
