@@ -124,10 +124,19 @@ def _broken_inputs(tmp_path) -> dict[str, str]:
             info.size = 5000
             tf.addfile(info, io.BytesIO(b"\xff" * 5000))
         out.write(buffer.getvalue()[:3000])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "no-url-column.csv").write_text("image,caption\nhttp://a.example/1.jpg,x\n")
+    pq.write_table(pa.table({"url": [1, 2]}), tmp_path / "int-urls.parquet")
+    (tmp_path / "fake.parquet").write_bytes(b"PAR1 but nothing else")
     return {
         "cut.txt.gz": "truncated or corrupt gzip",
         "not.tar": "not a readable tar",
         "cut.tar": "not a readable tar",
+        "no-url-column.csv": "no column 'url'",
+        "int-urls.parquet": "holds int64, not strings",
+        "fake.parquet": "not a readable Parquet file",
     }
 
 
