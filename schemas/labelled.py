@@ -19,10 +19,15 @@ Each sample is a group of tar members ``{key}.{ext}`` sharing one key (keys cont
     {key}.mask.png          depth / normal: 8-bit foreground (human) mask, 0 or 255
 
 Pose annotations live in the JSON: ``persons`` is a list of ``{"bbox": [x, y, w, h],
-"keypoints": [x0, y0, v0, x1, y1, v1, ...]}`` with NUM_KEYPOINTS triplets in the order of
-``training.tasks.keypoints.KEYPOINT_NAMES``; pixel coordinates with (0, 0) at the top-left
-corner of the top-left pixel's centre (COCO convention); v = 0 not labelled, 1 labelled but
-occluded, 2 visible. Boxes are in pixels of the original image.
+"keypoints": [x0, y0, v0, x1, y1, v1, ...], "area": a}`` with NUM_KEYPOINTS triplets in the
+order of ``schemas.keypoints.KEYPOINT_NAMES`` (Sapiens' order); pixel coordinates with (0, 0)
+at the top-left pixel's centre (COCO convention); v = 0 not labelled, 1 labelled but
+occluded, 2 visible. Boxes are in pixels of the original image. ``area`` is the person's
+annotated area in square pixels (COCO's ``area``: the segmentation's, not the box's), the
+scale of OKS; null when the source has none, and evaluation then falls back to the box area
+``w * h`` and counts how often it did (the box reads larger, so OKS reads high).
+Version 1 datasets held keypoints in an earlier order of this project: their dense labels
+are still read, their pose labels are refused (convert the source again).
 
 Everything here is plain Python (no numpy, torch or Ray) so analysts can read it anywhere.
 """
@@ -33,12 +38,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+
 LABELLED_FORMAT = "humans300m-labelled"
-LABELLED_VERSION = 1
+LABELLED_VERSION = 2  # 2: Sapiens' keypoint order and Person.area
 DATASET_FILE = "labelled.json"
 
 TASKS = ("pose", "seg", "depth", "normal")
-NUM_KEYPOINTS = 308
 IGNORE_INDEX = 255
 
 # The 28 body-part classes of Sapiens segmentation, in id order (Background = 0).
@@ -88,8 +94,11 @@ def seg_flip_permutation() -> list[int]:
 class Person:
     bbox: list[float]  # [x, y, w, h] in image pixels
     keypoints: list[float]  # NUM_KEYPOINTS * 3 values: x, y, v (v in 0, 1, 2)
+    area: float | None = None  # annotated area in pixels^2 (OKS scale); None: unknown
 
     def __post_init__(self) -> None:
+        if self.area is not None and not self.area > 0:
+            raise LabelError(f"area must be positive (square pixels) or null, got {self.area}")
         if len(self.bbox) != 4 or self.bbox[2] <= 0 or self.bbox[3] <= 0:
             raise LabelError(f"bbox must be [x, y, w, h] with w, h > 0, got {self.bbox}")
         if len(self.keypoints) != 3 * NUM_KEYPOINTS:
@@ -123,7 +132,8 @@ class SampleMeta:
             raise LabelError(f"sample {self.key} is labelled for pose but has no persons")
 
     def to_json(self) -> bytes:
-        persons = [{"bbox": p.bbox, "keypoints": p.keypoints} for p in self.persons]
+        persons = [{"bbox": p.bbox, "keypoints": p.keypoints, "area": p.area}
+                   for p in self.persons]  # fmt: skip
         body = {**self.__dict__, "persons": persons}
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -143,6 +153,7 @@ def dataset_description(tasks: list[str]) -> dict[str, Any]:
         "version": LABELLED_VERSION,
         "tasks": list(tasks),
         "num_keypoints": NUM_KEYPOINTS,
+        "keypoints": list(KEYPOINT_NAMES),
         "classes": list(SEG_CLASSES),
         "ignore_index": IGNORE_INDEX,
     }
@@ -151,5 +162,11 @@ def dataset_description(tasks: list[str]) -> dict[str, Any]:
 def check_description(body: dict[str, Any]) -> None:
     if body.get("format") != LABELLED_FORMAT:
         raise LabelError(f"not a labelled dataset (format {body.get('format')!r})")
-    if body.get("version") != LABELLED_VERSION:
-        raise LabelError(f"labelled format version {body.get('version')} is not {LABELLED_VERSION}")
+    version = body.get("version")
+    if version == 1 and "pose" in body.get("tasks", []):
+        raise LabelError(
+            "labelled format version 1 stores pose keypoints in a pre-Sapiens order; "
+            "convert the source again (python -m training.convert)"
+        )
+    if version not in (1, LABELLED_VERSION):
+        raise LabelError(f"labelled format version {version} is not {LABELLED_VERSION}")

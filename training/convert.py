@@ -5,9 +5,12 @@
     python -m training.convert folders --images imgs/ --depth depth/ --normal normals/ \
         --mask fg/ --output out/
 
-COCO: 17-point annotations fill the first 17 of the 308 points (the same body points in the
-same order) and leave the rest unlabelled (v = 0); 308-point annotations are taken as they
-are. Crowd annotations and people without a labelled point are skipped.
+COCO: 17-point annotations fill the same body points of the 308 (matched by name:
+``schemas.keypoints.COCO_INDEX``) and leave the rest unlabelled (v = 0); 308-point
+annotations must already be in Sapiens' order (``schemas.keypoints.KEYPOINT_NAMES``, as
+Goliath's are) and are taken as they are. Each person keeps COCO's ``area`` (the OKS scale);
+without one it is stored as unknown and evaluation falls back to the box area. Crowd
+annotations and people without a labelled point are skipped.
 Folders: labels are matched to images by file stem. Seg: 8-bit PNG of class ids. Depth:
 ``.npy`` float [H, W] or 16-bit PNG. Normals: ``.npy`` float [H, W, 3] or 8-bit RGB PNG
 holding (n + 1) / 2 * 255. Mask: 8-bit PNG, non-zero = person; without --mask, depth > 0.
@@ -25,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.labelled import NUM_KEYPOINTS, LabelError, SampleMeta
+from schemas.keypoints import COCO_INDEX, NUM_KEYPOINTS
+from schemas.labelled import LabelError, SampleMeta
 from training.tasks.shards import Sample, write_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -63,11 +67,13 @@ def _coco_person(ann: dict) -> dict | None:
     points = np.asarray(ann.get("keypoints", []), dtype=np.float64).reshape(-1, 3)
     if ann.get("iscrowd") or not (points[:, 2] > 0).any():
         return None
-    if len(points) not in (17, NUM_KEYPOINTS):
+    if len(points) not in (len(COCO_INDEX), NUM_KEYPOINTS):
         raise LabelError(f"annotation {ann.get('id')}: {len(points)} keypoints, expected 17 or 308")
     full = np.zeros((NUM_KEYPOINTS, 3))
-    full[: len(points)] = points
-    return {"bbox": [float(v) for v in ann["bbox"]], "keypoints": full.ravel().tolist()}
+    full[list(COCO_INDEX) if len(points) == len(COCO_INDEX) else slice(None)] = points
+    area = ann.get("area")
+    return {"bbox": [float(v) for v in ann["bbox"]], "keypoints": full.ravel().tolist(),
+            "area": None if area is None else float(area)}  # fmt: skip
 
 
 def _find(folder: str | None, stem: str, suffixes: tuple[str, ...]) -> Path | None:
@@ -133,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         tasks = [t for t in ("seg", "depth", "normal") if getattr(args, t)]
         samples = folder_samples(args.images, args.seg, args.depth, args.normal, args.mask)
-    count = write_dataset(os.fspath(args.output), samples, tasks, args.per_shard)
+    try:
+        count = write_dataset(os.fspath(args.output), samples, tasks, args.per_shard)
+    except (LabelError, OSError, KeyError, json.JSONDecodeError) as err:
+        parser.exit(2, f"error: {type(err).__name__}: {err}\n")
     print(f"wrote {count} samples to {args.output}")
 
 

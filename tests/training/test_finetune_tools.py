@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from schemas.keypoints import COCO_INDEX
 from schemas.labelled import NUM_KEYPOINTS, LabelError
 from training import convert, predict
 from training.evaluate import load_checkpoint
@@ -56,12 +57,15 @@ def test_convert_coco(tmp_path):
     (tmp_path / "img").mkdir()
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "img" / "a.jpg")
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "img" / "b.jpg")
-    kps = np.tile([5.0, 6.0, 2.0], 17).tolist()
+    coco = np.stack([np.arange(17) + 1.0, np.arange(17) + 20.0, np.full(17, 2.0)], 1)
+    kps = coco.ravel().tolist()
     body = {
         "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "bbox": [1, 2, 10, 20], "keypoints": kps, "iscrowd": 0},
+            {"id": 1, "image_id": 1, "bbox": [1, 2, 10, 20], "keypoints": kps, "iscrowd": 0,
+             "area": 123.5},
             {"id": 2, "image_id": 1, "bbox": [1, 2, 10, 20], "keypoints": kps, "iscrowd": 1},
+            {"id": 4, "image_id": 1, "bbox": [3, 2, 10, 20], "keypoints": kps},
             {"id": 3, "image_id": 2, "bbox": [1, 2, 10, 20], "keypoints": [0] * 51},
         ],
     }  # fmt: skip
@@ -69,13 +73,22 @@ def test_convert_coco(tmp_path):
     convert.main(["coco", "--json", str(tmp_path / "kp.json"), "--images", str(tmp_path / "img"),
                   "--output", str(tmp_path / "ds")])  # fmt: skip
     (sample,) = list(read_dataset(str(tmp_path / "ds")))  # b.jpg has nobody labelled
-    assert sample.meta.key == "a" and len(sample.meta.persons) == 1  # the crowd is skipped
-    points = np.asarray(sample.meta.persons[0].keypoints).reshape(NUM_KEYPOINTS, 3)
-    assert (points[:17, 2] == 2).all() and (points[17:, 2] == 0).all()
+    assert sample.meta.key == "a" and len(sample.meta.persons) == 2  # the crowd is skipped
+    first, second = sample.meta.persons
+    assert first.area == 123.5 and second.area is None  # COCO's area kept; unknown stays so
+    points = np.asarray(first.keypoints).reshape(NUM_KEYPOINTS, 3)
+    # COCO's 17 land on the same body points of Sapiens' table, by name (the wrists at 62, 41).
+    np.testing.assert_array_equal(points[list(COCO_INDEX)], coco)
+    assert points[62, 0] == 10.0 and points[41, 0] == 11.0  # COCO's left, right wrist
+    assert (np.delete(points, list(COCO_INDEX), axis=0)[:, 2] == 0).all()
     body["annotations"][0]["keypoints"] = kps[:30]
     (tmp_path / "kp.json").write_text(json.dumps(body))
     with pytest.raises(LabelError, match="expected 17 or 308"):
         list(convert.coco_samples(str(tmp_path / "kp.json"), str(tmp_path / "img")))
+    with pytest.raises(SystemExit) as exit_info:  # a one-line error, not a traceback
+        convert.main(["coco", "--json", str(tmp_path / "kp.json"), "--images",
+                      str(tmp_path / "img"), "--output", str(tmp_path / "ds2")])  # fmt: skip
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize("task", ["pose", "seg", "depth", "normal"])

@@ -62,6 +62,7 @@ def test_shards_round_trip(tmp_path, where, request):
         np.testing.assert_array_equal(a.normal, b.normal)
         np.testing.assert_array_equal(a.mask, b.mask)
         assert b.meta.persons[0].keypoints == a.meta.persons[0].keypoints
+        assert b.meta.persons[0].area == a.meta.persons[0].area == np.count_nonzero(a.mask)
 
 
 def test_bad_samples_are_refused():
@@ -73,3 +74,20 @@ def test_bad_samples_are_refused():
     sample.seg = None
     with pytest.raises(L.LabelError, match="seg.png"):
         write_dataset("/nonexistent-never-written", iter([sample]), list(L.TASKS))
+
+
+def test_person_area_and_format_versions():
+    with pytest.raises(L.LabelError, match="area"):
+        L.Person(bbox=[0, 0, 5, 5], keypoints=[0.0] * 924, area=0.0)
+    meta = L.SampleMeta(key="a", width=9, height=9, tasks=["pose"],
+                        persons=[{"bbox": [0, 0, 5, 5], "keypoints": [0.0] * 924}])  # fmt: skip
+    assert L.SampleMeta.from_json(meta.to_json()).persons[0].area is None
+    body = L.dataset_description(["pose", "seg"])
+    assert body["keypoints"] == list(kp.KEYPOINT_NAMES)
+    L.check_description(body)
+    # Version 1 wrote pose keypoints in an older order: refused; its dense labels still read.
+    with pytest.raises(L.LabelError, match="convert the source again"):
+        L.check_description({**body, "version": 1})
+    L.check_description({**body, "version": 1, "tasks": ["seg"]})
+    with pytest.raises(L.LabelError, match="version 3"):
+        L.check_description({**body, "version": 3})

@@ -13,7 +13,7 @@ import torch
 from schemas.labelled import IGNORE_INDEX
 from training.tasks import keypoints as kp
 from training.tasks import transforms as T
-from training.tasks.shards import Sample, read_shard, shard_uris
+from training.tasks.shards import Sample, describe, read_shard, shard_uris
 
 
 @dataclass(kw_only=True)
@@ -53,6 +53,7 @@ def _pose_item(sample: Sample, index: int, cfg: PrepareConfig, rng: random.Rando
     center, size = T.box_to_region(person.bbox, aspect=w / h, padding=cfg.box_padding)
     matrix = T.affine_to_crop(center, size * scale, (h, w), rotation_deg=rot, flip=flip)
     points = np.asarray(person.keypoints, dtype=np.float64).reshape(-1, 3)
+    box_area = float(person.bbox[2]) * float(person.bbox[3])
     crop_points = T.warp_keypoints(points, matrix, kp.FLIP_PERM if flip else None)
     heat, weight = T.heatmap_targets(crop_points, (h // 4, w // 4), stride=4, sigma=cfg.sigma)
     return {
@@ -62,6 +63,9 @@ def _pose_item(sample: Sample, index: int, cfg: PrepareConfig, rng: random.Rando
         "matrix": torch.from_numpy(matrix),  # image -> crop, to map predictions back
         "keypoints": torch.from_numpy(points),  # [K, 3] in the original image
         "bbox": torch.tensor(person.bbox, dtype=torch.float64),
+        # OKS scale: the annotated area; the box area where the labels have none.
+        "area": torch.tensor(box_area if person.area is None else person.area, dtype=torch.float64),
+        "area_from_box": torch.tensor(person.area is None),
     }
 
 
@@ -109,6 +113,7 @@ class TaskStream(torch.utils.data.IterableDataset):
         buffer: int = 64,
     ) -> None:  # fmt: skip
         super().__init__()
+        describe(uri)  # refuses what this code cannot read (e.g. pose in an older order)
         self.shards = shard_uris(uri)
         if not self.shards:
             raise FileNotFoundError(f"no labelled shards under {uri}/shards")

@@ -11,8 +11,10 @@ keypoint's visibility is a depth test against that buffer. Depth is stored as z 
 camera, so its left side appears on the right of the image.
 
 The 238 face points and the finger joints are laid out on fixed patterns on the head and
-hand spheres (mirror pairs at mirrored positions), not at anatomical places: the task is to
-learn exact, consistent positions, not faces.
+hand spheres, not at anatomical places: the task is to learn exact, consistent positions,
+not faces. On the head, mirror partners of Sapiens' swap table (``keypoints.FLIP_PERM``)
+sit at mirrored positions, so a mirrored head's labels are the swap table applied to the
+original's.
 """
 
 from __future__ import annotations
@@ -272,7 +274,8 @@ def synthetic_samples(
         r = render_figure(np.random.default_rng([seed, i]), height, width)
         meta = SampleMeta(
             key=f"syn{seed}_{i:06d}", width=width, height=height, tasks=list(tasks),
-            persons=[{"bbox": r.bbox, "keypoints": r.keypoints.ravel().tolist()}],
+            persons=[{"bbox": r.bbox, "keypoints": r.keypoints.ravel().tolist(),
+                      "area": float(np.count_nonzero(r.mask))}],  # the figure's pixels
             source=f"synthetic seed={seed} index={i}",
         )  # fmt: skip
         yield Sample(meta=meta, image=r.image, seg=r.seg, depth=r.depth, normal=r.normal,
