@@ -4,9 +4,13 @@
         --data s3://bucket/labelled-val --output metrics.json
 
 Pose is top-down on the ground-truth boxes (as COCO's gt-box protocol), scored with OKS AP
-over the 308 points (object area = box area, since the labels carry no person masks); the
-dense tasks are scored in the network's input frame (the image fitted into the 4:3 input),
-ignoring padding.
+over the 308 points and over the 17 COCO body points. OKS is scaled by each person's
+annotated area (COCO's ``area``); persons labelled without one are scored with their box
+area ``w * h``, which reads high, and ``area_from_box`` counts them. As Sapiens tests, the
+heatmaps are the mean of the crop's and its mirror image's (channels swapped by the
+keypoint table), decoded with UDP and DARK refinement. The dense tasks are scored in the
+network's input frame (the image fitted into the 4:3 input), ignoring padding;
+segmentation reports IoU per class by name.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import numpy as np
 import torch
 
 from curation import storage
-from schemas.labelled import NUM_CLASSES
+from schemas.labelled import SEG_CLASSES
 from training.tasks import keypoints as kp
 from training.tasks import metrics as M
 from training.tasks.data import PrepareConfig, TaskStream
 from training.tasks.heads import TaskModel
 from training.tasks.losses import depth_values
-from training.tasks.transforms import decode_heatmaps, invert_affine, warp_points
+from training.tasks.transforms import decode_heatmaps, flip_heatmaps, invert_affine, warp_points
 
 
 def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
@@ -66,38 +70,55 @@ def batches(uri: str, task: str, input_hw: tuple[int, int], batch_size: int) -> 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-def evaluate(predict: Predict, uri: str, task: str, input_hw: tuple[int, int], batch_size: int = 8):
-    """Metrics of ``predict`` (images [N, 3, H, W] -> head output) on a labelled dataset."""
-    run = {"pose": _pose, "seg": _seg, "depth": _depth, "normal": _normal}[task]
+def evaluate(
+    predict: Predict, uri: str, task: str, input_hw: tuple[int, int], batch_size: int = 8,
+    flip_test: bool = True,
+):  # fmt: skip
+    """Metrics of ``predict`` (images [N, 3, H, W] -> head output) on a labelled dataset;
+    ``flip_test`` (pose) averages the heatmaps of each crop and its mirror image."""
+    loader = batches(uri, task, input_hw, batch_size)
     with torch.no_grad():
-        return run(predict, batches(uri, task, input_hw, batch_size))
+        if task == "pose":
+            return _pose(predict, loader, flip_test)
+        return {"seg": _seg, "depth": _depth, "normal": _normal}[task](predict, loader)
 
 
-def _pose(predict: Predict, loader: Iterable[dict]) -> dict:
-    gts, dts = [], []
+def pose_heatmaps(predict: Predict, images: torch.Tensor, flip_test: bool) -> np.ndarray:
+    """Heatmaps [N, K, h, w] of crops [N, 3, H, W], with Sapiens' flip test if asked."""
+    heat = predict(images).float().numpy()
+    if not flip_test:
+        return heat
+    mirrored = predict(torch.flip(images, dims=[-1])).float().numpy()
+    return 0.5 * (heat + flip_heatmaps(mirrored, kp.FLIP_PERM))
+
+
+def _pose(predict: Predict, loader: Iterable[dict], flip_test: bool) -> dict:
+    gts, dts, fallback = [], [], 0
     for batch in loader:
-        heat = predict(batch["image"]).float().numpy()  # [N, K, h, w]
+        heat = pose_heatmaps(predict, batch["image"], flip_test)  # [N, K, h, w]
         xy, scores = decode_heatmaps(heat, stride=4)
         for i in range(len(heat)):
             image_xy = warp_points(xy[i], invert_affine(batch["matrix"][i].numpy()))
             points = batch["keypoints"][i].numpy()  # [K, 3]
-            x, y, w, h = batch["bbox"][i].tolist()
             image_id = len(gts) + 1
             gts.append({"id": image_id, "image_id": image_id, "keypoints": points,
-                        "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+                        "bbox": batch["bbox"][i].tolist(), "area": float(batch["area"][i]),
+                        "iscrowd": 0})  # fmt: skip
             det = np.concatenate([image_xy, np.ones((len(image_xy), 1))], 1)
             dts.append({"image_id": image_id, "keypoints": det, "scores": scores[i]})
-    body = np.arange(len(kp.BODY))
+        fallback += int(batch["area_from_box"].sum())
     return {
         **_pose_scores(gts, dts, None),
-        **{f"body_{k}": v for k, v in _pose_scores(gts, dts, body).items()},
+        **{f"body_{k}": v for k, v in _pose_scores(gts, dts, kp.BODY_INDEX).items()},
         "instances": len(gts),
+        "area_from_box": fallback,
+        "flip_test": flip_test,
     }
 
 
 def _pose_scores(gts: list[dict], dts: list[dict], points: np.ndarray | None) -> dict:
     """COCO OKS AP and the normalised mean error (NME: distance over sqrt(box area), mean
-    over labelled points) on the keypoints ``points`` (None: all 308)."""
+    over labelled points) on the keypoints ``points`` (table indices; None: all 308)."""
     pick = slice(None) if points is None else points
     sigmas = kp.SIGMAS[pick]
     g = [{**a, "keypoints": a["keypoints"][pick].ravel().tolist(),
@@ -108,13 +129,14 @@ def _pose_scores(gts: list[dict], dts: list[dict], points: np.ndarray | None) ->
     for gt, dt in zip(gts, dts, strict=True):
         labelled = gt["keypoints"][pick, 2] > 0
         dist = np.linalg.norm(dt["keypoints"][pick, :2] - gt["keypoints"][pick, :2], axis=1)
-        errors.append(dist[labelled] / np.sqrt(max(gt["area"], 1e-9)))
+        _, _, w, h = gt["bbox"]
+        errors.append(dist[labelled] / np.sqrt(max(w * h, 1e-9)))
     nme = float(np.concatenate(errors).mean()) if errors else float("nan")
     return {**M.oks_ap(g, d, sigmas), "NME": nme}
 
 
 def _seg(predict: Predict, loader: Iterable[dict]) -> dict:
-    metrics = M.SegMetrics(NUM_CLASSES)
+    metrics = M.SegMetrics(SEG_CLASSES)
     for batch in loader:
         logits = predict(batch["image"]).float()
         logits = torch.nn.functional.interpolate(
@@ -153,11 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="labelled dataset (local or s3://)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", help="write the metrics here as JSON")
+    parser.add_argument(
+        "--no-flip-test", action="store_true", help="pose: score crops without their mirror"
+    )
     args = parser.parse_args(argv)
     model, config = load_checkpoint(args.checkpoint)
     result = evaluate(
-        model, args.data, config["task"], tuple(config["input_size"]), args.batch_size
-    )
+        model, args.data, config["task"], tuple(config["input_size"]), args.batch_size,
+        flip_test=not args.no_flip_test,
+    )  # fmt: skip
     result = {"task": config["task"], "checkpoint": args.checkpoint, "data": args.data, **result}
     text = json.dumps(result, indent=1)
     if args.output:

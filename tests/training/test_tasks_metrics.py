@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from schemas.labelled import NUM_CLASSES
+from schemas.labelled import NUM_CLASSES, SEG_CLASSES
 from training.tasks import keypoints
 from training.tasks.metrics import (
     DepthMetrics,
@@ -17,6 +17,7 @@ from training.tasks.metrics import (
     SegMetrics,
     align_scale_shift,
     oks_ap,
+    oks_matrix,
 )
 
 
@@ -95,7 +96,7 @@ def _cocoeval_ap(tmp_path, gts, dts, sigmas, images: int) -> list[float]:
 @pytest.mark.parametrize(("seed", "num_kpts"), [(0, 17), (1, 17), (2, 308), (3, 308)])
 def test_oks_ap_equals_cocoeval(tmp_path, seed, num_kpts):
     rng = np.random.default_rng(seed)
-    sigmas = keypoints.SIGMAS if num_kpts == 308 else np.array(keypoints.COCO_SIGMAS)
+    sigmas = keypoints.SIGMAS if num_kpts == 308 else keypoints.COCO_SIGMAS
     gts, dts = _random_coco(rng, sigmas)
     stats = _cocoeval_ap(tmp_path, gts, dts, sigmas, images=12)
     ours = oks_ap(gts, dts, sigmas)
@@ -104,6 +105,75 @@ def test_oks_ap_equals_cocoeval(tmp_path, seed, num_kpts):
     assert ours["AP50"] == pytest.approx(stats[1], abs=1e-6)
     assert ours["AP75"] == pytest.approx(stats[2], abs=1e-6)
     assert ours["AR"] == pytest.approx(stats[5], abs=1e-6)
+
+
+def _crowded_coco(rng: np.random.Generator, sigmas: np.ndarray, images: int = 8):
+    """Scenes of 4 to 12 overlapping people around one spot: areas well below the box, crowd
+    regions, duplicate and swapped detections, and more than 20 detections in some images."""
+    gts, dts = [], []
+    k = len(sigmas)
+    for image_id in range(1, images + 1):
+        spot = rng.uniform(50, 250, 2)
+        people = []
+        for _ in range(int(rng.integers(4, 13))):
+            x, y = spot + rng.normal(0, 25, 2)
+            w, h = rng.uniform(30, 90, 2)
+            v = rng.choice([0, 1, 2], size=k, p=[0.3, 0.2, 0.5])
+            kx, ky = x + rng.uniform(0, w, k), y + rng.uniform(0, h, k)
+            crowd = int(rng.random() < 0.1)
+            gts.append({
+                "id": len(gts) + 1, "image_id": image_id, "category_id": 1,
+                "keypoints": np.stack([kx * (v > 0), ky * (v > 0), v], 1).ravel().tolist(),
+                "num_keypoints": int((v > 0).sum()), "bbox": [x, y, w, h],
+                "area": float(w * h * rng.uniform(0.2, 0.7)), "iscrowd": crowd,
+            })  # fmt: skip
+            people.append((kx, ky, w * h))
+        for j, (kx, ky, box) in enumerate(people):
+            for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.1, 0.6, 0.2, 0.1]))):
+                if rng.random() < 0.15:  # the detection lands on a neighbour
+                    kx, ky, box = people[(j + 1) % len(people)]
+                spread = sigmas * np.sqrt(box) * rng.uniform(0.05, 2.0)
+                noise = rng.normal(0, 1, (k, 2)) * spread[:, None]
+                det = np.stack([kx + noise[:, 0], ky + noise[:, 1], np.ones(k)], 1)
+                dts.append({"image_id": image_id, "category_id": 1,
+                            "keypoints": det.ravel().tolist(),
+                            "score": float(np.round(rng.uniform(0, 1), 2))})  # fmt: skip
+        for _ in range(int(rng.integers(0, 16))):  # false positives among the crowd
+            det = np.stack([*(spot[:, None] + rng.normal(0, 40, (2, k))), np.ones(k)], 1)
+            dts.append({"image_id": image_id, "category_id": 1, "score": float(rng.uniform()),
+                        "keypoints": det.ravel().tolist()})  # fmt: skip
+    return gts, dts
+
+
+@pytest.mark.parametrize(("seed", "num_kpts"), [(10, 17), (11, 17), (12, 308), (13, 308)])
+def test_oks_ap_equals_cocoeval_on_crowded_scenes(tmp_path, seed, num_kpts):
+    rng = np.random.default_rng(seed)
+    sigmas = keypoints.SIGMAS if num_kpts == 308 else keypoints.COCO_SIGMAS
+    gts, dts = _crowded_coco(rng, sigmas)
+    counts = np.bincount([d["image_id"] for d in dts])
+    assert counts.max() > 20  # COCO keeps the 20 best-scored detections per image
+    stats = _cocoeval_ap(tmp_path, gts, dts, sigmas, images=8)
+    ours = oks_ap(gts, dts, sigmas)
+    assert 0.0 < stats[0] < 1.0
+    for name, i in (("AP", 0), ("AP50", 1), ("AP75", 2), ("AR", 5)):
+        assert ours[name] == pytest.approx(stats[i], abs=1e-9), name
+
+
+def test_oks_matrix_against_float64_formula():
+    """OKS = mean over labelled points of exp(-d^2 / (2 * area * (2 sigma)^2)), scaled by
+    the annotation's area (not the box's)."""
+    rng = np.random.default_rng(7)
+    sigmas = keypoints.SIGMAS
+    gts, dts = _crowded_coco(rng, sigmas, images=1)
+    gts = [g for g in gts if g["num_keypoints"] > 0]
+    got = oks_matrix(dts, gts, sigmas)
+    for i, d in enumerate(dts):
+        for j, g in enumerate(gts):
+            gk, dk = np.reshape(g["keypoints"], (-1, 3)), np.reshape(d["keypoints"], (-1, 3))
+            labelled = gk[:, 2] > 0
+            d2 = np.sum((dk[:, :2] - gk[:, :2]) ** 2, 1)[labelled]
+            ref = np.mean(np.exp(-d2 / (2 * g["area"] * (2 * sigmas[labelled]) ** 2)))
+            assert got[i, j] == pytest.approx(ref, rel=1e-9, abs=1e-300)
 
 
 def test_oks_ap_perfect_and_empty():
@@ -117,7 +187,7 @@ def test_oks_ap_perfect_and_empty():
 
 def test_miou_against_per_class_sets():
     rng = np.random.default_rng(0)
-    metrics = SegMetrics(NUM_CLASSES)
+    metrics = SegMetrics(SEG_CLASSES)
     preds, labels = [], []
     for _ in range(3):
         gt = rng.integers(0, 6, (20, 30))
@@ -134,7 +204,8 @@ def test_miou_against_per_class_sets():
         union = np.sum(((pred == c) | (gt == c)) & valid)
         expected.append(inter / union if union else None)
     got = metrics.compute()
-    for e, g in zip(expected, got["IoU"], strict=True):
+    assert list(got["IoU"]) == list(SEG_CLASSES)  # named, in class-id order
+    for e, g in zip(expected, got["IoU"].values(), strict=True):
         assert (e is None and g is None) or g == pytest.approx(e, abs=1e-12)
     present = [e for e in expected if e is not None]
     assert len(present) == 7  # classes 0..6 occur; the rest are left out of the mean

@@ -11,6 +11,7 @@ from training.tasks.transforms import (
     affine_to_crop,
     box_to_region,
     decode_heatmaps,
+    flip_heatmaps,
     flip_normals,
     flip_seg,
     heatmap_targets,
@@ -56,25 +57,6 @@ def test_warped_image_moves_with_its_keypoint():
     assert abs(cx - expected[0]) <= 1.5 and abs(cy - expected[1]) <= 1.5
 
 
-def test_flip_swaps_left_and_right_keypoints():
-    rng = np.random.default_rng(2)
-    keypoints = np.concatenate([rng.uniform(0, 100, (kp.NUM_KEYPOINTS, 2)),
-                                np.full((kp.NUM_KEYPOINTS, 1), 2.0)], 1)  # fmt: skip
-    center, size = box_to_region([0, 0, 75, 100], aspect=0.75, padding=1.0)
-    plain = warp_keypoints(keypoints, affine_to_crop(center, size, (100, 75)), None)
-    flipped = warp_keypoints(keypoints, affine_to_crop(center, size, (100, 75), flip=True),
-                             kp.FLIP_PERM)  # fmt: skip
-    left, right = kp.KEYPOINT_INDEX["left_wrist"], kp.KEYPOINT_INDEX["right_wrist"]
-    # The mirrored image's left wrist is where the original right wrist was, mirrored.
-    assert flipped[left, 0] == pytest.approx(74 - plain[right, 0])
-    assert flipped[left, 1] == pytest.approx(plain[right, 1])
-    nose = kp.KEYPOINT_INDEX["nose"]
-    assert flipped[nose, 0] == pytest.approx(74 - plain[nose, 0])
-    for name in ("l_center_of_pupil", "left_thumb4", "end_of_l_eyebrow", "left_heel"):
-        mirror = kp.KEYPOINT_NAMES[kp.FLIP_PERM[kp.KEYPOINT_INDEX[name]]]
-        assert mirror == name.replace("left", "right").replace("l_", "r_")
-
-
 def test_flip_swaps_left_and_right_classes():
     label = np.zeros((4, 6), dtype=np.uint8)
     label[:, 0] = SEG_CLASSES.index("Left_Hand")
@@ -94,14 +76,43 @@ def test_flip_normals_mirrors_x():
     np.testing.assert_allclose(flipped[:, 0, 1:], normals[:, 6, 1:])
 
 
-def test_heatmap_round_trip():
+def test_heatmap_round_trip_is_subpixel_exact():
     rng = np.random.default_rng(4)
-    k = 20
-    pts = np.concatenate([rng.uniform(4, 40, (k, 1)), rng.uniform(4, 60, (k, 1)),
+    k, (h, w) = 60, (48, 40)  # heatmap size; the crop is 4x: 192 x 160
+    pts = np.concatenate([rng.uniform(-10, 170, (k, 1)), rng.uniform(-10, 202, (k, 1)),
                           np.full((k, 1), 2.0)], 1)  # fmt: skip
     pts[0, 2] = 0  # unlabelled
     pts[1, 0] = -30  # outside the crop
-    heat, weight = heatmap_targets(pts, (16, 12), stride=4, sigma=1.5)
-    assert weight[0] == 0 and weight[1] == 0 and weight[2:].all()
-    decoded, _ = decode_heatmaps(heat[None], stride=4)
-    np.testing.assert_allclose(decoded[0, 2:], pts[2:, :2], atol=2.1)  # quantised to 1 cell
+    heat, weight = heatmap_targets(pts, (h, w), stride=4, sigma=2.0)
+    inside = (pts[:, 0] > -0.5) & (pts[:, 0] < 159.5) & (pts[:, 1] > -0.5) & (pts[:, 1] < 191.5)
+    np.testing.assert_array_equal(weight, (pts[:, 2] > 0) & inside)
+    # UDP: heatmap pixel x sits on crop pixel x * 159 / 39, so the Gaussian's peak is there.
+    scale = np.array([159 / 39, 191 / 47])
+    for j in np.flatnonzero(weight):
+        y, x = np.unravel_index(heat[j].argmax(), heat[j].shape)
+        assert (np.abs(np.array([x, y]) * scale - pts[j, :2]) <= scale / 2 + 1e-9).all()
+    decoded, scores = decode_heatmaps(heat[None], stride=4)
+    # DARK refinement recovers a Gaussian's centre exactly away from the borders (the blur
+    # before it pads with zeros, which pulls peaks near an edge inwards).
+    heat_xy = pts[:, :2] / scale
+    interior = (weight > 0) & (heat_xy.min(1) > 10) & (heat_xy[:, 0] < w - 11)
+    interior &= heat_xy[:, 1] < h - 11
+    assert interior.sum() >= 10
+    np.testing.assert_allclose(decoded[0, interior], pts[interior, :2], atol=1e-3)
+    assert (scores[0, weight == 0] == 0).all()
+
+
+def test_flip_test_heatmaps_line_up_with_the_plain_crop():
+    """Targets of a mirrored crop, flipped back, are the plain crop's targets: UDP needs no
+    shift and channels take their partners' maps."""
+    rng = np.random.default_rng(5)
+    points = np.concatenate([rng.uniform(0, 80, (kp.NUM_KEYPOINTS, 2)),
+                             np.full((kp.NUM_KEYPOINTS, 1), 2.0)], 1)  # fmt: skip
+    center, size = box_to_region([5, 5, 60, 70], aspect=0.75)
+    plain = warp_keypoints(points, affine_to_crop(center, size, (64, 48)), None)
+    mirrored = warp_keypoints(points, affine_to_crop(center, size, (64, 48), flip=True),
+                              kp.FLIP_PERM)  # fmt: skip
+    heat, w = heatmap_targets(plain, (16, 12), stride=4, sigma=1.5)
+    heat_m, w_m = heatmap_targets(mirrored, (16, 12), stride=4, sigma=1.5)
+    np.testing.assert_allclose(flip_heatmaps(heat_m[None], kp.FLIP_PERM)[0], heat, atol=1e-6)
+    np.testing.assert_array_equal(w_m[kp.FLIP_PERM], w)

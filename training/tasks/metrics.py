@@ -132,12 +132,15 @@ def _precision_recall(
 
 
 class SegMetrics:
-    """Accumulates a confusion matrix; IoU per class and mIoU over classes that occur."""
+    """Accumulates a confusion matrix; IoU per class (by name) and mIoU over the classes
+    that occur (in the labels or the predictions)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        self.num_classes = num_classes
+    def __init__(self, class_names: Sequence[str], ignore_index: int = 255) -> None:
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
-        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # [gt, pred]
+        k = self.num_classes
+        self.confusion = np.zeros((k, k), dtype=np.int64)  # [gt, pred]
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         if pred.shape != gt.shape:
@@ -148,12 +151,16 @@ class SegMetrics:
         self.confusion += np.bincount(flat, minlength=k * k).reshape(k, k)
 
     def compute(self) -> dict[str, Any]:
+        """mIoU, pixel accuracy and ``IoU``: {class name: IoU, or None if it never occurs}."""
         tp = np.diag(self.confusion).astype(np.float64)
         union = self.confusion.sum(0) + self.confusion.sum(1) - tp
         iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
         return {
             "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-            "IoU": [None if np.isnan(v) else float(v) for v in iou],
+            "IoU": {
+                name: None if np.isnan(v) else float(v)
+                for name, v in zip(self.class_names, iou, strict=True)
+            },
             "pixel_accuracy": float(tp.sum() / max(self.confusion.sum(), 1)),
         }
 

@@ -103,42 +103,96 @@ def flip_normals(normals: np.ndarray) -> np.ndarray:
     return out
 
 
+def udp_scale(heat_hw: tuple[int, int], stride: int) -> np.ndarray:
+    """Crop pixels per heatmap pixel, (x, y), in UDP's unbiased transform: the first and
+    last heatmap pixels sit on the first and last crop pixels, ``u = x * (W - 1) / (w - 1)``
+    for a crop W = w * stride pixels wide (mmpose's UDPHeatmap, as Sapiens uses it)."""
+    h, w = heat_hw
+    return np.array([(w * stride - 1) / max(w - 1, 1), (h * stride - 1) / max(h - 1, 1)])
+
+
 def heatmap_targets(
     keypoints: np.ndarray, heat_hw: tuple[int, int], stride: int, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian heatmaps [K, h, w] for crop keypoints [K, 3] and weights [K] (1 where the
-    point is labelled and falls inside the crop, else 0)."""
+    """Gaussian heatmaps [K, h, w] centred at the exact sub-pixel UDP position of crop
+    keypoints [K, 3], and weights [K] (1 where the point is labelled and falls inside the
+    crop, else 0)."""
     h, w = heat_hw
-    centre = (keypoints[:, :2] - (stride - 1) / 2) / stride  # [K, 2] in heatmap pixels
-    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
+    centre = keypoints[:, :2] / udp_scale(heat_hw, stride)  # [K, 2] in heatmap pixels
+    ys, xs = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     dx2 = (xs[None, :] - centre[:, :1]) ** 2  # [K, w]
     dy2 = (ys[None, :] - centre[:, 1:]) ** 2  # [K, h]
     heat = np.exp(-(dy2[:, :, None] + dx2[:, None, :]) / (2 * sigma**2)).astype(np.float32)
-    inside = (
-        (centre[:, 0] > -0.5) & (centre[:, 0] < w - 0.5)
-        & (centre[:, 1] > -0.5) & (centre[:, 1] < h - 0.5)
-    )  # fmt: skip
+    u, v = keypoints[:, 0], keypoints[:, 1]
+    inside = (u > -0.5) & (u < w * stride - 0.5) & (v > -0.5) & (v < h * stride - 0.5)
     weight = ((keypoints[:, 2] > 0) & inside).astype(np.float32)
     return heat * weight[:, None, None], weight
 
 
-def decode_heatmaps(heat: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crop coordinates [N, K, 2] and scores [N, K] from heatmaps [N, K, h, w]: the argmax
-    moved a quarter pixel towards the higher neighbour (the usual sub-pixel refinement)."""
+def flip_heatmaps(heat: np.ndarray, flip_perm: np.ndarray) -> np.ndarray:
+    """Heatmaps [N, K, h, w] of a mirrored crop back in the unmirrored frame: columns reverse
+    and channel i takes its mirror partner's map. Under UDP a crop column u mirrors to
+    W - 1 - u and a heatmap column x to w - 1 - x exactly, so no shift is needed (Sapiens'
+    flip test: flip_mode "heatmap", shift_heatmap False)."""
+    return heat[:, flip_perm, :, ::-1]
+
+
+DARK_KERNEL = 11  # Gaussian blur before the Taylor step (mmpose's UDPHeatmap default)
+
+
+def decode_heatmaps(
+    heat: np.ndarray, stride: int, blur_kernel: int = DARK_KERNEL
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop coordinates [N, K, 2] and scores [N, K] from heatmaps [N, K, h, w] (UDP).
+
+    The argmax is refined as mmpose's ``refine_keypoints_dark_udp`` does (DARK): blur each
+    map (its maximum kept), take logs, and move by one Newton step on the log-heatmap
+    (-Hessian^-1 x gradient, central differences). The heatmap position then maps to crop
+    pixels by the inverse of the encoding's transform (``udp_scale``); mmpose's decode
+    multiplies by ``input / (w - 1)`` instead, which is not that inverse (up to a pixel off
+    at the far edge).
+    """
     n, k, h, w = heat.shape
-    flat = heat.reshape(n, k, -1)
-    idx = flat.argmax(-1)
-    scores = flat.max(-1)
-    y, x = np.divmod(idx, w)
-    xy = np.stack([x, y], -1).astype(np.float64)
-    ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
-    left = heat[ni, ki, y, np.clip(x - 1, 0, w - 1)]
-    right = heat[ni, ki, y, np.clip(x + 1, 0, w - 1)]
-    up = heat[ni, ki, np.clip(y - 1, 0, h - 1), x]
-    down = heat[ni, ki, np.clip(y + 1, 0, h - 1), x]
-    xy[..., 0] += 0.25 * np.sign(right - left)
-    xy[..., 1] += 0.25 * np.sign(down - up)
-    return xy * stride + (stride - 1) / 2, scores
+    flat = heat.reshape(n * k, -1)
+    y, x = np.divmod(flat.argmax(-1), w)
+    xy = _dark_udp(heat.reshape(n * k, h, w), x, y, blur_kernel)
+    scores = flat.max(-1).reshape(n, k)
+    return xy.reshape(n, k, 2) * udp_scale((h, w), stride), scores
+
+
+def _dark_udp(heat: np.ndarray, x: np.ndarray, y: np.ndarray, kernel: int) -> np.ndarray:
+    """Refined [M, 2] positions of maxima (x, y) [M] in heatmaps [M, h, w]."""
+    import cv2
+
+    m, h, w = heat.shape
+    border = (kernel - 1) // 2
+    log = np.empty((m, h + 2, w + 2), dtype=np.float64)
+    for i in range(m):  # blurred with a zero border, as mmpose's gaussian_blur
+        padded = np.zeros((h + 2 * border, w + 2 * border), dtype=np.float32)
+        padded[border : border + h, border : border + w] = heat[i]
+        blurred = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border]
+        top = float(blurred.max())
+        if top > 0:
+            blurred = blurred * (float(heat[i].max()) / top)
+        log[i] = np.pad(np.log(np.clip(blurred, 1e-3, 50.0)), 1, mode="edge")
+    i, c, r = np.arange(m), x + 1, y + 1  # indices into the edge-padded maps
+
+    def at(dc: int, dr: int) -> np.ndarray:
+        return log[i, r + dr, c + dc]
+
+    centre = at(0, 0)
+    dx, dy = 0.5 * (at(1, 0) - at(-1, 0)), 0.5 * (at(0, 1) - at(0, -1))
+    dxx = at(1, 0) - 2 * centre + at(-1, 0)
+    dyy = at(0, 1) - 2 * centre + at(0, -1)
+    dxy = 0.5 * (at(1, 1) - at(1, 0) - at(0, 1) + 2 * centre - at(-1, 0) - at(0, -1) + at(-1, -1))
+    eps = float(np.finfo(np.float32).eps)  # mmpose adds eps * I before inverting
+    a, d = dxx + eps, dyy + eps
+    det = a * d - dxy * dxy
+    ok = np.abs(det) > 0
+    safe = np.where(ok, det, 1.0)
+    step_x = np.where(ok, (d * dx - dxy * dy) / safe, 0.0)
+    step_y = np.where(ok, (a * dy - dxy * dx) / safe, 0.0)
+    return np.stack([x - step_x, y - step_y], -1)
 
 
 def normalise_image(image: np.ndarray) -> np.ndarray:
