@@ -52,7 +52,7 @@ class FinetuneConfig:
     warmup_steps: int = 500  # linear warmup from 0
     min_lr_ratio: float = 0.0  # final lr of the cosine as a fraction of the peak
     grad_clip: float = 1.0  # max gradient norm (0 disables)
-    class_weights: tuple[float, ...] | None = None  # seg: per-class CE weights (28)
+    class_weights: tuple[float, ...] | None = None  # seg: 28 CE weights; None: Sapiens'
     heatmap_sigma: float | None = None  # pose: Gaussian sigma in heatmap pixels
     workers: int = 1  # Ray Train workers
     cpus_per_worker: float = 1.0  # CPU share of each worker
