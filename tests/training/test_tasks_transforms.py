@@ -69,6 +69,16 @@ def test_flip_swaps_left_and_right_classes():
     np.testing.assert_array_equal(flip_seg(flipped), label)
 
 
+def test_seg_flip_pairs_are_sapiens():
+    # swap_seg_labels of RandomFlip in facebookresearch/sapiens seg/configs/sapiens_seg/goliath
+    sapiens = [(4, 13), (5, 14), (6, 15), (7, 16), (8, 17), (9, 18), (10, 19), (11, 20)]
+    expected = np.arange(len(SEG_CLASSES))
+    for a, b in sapiens:
+        expected[a], expected[b] = b, a
+    np.testing.assert_array_equal(flip_seg(np.arange(len(SEG_CLASSES), dtype=np.uint8)[None]),
+                                  expected[None, ::-1])  # fmt: skip
+
+
 def test_flip_normals_mirrors_x():
     normals = np.random.default_rng(3).normal(size=(5, 7, 3))
     flipped = flip_normals(normals)

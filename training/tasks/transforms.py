@@ -116,7 +116,7 @@ def heatmap_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian heatmaps [K, h, w] centred at the exact sub-pixel UDP position of crop
     keypoints [K, 3], and weights [K] (1 where the point is labelled and falls inside the
-    crop, else 0)."""
+    crop, else 0). Unlike mmpose's, the Gaussian is not cut off at 3 sigma."""
     h, w = heat_hw
     centre = keypoints[:, :2] / udp_scale(heat_hw, stride)  # [K, 2] in heatmap pixels
     ys, xs = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
