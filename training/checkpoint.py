@@ -46,8 +46,9 @@ def _save(obj: Any, uri: str) -> None:
     write_bytes_atomic(locate(uri), buf.getvalue())
 
 
-def _load(uri: str) -> Any:
-    return torch.load(io.BytesIO(read_bytes(locate(uri))), map_location="cpu", weights_only=False)
+def load_file(uri: str) -> Any:
+    """A checkpoint file (tensors and plain data only: weights_only refuses anything else)."""
+    return torch.load(io.BytesIO(read_bytes(locate(uri))), map_location="cpu", weights_only=True)
 
 
 def save(
@@ -109,11 +110,11 @@ def restore(
     set_state_dict(
         model,
         optimizer,
-        model_state_dict=_load(f"{folder}/model.pt"),
-        optim_state_dict=_load(f"{folder}/optim.pt"),
+        model_state_dict=load_file(f"{folder}/model.pt"),
+        optim_state_dict=load_file(f"{folder}/optim.pt"),
         options=_options(),
     )
-    state = _load(f"{folder}/state.pt")
+    state = load_file(f"{folder}/state.pt")
     scheduler.load_state_dict(state["scheduler"])
     return state
 
@@ -125,12 +126,23 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def export_encoder(folder: str, out: str) -> int:
-    """Write the encoder of a checkpoint folder as a state dict file (for
-    ``training.models.vit.load_encoder_state``); returns the number of tensors."""
-    state = encoder_state(_load(f"{folder}/model.pt"))
+    """Write the encoder of a pretraining checkpoint folder as an encoder file
+    (``training.models.encoder_file``: its tensors, config and lineage); returns the number
+    of tensors."""
+    from training.models.encoder_file import EncoderFile
+    from training.models.vit import preset
+
+    state = encoder_state(load_file(f"{folder}/model.pt"))
     if not state:
         raise ValueError(f"{folder}/model.pt holds no encoder.* tensors; is it an MAE checkpoint?")
-    _save(state, out)
+    extra = load_file(f"{folder}/state.pt").get("extra", {})
+    run = extra.get("config") or {}
+    if "preset" not in run or "img_size" not in run:
+        raise ValueError(f"{folder}/state.pt records no pretraining config (preset, img_size)")
+    config = preset(run["preset"], img_size=run["img_size"], drop_path=run.get("drop_path", 0.0))
+    file = EncoderFile(config=config, preset=run["preset"], lineage=extra.get("lineage") or {},
+                       state=state)  # fmt: skip
+    write_bytes_atomic(locate(out), file.to_bytes())
     return len(state)
 
 

@@ -4,9 +4,12 @@ Engine-free: ``ShardEmbedder`` is a callable class over one shard at a time (the
 Ray Data actor-pool stage), ``semantic_pairs`` is plain FAISS (on a GPU when FAISS sees one).
 
 The model is either a TorchScript module ([N, 3, H, W] float images normalised with ImageNet
-mean/std -> [N, D]) or this project's MAE encoder as ``python -m training.checkpoint`` exports
-it (a state dict of ``training.models.vit.VisionTransformer``). The format is read from the
-file, never from its name; ``describe_encoder`` checks it on the driver before any work.
+mean/std -> [N, D]) or an encoder file (``training.models.encoder_file``) as
+``python -m training.checkpoint`` or ``python -m training.import_sapiens`` writes it: the
+tensors of a ``training.models.vit.VisionTransformer`` with its config (preset, image size,
+patch) and lineage. The format is read from the file, never from its name, and the preset
+from its config, never from tensor shapes; ``describe_encoder`` checks it on the driver
+before any work.
 
 Determinism: a shard's images are embedded in fixed chunks in key order, with a fixed number
 of torch threads, so an embedding never depends on which worker or batch it landed in; the
@@ -28,7 +31,7 @@ import io
 import json
 import math
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -65,8 +68,8 @@ class EncoderInfo:
     uri: str  # as given: local path or s3://
     kind: str  # "torchscript" or "mae"
     sha256: str  # of the file's bytes
-    preset: str | None = None  # MAE: the training.models.vit preset its tensors match
-    image_size: int | None = None  # MAE: the side it was trained at (position grid x patch)
+    preset: str | None = None  # MAE: the training.models.vit preset in the file's config
+    image_size: int | None = None  # MAE: the side it was trained at (None: not square)
     patch_size: int | None = None  # MAE
 
     def input_size(self, configured: int | None) -> int:
@@ -109,10 +112,10 @@ def describe_encoder(uri: str) -> EncoderInfo:
     sha256 = file_sha256(path)
     if kind == "torchscript":
         return EncoderInfo(uri=uri, kind=kind, sha256=sha256)
-    name, image_size, patch = mae_preset(_encoder_tensors(path, uri), uri)
-    return EncoderInfo(
-        uri=uri, kind="mae", sha256=sha256, preset=name, image_size=image_size, patch_size=patch
-    )
+    stored = _encoder_file(path, uri)
+    h, w = stored.config.img_size
+    return EncoderInfo(uri=uri, kind="mae", sha256=sha256, preset=stored.preset,
+                       image_size=h if h == w else None, patch_size=stored.config.patch_size)  # fmt: skip
 
 
 def load_encoder(uri: str, image_size: int, device: str):
@@ -124,7 +127,7 @@ def load_encoder(uri: str, image_size: int, device: str):
     path = resolve_file(uri)  # per node: s3:// objects are fetched into the local cache
     if _format_of(path, uri, verify=False) == "torchscript":
         return torch.jit.load(path, map_location=device).eval()
-    from training.models.vit import VisionTransformer, load_encoder_state, preset
+    from training.models.vit import VisionTransformer, load_encoder_state
 
     class MeanPatchTokens(torch.nn.Module):  # see MAE_POOLING for why the mean of patches
         def __init__(self, vit: VisionTransformer) -> None:
@@ -134,10 +137,10 @@ def load_encoder(uri: str, image_size: int, device: str):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.vit.forward_features(x).mean(dim=1)  # [N, L, D] -> [N, D]
 
-    state = _encoder_tensors(path, uri)
-    name, _, _ = mae_preset(state, uri)
-    encoder = VisionTransformer(preset(name, img_size=image_size))
-    load_encoder_state(encoder, state)  # interpolates the position table to image_size
+    stored = _encoder_file(path, uri)
+    encoder = VisionTransformer(replace(stored.config, img_size=(image_size, image_size)))
+    # interpolates the position table from the file's grid to image_size
+    load_encoder_state(encoder, stored.state, grid=stored.config.grid)
     return MeanPatchTokens(encoder).to(device).eval()
 
 
@@ -165,61 +168,14 @@ def _format_of(path: str, uri: str, *, verify: bool) -> str:
     raise EncoderError(f"{not_model}: a zip archive of something else")
 
 
-def _encoder_tensors(path: str, uri: str) -> dict:
-    """The encoder's tensors of a checkpoint file: an exported encoder, or a full MAE state
-    dict (``encoder.*`` kept, the decoder dropped), bare or under "model"/"state_dict"."""
-    import torch
+def _encoder_file(path: str, uri: str):
+    """The encoder file at ``path`` (``training.models.encoder_file.EncoderFile``)."""
+    from training.models.encoder_file import EncoderFileError, load
 
-    from training.checkpoint import encoder_state
-
-    try:  # mmap: the driver reads shapes without copying a multi-GB file into memory
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises several kinds for a bad pickle
-        raise EncoderError(f"semantic model {uri!r}: cannot load the checkpoint ({exc})") from exc
-    for wrapper in ("model", "state_dict", "encoder"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict):
-        raise EncoderError(f"semantic model {uri!r}: a checkpoint, but not a state dict")
-    return encoder_state(state) or state
-
-
-def mae_preset(state: dict, uri: str = "") -> tuple[str, int, int]:
-    """(preset, image side, patch size) of a ViT encoder state dict, read from its shapes.
-
-    The exported file is a bare state dict: width, depth, MLP width and patch size identify
-    the preset (the presets differ in all of them), the position table gives the grid."""
-    from training.models.vit import PRESETS, preset
-
-    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
-    missing = [name for name in needed if name not in state]
-    if missing:
-        raise EncoderError(
-            f"semantic model {uri!r}: a checkpoint without {missing}; not an encoder of this "
-            "project (export one with 'python -m training.checkpoint RUN encoder.pt')"
-        )
-    dim = state["cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
-    patch = state["patch_embed.proj.weight"].shape[-1]
-    shape = (dim, depth, mlp, patch)
-    matches = [
-        name
-        for name in PRESETS
-        if ((c := preset(name)).embed_dim, c.depth, c.mlp_dim, c.patch_size) == shape
-    ]
-    if len(matches) != 1:
-        raise EncoderError(
-            f"semantic model {uri!r}: width {dim}, depth {depth}, MLP {mlp}, patch {patch} "
-            f"match {'presets ' + str(matches) if matches else 'no preset'} of "
-            f"{sorted(PRESETS)}"
-        )
-    tokens = state["pos_embed"].shape[1] - 1
-    side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise EncoderError(f"semantic model {uri!r}: {tokens} position tokens, not a square grid")
-    return matches[0], side * patch, patch
+    try:  # mmap: the driver reads the config without copying a multi-GB file into memory
+        return load(path, uri, mmap=True)
+    except EncoderFileError as exc:
+        raise EncoderError(f"semantic model {exc}") from exc
 
 
 def preprocess(data: bytes, size: int) -> np.ndarray:

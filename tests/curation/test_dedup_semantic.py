@@ -73,8 +73,9 @@ def mae_encoder(folder: Path) -> str:
     optimizer = torch.optim.AdamW(mae.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     run = str(folder / "run")
+    config = {"preset": "vit_test", "img_size": MAE_IMAGE_SIZE}  # as the pretraining loop saves
     checkpoint.save(run, step=1, model=mae, optimizer=optimizer, scheduler=scheduler,
-                    data_position={})  # fmt: skip
+                    data_position={}, extra={"config": config})  # fmt: skip
     assert checkpoint.main([run, str(out)]) == 0
     return str(out)
 
@@ -141,16 +142,18 @@ def test_models_are_described_from_their_files(tmp_path: Path) -> None:
     assert mae.input_size(None) == 32 and mae.input_size(64) == 64  # configured wins
     with pytest.raises(EncoderError, match="multiple of the encoder's patch size 16"):
         mae.input_size(40)
-    # the pretraining checkpoint itself (decoder and all) names the same encoder
+    # the preset comes from the file's config: a bare state dict (here the pretraining
+    # checkpoint itself) records none, and is refused rather than matched by tensor shapes
     (full,) = (tmp_path / "run" / "checkpoints").glob("step_*/model.pt")
-    assert describe_encoder(str(full)).preset == "vit_test"
+    with pytest.raises(EncoderError, match="not an exported encoder.*training.checkpoint"):
+        describe_encoder(str(full))
     script = describe_encoder(tiny_encoder(tmp_path / "enc.torchscript"))  # no .pt: by content
     assert (script.kind, script.input_size(None)) == ("torchscript", 224)
     # the cache key follows the bytes and the input size
     assert mae.fingerprint(32) != mae.fingerprint(64) != script.fingerprint(64)
     assert describe_encoder(mae.uri).fingerprint(32) == mae.fingerprint(32)
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(EncoderError, match="not an encoder of this project"):
+    with pytest.raises(EncoderError, match="not an exported encoder"):
         describe_encoder(str(tmp_path / "other.pt"))
 
 

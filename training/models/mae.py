@@ -33,6 +33,9 @@ class MAEConfig:
             raise ValueError("decoder_heads must divide decoder_dim")
         if min(self.decoder_dim, self.decoder_depth, self.decoder_mlp_dim) <= 0:
             raise ValueError("decoder sizes must be positive")
+        if not self.encoder.cls_token or self.encoder.patch_padding:
+            # the reference MAE: a class token, and patches that patchify() cuts the same way
+            raise ValueError("MAE pretraining needs an encoder with a class token, no padding")
         visible = num_visible(self.encoder.num_patches, self.mask_ratio)
         if visible < 1:
             raise ValueError(

@@ -2,8 +2,11 @@
 
 Parameter names follow the MAE / timm layout (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.{i}.attn.qkv``, ``norm``) so that MAE checkpoints and fine-tuning
-share one state dict. The model knows nothing of Ray or of parallelism: activation
-checkpointing, FSDP and compilation are applied from outside (``training.parallel``).
+share one state dict (``training.import_sapiens`` maps Sapiens' mmpretrain names onto it).
+MAE pretraining uses the class token; fine-tuning, as in Sapiens, runs on the patch tokens
+only (``cls_token=False``: no class token, and a position table without its slot). The model
+knows nothing of Ray or of parallelism: activation checkpointing, FSDP and compilation are
+applied from outside (``training.parallel``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,19 @@ class ViTConfig:
     qkv_bias: bool = True  # bias on the fused q/k/v projection (Sapiens: yes)
     ln_eps: float = 1e-6  # LayerNorm epsilon
     drop_path: float = 0.0  # stochastic depth rate of the last block (linear ramp from 0)
+    cls_token: bool = True  # a class token (MAE pretraining); Sapiens fine-tunes without one
+    # zero padding of the patch convolution; Sapiens' pose and normal models use 2 (the grid
+    # is the same while 2 * padding < patch_size, each patch shifted by ``padding`` pixels)
+    patch_padding: int = 0
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
         if self.patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {self.patch_size}")
+        if not 0 <= 2 * self.patch_padding < self.patch_size:
+            raise ValueError(
+                f"patch_padding must be in [0, patch_size / 2), got {self.patch_padding}"
+            )
         for side in self.img_size:
             if side <= 0 or side % self.patch_size:
                 raise ValueError(
@@ -54,6 +65,11 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @property
+    def num_extra_tokens(self) -> int:
+        """Tokens before the patches in the sequence and the position table (the class token)."""
+        return int(self.cls_token)
 
 
 def _size(img_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -184,9 +200,9 @@ class Block(nn.Module):
 class PatchEmbed(nn.Module):
     """Non-overlapping patch_size x patch_size patches projected to D by a strided conv."""
 
-    def __init__(self, patch_size: int, dim: int) -> None:
+    def __init__(self, patch_size: int, dim: int, padding: int = 0) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # [N, 3, H, W] -> [N, L, D]
@@ -197,9 +213,10 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         dim = config.embed_dim
-        self.patch_embed = PatchEmbed(config.patch_size, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.num_patches, dim))
+        self.patch_embed = PatchEmbed(config.patch_size, dim, config.patch_padding)
+        extra = config.num_extra_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if extra else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, extra + config.num_patches, dim))
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(
             Block(
@@ -220,7 +237,8 @@ class VisionTransformer(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_linear_and_norm)
 
@@ -239,18 +257,21 @@ class VisionTransformer(nn.Module):
         """The position table for a patch grid, interpolated when it differs from the config."""
         if grid == self.config.grid:
             return self.pos_embed
-        return interpolate_pos_embed(self.pos_embed, self.config.grid, grid)
+        extra = self.config.num_extra_tokens
+        return interpolate_pos_embed(self.pos_embed, self.config.grid, grid, extra)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Patch tokens after the final norm, class token dropped: [N, 3, H, W] -> [N, L, D]."""
         grid = _grid_of(x, self.config.patch_size)
-        pos = self.pos_embed_for(grid)  # [1, 1 + L, D]
-        tokens = self.patch_embed(x) + pos[:, 1:]  # [N, L, D]
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # [N, 1, D]
-        tokens = torch.cat([cls, tokens], dim=1)  # [N, 1 + L, D]
+        extra = self.config.num_extra_tokens
+        pos = self.pos_embed_for(grid)  # [1, extra + L, D]
+        tokens = self.patch_embed(x) + pos[:, extra:]  # [N, L, D]
+        if self.cls_token is not None:
+            cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # [N, 1, D]
+            tokens = torch.cat([cls, tokens], dim=1)  # [N, 1 + L, D]
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)[:, 1:]
+        return self.norm(tokens)[:, extra:]
 
     def forward(self, x: Tensor) -> Tensor:
         """Feature map for dense heads: [N, 3, H, W] -> [N, D, H/16, W/16]."""
@@ -294,11 +315,12 @@ def layer_id(param_name: str, depth: int) -> int:
 
 
 def interpolate_pos_embed(
-    pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+    pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra: int = 1
 ) -> Tensor:
-    """Resize a [1, 1 + gh*gw, D] position table to another grid (bicubic; class token kept)."""
+    """Resize a [1, extra + gh*gw, D] position table to another grid (bicubic); the first
+    ``extra`` rows (the class token's, when there is one) are kept as they are."""
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    expected = 1 + old_grid[0] * old_grid[1]
+    expected = extra + old_grid[0] * old_grid[1]
     if pos_embed.ndim != 3 or pos_embed.shape[1] != expected:
         raise ValueError(
             f"pos_embed {tuple(pos_embed.shape)} does not match grid {old_grid} "
@@ -306,7 +328,7 @@ def interpolate_pos_embed(
         )
     if old_grid == new_grid:
         return pos_embed
-    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    cls, grid = pos_embed[:, :extra], pos_embed[:, extra:]
     dim = grid.shape[-1]
     grid = grid.reshape(1, *old_grid, dim).permute(0, 3, 1, 2).float()  # [1, D, gh, gw]
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
@@ -315,19 +337,31 @@ def interpolate_pos_embed(
 
 
 def load_encoder_state(
-    model: VisionTransformer, state_dict: Mapping[str, Tensor], strict: bool = True
+    model: VisionTransformer,
+    state_dict: Mapping[str, Tensor],
+    strict: bool = True,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load an encoder state dict, interpolating ``pos_embed`` when the grids differ.
 
-    Keys may carry an ``encoder.`` prefix (as in MAE checkpoints). Returns (missing,
-    unexpected) like ``load_state_dict``; with ``strict`` any mismatch raises.
+    Keys may carry an ``encoder.`` prefix (as in MAE checkpoints). A state with a class
+    token (``cls_token`` present: its position table has the token's slot first) loads into
+    a model without one by dropping the token and its slot, as Sapiens' fine-tuning does.
+    ``grid`` is the stored table's patch grid; None takes the model's when the sizes agree,
+    else a square one. Returns (missing, unexpected) like ``load_state_dict``; with
+    ``strict`` any mismatch raises.
     """
     state = {k.removeprefix("encoder."): v for k, v in state_dict.items()}
+    stored_extra = int("cls_token" in state)
+    if not model.config.cls_token and "cls_token" in state:
+        del state["cls_token"]
     if "pos_embed" in state:
         pos = state["pos_embed"]
-        old_tokens = pos.shape[1] - 1
-        old_grid = _square_grid(old_tokens, model.config.grid)
-        state["pos_embed"] = interpolate_pos_embed(pos, old_grid, model.config.grid)
+        if stored_extra > model.config.num_extra_tokens:
+            pos = pos[:, stored_extra:]
+        extra = min(stored_extra, model.config.num_extra_tokens)
+        old_grid = grid or _square_grid(pos.shape[1] - extra, model.config.grid)
+        state["pos_embed"] = interpolate_pos_embed(pos, old_grid, model.config.grid, extra)
     result = model.load_state_dict(state, strict=strict)
     return list(result.missing_keys), list(result.unexpected_keys)
 
