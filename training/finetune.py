@@ -28,7 +28,7 @@ from curation.storage import locate
 from schemas.labelled import NUM_CLASSES, TASKS
 from training.models.vit import PRESETS, VisionTransformer, preset
 from training.parallel import STRATEGIES
-from training.tasks.heads import TaskModel, load_pretrained
+from training.tasks.heads import HEAD_KINDS, SAPIENS_PATCH_PADDING, TaskModel, load_pretrained
 from training.tasks.losses import depth_loss, normal_loss, pose_loss, seg_loss
 
 
@@ -41,8 +41,10 @@ class FinetuneConfig:
     name: str = ""  # Ray Train run name; default "finetune-<task>"
     preset: str = "sapiens_0.3b"  # backbone preset (training.models.vit.PRESETS)
     input_size: tuple[int, int] = (1024, 768)  # (height, width); multiples of 16
-    pretrained: str | None = None  # MAE / encoder checkpoint (.pt); None trains from scratch
-    head_channels: int = 768  # width of the deconvolution layers
+    pretrained: str | None = None  # encoder file, MAE checkpoint or Sapiens .pth; None: scratch
+    head: str = "sapiens"  # sapiens (deconvs + 1x1 convs) or light (smaller, for small runs)
+    head_channels: int | None = None  # width of the head's layers; None: Sapiens' (depth 384)
+    patch_padding: int | None = None  # patch conv padding; None: Sapiens' (pose, normal 2)
     steps: int = 10_000  # optimiser steps
     batch_size: int = 8  # per worker
     lr: float = 5e-4  # peak lr of the top encoder layer; layer i gets lr * decay^(L - i)
@@ -77,8 +79,13 @@ class FinetuneConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         if any(s <= 0 or s % 16 for s in self.input_size):
             raise ValueError(f"input_size {self.input_size} must be positive multiples of 16")
-        if min(self.steps, self.batch_size, self.workers, self.head_channels) <= 0:
+        channels = 1 if self.head_channels is None else self.head_channels  # None: the task's
+        if min(self.steps, self.batch_size, self.workers, channels) <= 0:
             raise ValueError("steps, batch_size, workers and head_channels must be positive")
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        if self.patch_padding is None:
+            self.patch_padding = SAPIENS_PATCH_PADDING[self.task]
         if not 0 < self.layer_decay <= 1 or min(self.lr, self.head_lr_scale) <= 0:
             raise ValueError("need 0 < layer_decay <= 1, lr > 0 and head_lr_scale > 0")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -97,14 +104,42 @@ class FinetuneConfig:
 
 
 def build_model(cfg: FinetuneConfig) -> TaskModel:
-    encoder = VisionTransformer(preset(cfg.preset, img_size=cfg.input_size))
+    """The task model: a backbone on the patch tokens only (no class token, as Sapiens
+    fine-tunes), loaded from ``cfg.pretrained`` when given, and a fresh head. Its
+    ``pretrained_lineage`` says what the pretrained weights were made from (None from
+    scratch), for the run's lineage."""
+    config = preset(cfg.preset, img_size=cfg.input_size, cls_token=False,
+                    patch_padding=cfg.patch_padding)  # fmt: skip
+    encoder = VisionTransformer(config)
+    lineage = None
     if cfg.pretrained:
-        from curation import storage
+        from training.models import encoder_file
 
-        state = torch.load(io.BytesIO(storage.read_bytes(storage.locate(cfg.pretrained))),
-                           map_location="cpu", weights_only=True)  # fmt: skip
+        state = read_pretrained(cfg.pretrained)
         load_pretrained(encoder, state)
-    return TaskModel(encoder, cfg.task, cfg.head_channels)
+        stored = state.get("lineage") if isinstance(state, dict) else None
+        if encoder_file.is_encoder_file(state):
+            stored = encoder_file.parse(state, cfg.pretrained).lineage
+        lineage = {"uri": cfg.pretrained, "lineage": dict(stored or {})}
+    model = TaskModel(encoder, cfg.task, cfg.head_channels, cfg.head)
+    model.pretrained_lineage = lineage
+    return model
+
+
+def read_pretrained(uri: str) -> dict:
+    """What ``torch.load`` (weights only) makes of ``uri``, or the state dict of a
+    TorchScript export: for ``heads.load_pretrained``. ValueError (one line) otherwise."""
+    from curation import storage
+    from training.import_sapiens import is_torchscript, read_state_dict
+
+    data = storage.read_bytes(storage.locate(uri))
+    if is_torchscript(data):
+        return read_state_dict(data, uri)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a damaged or foreign pickle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"--pretrained {uri}: cannot be read with weights_only ({first})") from exc
 
 
 def param_groups(model: TaskModel, cfg: FinetuneConfig) -> list[dict]:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from curation.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.finetune import FinetuneConfig, build_model, compute_loss, param_groups
+from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name
 from training.optim import adamw, warmup_cosine
 from training.parallel import parallelize, resolve_strategy, unwrap
@@ -41,7 +42,18 @@ def setup(cfg: FinetuneConfig, ctx: WorkerContext):
         log.info("rank %d resumed from %s at step %d", ctx.rank, resume_from, step)
     log.info("rank %d: %s %s, strategy %s, device %s", ctx.rank, cfg.task, cfg.preset, strategy,
              ctx.device)  # fmt: skip
-    return wrapped, optimizer, scheduler, step, resume_from
+    if resume_from and "lineage" in state["extra"]:  # the first run's record of the weights
+        pretrained = state["extra"]["lineage"].get("pretrained")
+    else:
+        pretrained = model.pretrained_lineage
+    lineage = {**dataset_lineage(cfg.data), "pretrained": pretrained} if ctx.is_main else {}
+    return wrapped, optimizer, scheduler, step, resume_from, lineage
+
+
+def lineage_at(lineage: dict, step: int, cfg: FinetuneConfig, ctx: WorkerContext) -> dict:
+    """The run's lineage after ``step`` steps. TaskStream counts no skipped samples."""
+    seen = step * cfg.batch_size * ctx.world_size
+    return {**lineage, "samples_seen": seen, "samples_skipped": None}
 
 
 def batches(cfg: FinetuneConfig, ctx: WorkerContext, step: int):
@@ -82,7 +94,7 @@ def train_loop(values: dict) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg, ctx = FinetuneConfig(**values), worker_context()
-    model, optimizer, scheduler, step, resume_from = setup(cfg, ctx)
+    model, optimizer, scheduler, step, resume_from, lineage = setup(cfg, ctx)
     metrics = MetricsLog(cfg.log_dir, enabled=ctx.is_main)
     stream, losses, start = batches(cfg, ctx, step), [], step
     started = window = time.perf_counter()
@@ -99,10 +111,12 @@ def train_loop(values: dict) -> None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint.save(cfg.output, step=step, model=model, optimizer=optimizer,
                             scheduler=scheduler, data_position={"seed": cfg.seed + start},
-                            extra={"config": dataclasses.asdict(cfg)})  # fmt: skip
+                            extra={"config": dataclasses.asdict(cfg),
+                                   "lineage": lineage_at(lineage, step, cfg, ctx)})  # fmt: skip
     metrics.close()
     if ctx.is_main:
-        _write_summary(cfg, ctx, losses, start, step, time.perf_counter() - started, resume_from)
+        _write_summary(cfg, ctx, losses, start, step, time.perf_counter() - started, resume_from,
+                       lineage_at(lineage, step, cfg, ctx))  # fmt: skip
 
 
 def _mean_over_ranks(values: list[float], ctx: WorkerContext) -> float:
@@ -114,7 +128,7 @@ def _mean_over_ranks(values: list[float], ctx: WorkerContext) -> float:
     return float(mean)
 
 
-def _write_summary(cfg, ctx, losses, start, step, seconds, resume_from) -> None:
+def _write_summary(cfg, ctx, losses, start, step, seconds, resume_from, lineage) -> None:
     quarter = max(1, len(losses) // 4)
     summary = {
         "task": cfg.task, "preset": cfg.preset, "input_size": list(cfg.input_size),
@@ -124,7 +138,7 @@ def _write_summary(cfg, ctx, losses, start, step, seconds, resume_from) -> None:
         "images_per_s": (step - start) * cfg.batch_size * ctx.world_size / max(seconds, 1e-9),
         "loss_first": sum(losses[:quarter]) / quarter if losses else None,  # this rank's
         "loss_last": sum(losses[-quarter:]) / quarter if losses else None,
-        "checkpoint": checkpoint.latest(cfg.output), "log_dir": cfg.log_dir,
+        "checkpoint": checkpoint.latest(cfg.output), "log_dir": cfg.log_dir, "lineage": lineage,
     }  # fmt: skip
     write_bytes_atomic(
         locate(cfg.output).join("summary.json"), json.dumps(summary, indent=2).encode()

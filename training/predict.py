@@ -6,11 +6,16 @@
 Pose draws the skeleton and keypoints on the image (top-down on a whole-image box unless
 --boxes gives a JSON of {file name: [[x, y, w, h], ...]}); seg blends the coloured part map;
 depth and normals are written as colour maps beside the image ({name}.{task}.png).
+
+--checkpoint takes a fine-tuning run, a task model ``.pt`` (``training.import_sapiens``
+writes one), or one of Meta's released Sapiens task files as it is (``.pth`` or TorchScript),
+imported on the fly at --input-size.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -86,10 +91,32 @@ def render(task: str, model, image: np.ndarray, boxes: list, hw: tuple[int, int]
     return np.concatenate([image, ((n * [1, -1, -1] + 1) * 127.5).astype(np.uint8)], axis=1)
 
 
+def load_model(uri: str, input_size: tuple[int, int]):
+    """(model, config fields) of a run, a task ``.pt`` or a Sapiens task file."""
+    from curation import storage
+    from training import import_sapiens
+    from training.evaluate import load_checkpoint
+
+    loc = storage.locate(uri)
+    if loc.is_s3 or not os.path.isdir(loc.path):
+        data = storage.read_bytes(loc)
+        try:
+            state = import_sapiens.read_state_dict(data, uri)
+        except import_sapiens.SapiensFormatError:
+            state = None  # not a bare state dict: our task .pt ({"model", "config"})
+        if state is not None and import_sapiens.is_sapiens(state):
+            imported = import_sapiens.convert(state)
+            if imported.task is None:
+                raise import_sapiens.SapiensFormatError(f"{uri}: a backbone, not a task model")
+            model, cfg = import_sapiens.task_model(imported, input_size)
+            return model, dataclasses.asdict(cfg)
+    return load_checkpoint(uri)
+
+
 def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
-    from training.evaluate import load_checkpoint
+    from training.import_sapiens import SapiensFormatError
 
     parser = argparse.ArgumentParser(description="Write prediction overlays as PNG.")
     parser.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal"])
@@ -97,8 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", nargs="+", required=True)
     parser.add_argument("--output", default="predictions")
     parser.add_argument("--boxes", help="pose: JSON {file name: [[x, y, w, h], ...]}")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(1024, 768),
+                        metavar=("H", "W"), help="a Sapiens file's input height and width")  # fmt: skip
     args = parser.parse_args(argv)
-    model, config = load_checkpoint(args.checkpoint)
+    try:
+        model, config = load_model(args.checkpoint, tuple(args.input_size))
+    except SapiensFormatError as exc:
+        parser.error(str(exc))
     if config["task"] != args.task:
         parser.error(f"checkpoint is for task {config['task']!r}, not {args.task!r}")
     boxes = json.loads(Path(args.boxes).read_text()) if args.boxes else {}

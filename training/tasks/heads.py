@@ -17,19 +17,71 @@ from training.models.vit import VisionTransformer
 class HeadSpec:
     out_channels: int  # output maps
     num_deconv: int  # stride-2 transposed convolutions (each doubles the resolution)
+    num_conv: int  # 1x1 convolutions after them, before the output layer
+    channels: int  # Sapiens' width of the deconvolutions and convolutions
 
 
-# Pose: 2 deconvs -> 1/4 of the input (256x192 heatmaps at 1024x768). Dense tasks: 3 -> 1/2.
+# Sapiens' heads (0.3B-2B configs): pose 2 deconvs + 2 convs -> 1/4 of the input (256x192
+# heatmaps at 1024x768); seg and normals 3 + 3 -> 1/2; depth 4 deconvs + 2 convs of 384
+# channels -> the full input resolution.
 HEADS = {
-    "pose": HeadSpec(out_channels=NUM_KEYPOINTS, num_deconv=2),
-    "seg": HeadSpec(out_channels=NUM_CLASSES, num_deconv=3),
-    "depth": HeadSpec(out_channels=1, num_deconv=3),
-    "normal": HeadSpec(out_channels=3, num_deconv=3),
+    "pose": HeadSpec(out_channels=NUM_KEYPOINTS, num_deconv=2, num_conv=2, channels=768),
+    "seg": HeadSpec(out_channels=NUM_CLASSES, num_deconv=3, num_conv=3, channels=768),
+    "depth": HeadSpec(out_channels=1, num_deconv=4, num_conv=2, channels=384),
+    "normal": HeadSpec(out_channels=3, num_deconv=3, num_conv=3, channels=768),
 }
+HEAD_KINDS = ("sapiens", "light")
+# The light head's deconvolutions: pose at 1/4 as above, the dense tasks at 1/2 (depth too).
+LIGHT_DECONV = {"pose": 2, "seg": 3, "depth": 3, "normal": 3}
+# Zero padding of the patch convolution in Sapiens' fine-tuning configs (patch_cfg): 2 for
+# pose and normals, none for seg and depth. Imported task models need theirs to match.
+SAPIENS_PATCH_PADDING = {"pose": 2, "seg": 0, "depth": 0, "normal": 2}
+
+
+class SapiensHead(nn.Module):
+    """Sapiens' head: ``num_deconv`` x (4x4 stride-2 deconv without bias, InstanceNorm, SiLU),
+    ``num_conv`` x (1x1 conv, InstanceNorm, SiLU), then a 1x1 output conv.
+
+    Module names follow Sapiens (mmpose ``HeatmapHead``, mmseg ``VitHead``): ``deconv_layers.
+    {0,3,...}``, ``conv_layers.{0,3,...}`` (the norms and activations between hold no
+    parameters) and ``final_layer`` (mmseg's ``conv_seg``), so a Sapiens checkpoint's head
+    tensors map one-to-one. InstanceNorm has no statistics across the batch, which suits the
+    few crops per worker of fine-tuning.
+    """
+
+    def __init__(self, in_dim: int, spec: HeadSpec, channels: int) -> None:
+        super().__init__()
+        deconvs: list[nn.Module] = []
+        c_in = in_dim
+        for _ in range(spec.num_deconv):
+            deconvs += [
+                nn.ConvTranspose2d(c_in, channels, kernel_size=4, stride=2, padding=1, bias=False),
+                nn.InstanceNorm2d(channels),
+                nn.SiLU(inplace=True),
+            ]
+            c_in = channels
+        convs: list[nn.Module] = []
+        for _ in range(spec.num_conv):
+            convs += [nn.Conv2d(c_in, channels, kernel_size=1), nn.InstanceNorm2d(channels),
+                      nn.SiLU(inplace=True)]  # fmt: skip
+            c_in = channels
+        self.deconv_layers = nn.Sequential(*deconvs)
+        self.conv_layers = nn.Sequential(*convs)
+        self.final_layer = nn.Conv2d(c_in, spec.out_channels, kernel_size=1)
+        for module in self.modules():  # Sapiens' init: N(0, 0.001) kernels, zero biases
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(module.weight, std=0.001)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # [N, D, gh, gw] -> [N, out, gh * 2^num_deconv, gw * 2^num_deconv]
+        return self.final_layer(self.conv_layers(self.deconv_layers(features)))
 
 
 class DeconvHead(nn.Module):
-    """``num_deconv`` x (4x4 stride-2 deconv, GroupNorm, ReLU), then a 1x1 conv.
+    """The light head, for small runs: ``num_deconv`` x (4x4 stride-2 deconv, GroupNorm,
+    ReLU), then a 1x1 conv.
 
     GroupNorm rather than BatchNorm: per-worker batches of a few crops make batch
     statistics noisy, and group statistics do not depend on the batch at all.
@@ -54,16 +106,36 @@ class DeconvHead(nn.Module):
         return self.final(self.deconv(features))
 
 
+def build_head(task: str, kind: str, in_dim: int, channels: int | None = None) -> nn.Module:
+    """The head of ``task``: ``kind`` "sapiens" (the default) or "light"; ``channels`` None
+    takes Sapiens' width for the task (768; depth 384)."""
+    if task not in HEADS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(HEADS)}")
+    spec = HEADS[task]
+    channels = channels or spec.channels
+    if kind == "sapiens":
+        return SapiensHead(in_dim, spec, channels)
+    if kind == "light":
+        light = HeadSpec(out_channels=spec.out_channels, num_deconv=LIGHT_DECONV[task],
+                         num_conv=0, channels=channels)  # fmt: skip
+        return DeconvHead(in_dim, light, channels)
+    raise ValueError(f"unknown head {kind!r}; choose from {HEAD_KINDS}")
+
+
 class TaskModel(nn.Module):
     """Backbone + head; normals come out unit length, depth raw (see losses.depth_values)."""
 
-    def __init__(self, encoder: VisionTransformer, task: str, head_channels: int) -> None:
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        task: str,
+        head_channels: int | None = None,
+        head: str = "sapiens",
+    ) -> None:
         super().__init__()
-        if task not in HEADS:
-            raise ValueError(f"unknown task {task!r}; choose from {sorted(HEADS)}")
         self.task = task
         self.encoder = encoder
-        self.head = DeconvHead(encoder.config.embed_dim, HEADS[task], head_channels)
+        self.head = build_head(task, head, encoder.config.embed_dim, head_channels)
 
     def forward(self, images: Tensor) -> Tensor:
         out = self.head(self.encoder(images))  # [N, out, h, w]
@@ -73,27 +145,43 @@ class TaskModel(nn.Module):
 
 
 def load_pretrained(encoder: VisionTransformer, state: dict) -> int:
-    """Load an MAE (or encoder) checkpoint into ``encoder``; returns tensors loaded.
+    """Load pretrained weights into ``encoder``; returns the tensors loaded.
 
-    Accepts a bare state dict or one under "model" / "state_dict" / "encoder"; keeps the
-    encoder's keys (with or without an ``encoder.`` prefix), drops the MAE decoder, and
-    interpolates the position table to this encoder's grid.
+    ``state`` is what ``torch.load`` returned for: an encoder file
+    (``training.models.encoder_file``), a pretraining checkpoint (a bare state dict or one
+    under "model" / "state_dict", ``encoder.`` prefixes, the MAE decoder dropped), or a
+    Sapiens file (its backbone, mapped by ``training.import_sapiens``; a task model's head
+    is dropped). The class token is dropped when ``encoder`` has none, and the position
+    table is interpolated to this encoder's grid.
     """
+    from training import import_sapiens
+    from training.models import encoder_file
     from training.models.vit import load_encoder_state
 
-    for key in ("model", "state_dict", "encoder"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    own = set(encoder.state_dict())
+    grid = None
+    if encoder_file.is_encoder_file(state):
+        stored = encoder_file.parse(state)
+        state, grid = stored.state, stored.config.grid
+    else:
+        for key in ("model", "state_dict", "encoder"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+        if import_sapiens.is_sapiens(state):
+            backbone = {
+                k: v for k, v in state.items() if not k.startswith(("head.", "decode_head."))
+            }
+            imported = import_sapiens.convert(backbone)
+            state, grid = imported.encoder, imported.grid
+    own = set(encoder.state_dict()) | {"cls_token"}  # a stored class token is dropped below
     picked = {k.removeprefix("encoder."): v for k, v in state.items()}
     picked = {k: v for k, v in picked.items() if k in own}
-    missing = own - set(picked)
+    missing = own - set(picked) - ({"cls_token"} - set(encoder.state_dict()))
     if missing:
         raise ValueError(
             f"pretrained checkpoint lacks {len(missing)} encoder tensors, e.g. "
             f"{sorted(missing)[:3]}; is it a checkpoint of the same preset?"
         )
     with torch.no_grad():
-        load_encoder_state(encoder, picked, strict=True)
+        load_encoder_state(encoder, picked, strict=True, grid=grid)
     return len(picked)
