@@ -16,6 +16,7 @@ from curation.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.data import DataPosition, PretrainDataConfig, make_loader, normalize
 from training.data.augment import denormalize
+from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name, save_reconstruction, throughput
 from training.models.flops import mae_train_flops, peak_flops
 from training.models.mae import MAE, MAEConfig
@@ -135,13 +136,14 @@ def train_loop(values: dict) -> None:
         total_steps=cfg.total_steps,
         min_ratio=cfg.min_lr_ratio,
     )
-    step, position = 0, None
+    step, position, prior = 0, None, {}
     resume_from = checkpoint.latest(cfg.output)
     if resume_from:
         state = checkpoint.restore(
             resume_from, model=model, optimizer=optimizer, scheduler=scheduler
         )
         step = state["step"]
+        prior = state["extra"].get("lineage") or {}
         positions = state["data_positions"]
         if len(positions) == ctx.world_size:
             position = DataPosition.from_dict(positions[ctx.rank])
@@ -160,11 +162,27 @@ def train_loop(values: dict) -> None:
         seed=cfg.seed,
     )
     batches = make_loader(data_cfg, rank=ctx.rank, world_size=ctx.world_size, position=position)
-    run_loop(cfg, ctx, mae, model, mae_cfg, optimizer, scheduler, batches, step, resume_from)
+    lineage = Lineage(dataset_lineage(cfg.dataset, cfg.where), prior.get("samples_skipped"))
+    run_loop(cfg, ctx, mae, model, mae_cfg, optimizer, scheduler, batches, step, resume_from,
+             lineage)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Lineage:
+    """What the run is made from (training.lineage); skipped counts add up across resumes."""
+
+    dataset: dict
+    prior_skipped: dict | None = None  # samples skipped by the runs before a resume
+
+    def at(self, step: int, global_batch: int, skipped: dict[str, int]) -> dict:
+        total = {k: skipped.get(k, 0) + (self.prior_skipped or {}).get(k, 0)
+                 for k in {*skipped, *(self.prior_skipped or {})}}  # fmt: skip
+        return {**self.dataset, "samples_seen": step * global_batch,
+                "samples_skipped": dict(sorted(total.items()))}  # fmt: skip
 
 
 def run_loop(
-    cfg, ctx, mae, model, mae_cfg, optimizer, scheduler, batches, step, resume_from
+    cfg, ctx, mae, model, mae_cfg, optimizer, scheduler, batches, step, resume_from, lineage
 ) -> None:
     metrics = MetricsLog(cfg.log_dir, enabled=ctx.is_main)
     flops = mae_train_flops(mae_cfg)
@@ -198,22 +216,15 @@ def run_loop(
         if ctx.is_main and cfg.picture_every and step % cfg.picture_every == 0:
             write_picture(f"{cfg.log_dir}/pictures/step_{step:08d}.png", mae, outputs)
         if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+            made_of = lineage.at(step, cfg.global_batch, _skipped(batches, ctx.device))
             checkpoint.save(
                 cfg.output, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                data_position=batches.position.to_dict(), extra={"config": dataclasses.asdict(cfg)},
+                data_position=batches.position.to_dict(),
+                extra={"config": dataclasses.asdict(cfg), "lineage": made_of},
             )  # fmt: skip
     metrics.close()
-    finish(
-        cfg,
-        ctx,
-        mae_cfg,
-        losses,
-        start_step,
-        step,
-        time.perf_counter() - started,
-        resume_from,
-        batches,
-    )
+    finish(cfg, ctx, mae_cfg, losses, start_step, step, time.perf_counter() - started,
+           resume_from, batches, lineage)  # fmt: skip
 
 
 def _mean_over_ranks(values: list[float], ctx: WorkerContext) -> float:
@@ -226,13 +237,21 @@ def _mean_over_ranks(values: list[float], ctx: WorkerContext) -> float:
     return float(mean)
 
 
-def finish(cfg, ctx, mae_cfg, losses, start_step, step, seconds, resume_from, batches) -> None:
-    """Export the encoder and write the run summary (rank 0)."""
+def _skipped(batches, device: torch.device) -> dict[str, int]:
+    """Samples skipped so far by every rank's loader, by kind (a collective when distributed)."""
     errors = batches.errors()
     if dist.is_initialized():
-        totals = torch.tensor(list(errors.values()), dtype=torch.long)
+        totals = torch.tensor(list(errors.values()), dtype=torch.long, device=device)  # NCCL
         dist.all_reduce(totals)
         errors = dict(zip(errors, totals.tolist(), strict=True))
+    return errors
+
+
+def finish(
+    cfg, ctx, mae_cfg, losses, start_step, step, seconds, resume_from, batches, lineage
+) -> None:
+    """Export the encoder and write the run summary (rank 0)."""
+    errors = _skipped(batches, ctx.device)
     if not ctx.is_main:
         return
     out = locate(cfg.output)
@@ -253,7 +272,7 @@ def finish(cfg, ctx, mae_cfg, losses, start_step, step, seconds, resume_from, ba
         "loss_first": sum(head) / len(head) if losses else None,
         "loss_last": sum(tail) / len(tail) if losses else None,
         "skipped_samples": errors, "checkpoint": latest, "encoder": out.join("encoder.pt").uri,
-        "log_dir": cfg.log_dir,
+        "log_dir": cfg.log_dir, "lineage": lineage.at(step, cfg.global_batch, errors),
     }  # fmt: skip
     write_bytes_atomic(out.join("summary.json"), json.dumps(summary, indent=2).encode())
     log.info("pretraining finished: %s", json.dumps(summary))

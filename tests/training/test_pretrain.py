@@ -16,6 +16,7 @@ import torch
 
 from tests.training.pretrain_shards import write_dataset
 from training import checkpoint
+from training.models import encoder_file
 from training.models.mae import MAE, MAEConfig
 from training.models.vit import VisionTransformer, load_encoder_state, vit_test
 from training.optim import adamw, param_groups, warmup_cosine
@@ -49,6 +50,10 @@ def metrics(log_dir: str) -> list[dict]:
 def dataset(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("humans")
     write_dataset(str(root), shards=4, per_shard=16, size=(40, 40), corrupt={(1, 3)})
+    # the parts of the curation job's summary.json that a model's lineage records
+    summary = {"run_id": "20261201T000000-abc123", "code_version": "b69db1c",
+               "finished_at": "2026-12-01T01:00:00+00:00"}  # fmt: skip
+    (root / "summary.json").write_text(json.dumps(summary))
     return str(root)
 
 
@@ -67,11 +72,21 @@ def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> No
     assert all(r["images_per_s"] > 0 and r["tflops_per_device"] > 0 for r in rows)
     assert os.path.exists(f"{summary['log_dir']}/pictures/step_00000020.png")
     assert list(Path(summary["log_dir"], "tensorboard").iterdir())
-    encoder = VisionTransformer(vit_test(img_size=32))
-    assert load_encoder_state(encoder, torch.load(summary["encoder"])) == ([], [])
+    stored = encoder_file.load(summary["encoder"])  # tensors, config and lineage
+    assert (stored.preset, stored.config.img_size, stored.config.patch_size) == (
+        "vit_test", (32, 32), 16)  # fmt: skip
+    encoder = VisionTransformer(stored.config)
+    assert load_encoder_state(encoder, stored.state) == ([], [])
+    made_of = stored.lineage
+    assert made_of == summary["lineage"] and made_of["dataset"] == dataset
+    assert (made_of["dataset_run_id"], made_of["dataset_code_version"]) == (
+        "20261201T000000-abc123", "b69db1c")  # fmt: skip
+    assert made_of["files"]["folder"] == "manifests" and made_of["files"]["count"] == 4
+    assert made_of["samples_seen"] == 40 * 16 and made_of["samples_skipped"]["decode"] >= 1
+    assert made_of["where"] is None
     exported = tmp_path / "again.pt"
     assert checkpoint.main([str(tmp_path / "run"), str(exported)]) == 0
-    assert torch.load(exported).keys() == torch.load(summary["encoder"]).keys()
+    assert encoder_file.load(str(exported)).state.keys() == stored.state.keys()
 
 
 def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
@@ -100,6 +115,8 @@ def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
     run(PretrainConfig(**values))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 4
+    # the lineage counts every sample the model saw, over both runs
+    assert summary["lineage"]["samples_seen"] == (killed_at + 4) * 8
     new_rows = metrics(str(logs))[before:]
     # the step count continued from the checkpoint (logged every 2 steps), no restart at 0
     steps = [r["step"] for r in new_rows]
