@@ -119,6 +119,7 @@ def run(config: JobConfig) -> dict:
             init_ray(config.run)
         processed, dedup_counts = _run_locked(dataset, config, run_id, phases)
         extra = {
+            "run_id": run_id,  # the release a model's lineage names (training.lineage)
             "detector": detector_note(config),
             "dedup": dedup_counts,
             "phases_s": phases.seconds,

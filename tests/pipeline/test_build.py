@@ -82,11 +82,13 @@ def test_rerun_of_a_finished_job_changes_nothing(tmp_path):
         corpus = build_corpus(server, tmp_path, good=6)
         output = tmp_path / "out"
         args = job_args(corpus.url_list, output)
-        run(config_from_args(parser().parse_args(args)))
+        before = run(config_from_args(parser().parse_args(args)))
         first = check_dataset(output)
         hits = sum(server.hits.values())
         summary = run(config_from_args(parser().parse_args(args)))
         assert sum(server.hits.values()) == hits  # nothing fetched again
+    # each run names itself in summary.json: the release a model's lineage records
+    assert before["run_id"] != summary["run_id"] and summary["run_id"].startswith("20")
     second = check_dataset(output)
     assert sorted(r["key"] for r in first[0]) == sorted(r["key"] for r in second[0])
     assert len(first[1]) == len(second[1])
