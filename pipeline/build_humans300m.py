@@ -53,7 +53,7 @@ SECTIONS = [
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m pipeline.build_humans300m",
         allow_abbrev=False,
         description=__doc__,
@@ -87,14 +87,30 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     file = cli.load_file(args.config)
     unknown = set(file) - {s[0] for s in SECTIONS} - {"classifiers"}
     if unknown:
-        raise ValueError(f"{args.config}: unknown sections {sorted(unknown)}")
+        raise cli.ConfigError(
+            f"{args.config}: unknown sections {sorted(map(str, unknown))} "
+            f"(known: {', '.join([s[0] for s in SECTIONS] + ['classifiers'])})"
+        )
     built = {
         section: cli.build(cls, section, file.get(section), args)
         for section, _, cls, _, _ in SECTIONS
     }
-    classifiers = [ClassifierConfig(**c) for c in file.get("classifiers", [])]
-    classifiers += [ClassifierConfig(**json.loads(c)) for c in args.classifier]
-    return JobConfig(classifiers=classifiers, **built)
+    return JobConfig(
+        classifiers=classifiers_from(file.get("classifiers"), args.classifier), **built
+    )
+
+
+def classifiers_from(listed: object, flags: list[str]) -> list[ClassifierConfig]:
+    """Classifiers of the config file's ``classifiers`` list, then of ``--classifier`` JSONs."""
+    if listed is not None and not isinstance(listed, list):
+        raise cli.ConfigError(f"config classifiers: expected a list of mappings, got {listed!r}")
+    entries = [(f"classifiers[{i}]", entry) for i, entry in enumerate(listed or [])]
+    for i, text in enumerate(flags):
+        try:
+            entries.append((f"--classifier #{i + 1}", json.loads(text)))
+        except json.JSONDecodeError as exc:
+            raise cli.ConfigError(f"config --classifier #{i + 1}: not valid JSON: {exc}") from None
+    return [cli.build(ClassifierConfig, where, entry) for where, entry in entries]
 
 
 def run(config: JobConfig) -> dict:
