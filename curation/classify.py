@@ -18,7 +18,7 @@ from PIL import Image
 
 from curation.detect import EMPTY_INPUT, pick_device, writable_objects
 from curation.record import Batch, live, object_column, reject
-from curation.weights import resolve_file, resolve_weights
+from curation.weights import load_ultralytics, resolve_file
 from schemas import Reason, Stage
 
 FORMATS = ("ultralytics", "torchscript")
@@ -112,11 +112,9 @@ class _TorchScriptModel:
 
 class _UltralyticsModel:
     def __init__(self, config: ClassifierConfig, device: str) -> None:
-        from ultralytics import YOLO
-
         self.config = config
         self.device = device
-        self.model = YOLO(resolve_weights(config.weights), task="classify")
+        self.model, _ = load_ultralytics(config.weights, "classify", f"classifier {config.name}")
         if self.model.task != "classify":
             raise ValueError(f"{config.name}: {config.weights!r} is a {self.model.task!r} model")
         self.names = [self.model.names[i] for i in range(len(self.model.names))]

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from curation.record import Batch, live, object_column, reject
-from curation.weights import file_sha256, resolve_weights
+from curation.weights import file_sha256, load_ultralytics
 from schemas import Reason, Stage
 
 BOX_RULES = ("both_sides", "short_side", "long_side", "area")
@@ -239,10 +239,7 @@ def pick_device(device: str) -> str:
 
 def load_detector(config: DetectorConfig):
     """Resolve and load the weights; returns (model, person class id, local weights path)."""
-    from ultralytics import YOLO
-
-    path = resolve_weights(config.weights)
-    model = YOLO(path, task="detect")
+    model, path = load_ultralytics(config.weights, "detect", "detector weights")
     if model.task != "detect":
         raise ValueError(f"detector weights {config.weights!r} are a {model.task!r} model")
     ids = [i for i, name in model.names.items() if name == config.person_class]

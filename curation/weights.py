@@ -5,6 +5,13 @@ a local cache (per node) and reused while the object's size is unchanged. An Ult
 (``yolo11n.pt``) is looked up in that cache and in Ultralytics' weights folder, and otherwise
 downloaded by Ultralytics when it is online. Anything missing and not downloadable raises
 ``WeightsError`` naming the spec, so the job can refuse to start rather than fail in an actor.
+
+Weights files are untrusted input (a ``.pt`` is a pickle, and pickles run code when loaded):
+``load_ultralytics`` loads them in Ultralytics' safe mode, ``torch.load(weights_only=True)``
+against its allow-list of model classes, and with its pip auto-install off, so a crafted file
+can neither run code nor make Ultralytics install the module names it asks for.
+TorchScript models (a semantic-dedup encoder, a torchscript classifier) execute their own
+code by design: they are trusted input, like the operator's paths.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+import warnings
 from pathlib import Path
+from typing import Any
 
 from curation.storage import is_s3, locate
 
@@ -56,6 +65,50 @@ def resolve_weights(spec: str) -> str:
     if is_s3(spec) or local.exists() or _looks_like_path(spec):
         return resolve_file(spec)
     return _ultralytics_asset(spec)
+
+
+def load_ultralytics(spec: str, task: str, what: str) -> tuple[Any, str]:
+    """(Ultralytics model, local weights path) for weights ``spec``, loaded as untrusted input.
+
+    Only ``.pt`` checkpoints: Ultralytics' other formats (ONNX, TensorRT, saved models...)
+    go through backends that install packages or run code of their own. Any load failure is
+    a one-line ``WeightsError`` naming ``what`` (e.g. "detector weights").
+    """
+    path = resolve_weights(spec)
+    if not path.endswith(".pt"):
+        raise WeightsError(f"{what} {spec!r}: only Ultralytics .pt checkpoints are accepted")
+    yolo = _ultralytics_yolo()
+    try:
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it refuses anyway
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return yolo(path, task=task), path
+    except Exception as exc:  # Ultralytics raises many kinds; all mean "not loadable"
+        raise WeightsError(f"{what} {spec!r} cannot be loaded: {_first_line(exc)}") from exc
+
+
+def _ultralytics_yolo() -> type:
+    """Ultralytics' YOLO class with safe loading on and auto-install off, in this process.
+
+    Ultralytics reads both switches from the environment when first imported; the module
+    attributes are set too, for a process that imported it before (tests, notebooks).
+    """
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    import ultralytics.nn.tasks
+    import ultralytics.utils.checks
+    from ultralytics import YOLO
+
+    ultralytics.nn.tasks.SAFE_LOAD = True  # torch_safe_load's default: weights_only=True
+    ultralytics.utils.checks.AUTOINSTALL = False  # check_requirements never runs pip
+    if not ultralytics.nn.tasks._SafeLoad.SUPPORTED:  # torch < 2.6: safe mode silently off
+        raise WeightsError("Ultralytics safe loading needs torch >= 2.6")
+    return YOLO
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text.removeprefix("ERROR ❌️").strip()
 
 
 def file_sha256(path: str) -> str:

@@ -59,7 +59,7 @@ def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
 
 def _load(uri: str):
     data = storage.read_bytes(storage.locate(uri))
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # no pickled code
 
 
 def batches(uri: str, task: str, input_hw: tuple[int, int], batch_size: int) -> Iterable[dict]:
