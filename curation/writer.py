@@ -124,13 +124,18 @@ class ShardBuilder:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def publish(self) -> pa.Table:
-        """Publish the tar, then the manifest (the shard exists once the manifest does)."""
+    def publish(self, tar: Location | None = None, manifest: Location | None = None) -> pa.Table:
+        """Publish the tar, then the manifest (the shard exists once the manifest does).
+
+        ``tar`` and ``manifest`` default to the shard's places in the dataset; a caller that
+        publishes several files as one change (the dedup rewrite) stages them elsewhere.
+        """
         self._tar.close()
         table = rows_to_table(self.rows, SAMPLE_SCHEMA, where=f"shard {self.shard}")
-        publish_file_atomic(self._tmp_path, self.dataset.join(shard_file(self.shard)))
+        publish_file_atomic(self._tmp_path, tar or self.dataset.join(shard_file(self.shard)))
         write_bytes_atomic(
-            self.dataset.join(manifest_file(self.shard)), table_to_parquet_bytes(table)
+            manifest or self.dataset.join(manifest_file(self.shard)),
+            table_to_parquet_bytes(table),
         )
         return table
 
@@ -148,13 +153,21 @@ class ShardBuilder:
 
 
 def write_shard(
-    dataset: Location, shard: int, rows: Sequence[dict[str, Any]], images: Sequence[bytes]
+    dataset: Location,
+    shard: int,
+    rows: Sequence[dict[str, Any]],
+    images: Sequence[bytes],
+    *,
+    tar: Location | None = None,
+    manifest: Location | None = None,
 ) -> pa.Table:
     """Write shard ``shard`` of ``dataset`` from manifest rows and their original image bytes.
 
     Fills ``shard``, ``image_member`` and ``json_member`` in each row, writes the tar (image,
-    JSON row and, when the row has a caption, a ``.txt`` member per sample, in the given order), publishes it, then publishes the manifest.
-    Overwrites an existing shard of that number. Returns the manifest table.
+    JSON row and, when the row has a caption, a ``.txt`` member per sample, in the given order),
+    publishes it, then publishes the manifest (at ``tar`` and ``manifest`` when given, see
+    ``ShardBuilder.publish``). Overwrites an existing shard of that number. Returns the
+    manifest table.
     """
     if len(rows) != len(images):
         raise ValueError(f"{len(rows)} rows but {len(images)} images")
@@ -166,13 +179,15 @@ def write_shard(
     with ShardBuilder(dataset, shard) as builder:
         for row, image in zip(rows, images, strict=True):
             builder.add(row, image)
-        return builder.publish()
+        return builder.publish(tar, manifest)
 
 
-def write_rejections(dataset: Location, name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Publish one rejections file (REJECTION_SCHEMA rows) atomically."""
+def write_rejections(
+    dataset: Location, name: str, rows: Sequence[dict[str, Any]], *, to: Location | None = None
+) -> pa.Table:
+    """Publish one rejections file (REJECTION_SCHEMA rows) atomically (at ``to`` when given)."""
     table = rows_to_table(list(rows), REJECTION_SCHEMA, where=f"rejections {name}")
-    write_bytes_atomic(dataset.join(rejection_file(name)), table_to_parquet_bytes(table))
+    write_bytes_atomic(to or dataset.join(rejection_file(name)), table_to_parquet_bytes(table))
     return table
 
 

@@ -115,7 +115,7 @@ def classifiers_from(listed: object, flags: list[str]) -> list[ClassifierConfig]
 
 def run(config: JobConfig) -> dict:
     """Run the whole job; returns the summary that was written to ``summary.json``."""
-    from pipeline.dedup import check_semantic_model
+    from pipeline.dedup import check_dedup_ready
     from pipeline.detect_stage import check_filters_ready
 
     started = time.time()
@@ -128,7 +128,7 @@ def run(config: JobConfig) -> dict:
     with phases("check filters"):
         check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
         if config.run.dedup:
-            check_semantic_model(config.dedup)
+            check_dedup_ready(config.dedup)
     run_id = new_run_id()
     with OutputLock(dataset, run_id):  # before Ray starts: a busy output fails at once
         with phases("start Ray"):

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.dedup.apply import Drop, apply_shard
+from curation.dedup.apply import Drop, apply_shard, finish_commits
 from curation.dedup.cluster import (
     cluster_sizes,
     previous_matches,
@@ -64,7 +64,8 @@ INDEX_COLUMNS = ["key", "sha256", "pixel_hash", "phash", "width", "height"]
 def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     """Deduplicate ``dataset_uri`` in place; returns counts of newly dropped samples by reason."""
     dataset = locate(dataset_uri)
-    check_semantic_model(config)
+    check_dedup_ready(config)
+    finish_commits(dataset)  # a crashed run's decided rewrites: plan from their outcome
     rows = samples_dataset(dataset_uri).count_rows()  # Parquet footers only
     if rows and rows >= config.ray_above:
         from pipeline.dedup_ray import run_on_ray
@@ -77,8 +78,11 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     return dict(Counter(d.reason for d in drops.values()))
 
 
-def check_semantic_model(config: DedupConfig) -> None:
-    """A missing or invalid encoder fails here, before any pass (or, in the job, any crawl)."""
+def check_dedup_ready(config: DedupConfig) -> None:
+    """A missing or invalid encoder, or an earlier release without an index, fails here,
+    before any pass (or, in the job, before Ray starts and anything is crawled)."""
+    for uri in config.against:
+        read_index(uri)
     if config.semantic:
         from curation.dedup.semantic import describe_encoder
 
@@ -249,14 +253,15 @@ def apply_plan(
     table: pa.Table,
     drops: dict[str, Drop],
     *,
-    rejections_only: bool = False,
+    stop_after: str | None = None,
     shards: set[int] | None = None,
     local: bool = False,
 ) -> None:
     """Resolve chains to the finally kept sample, size clusters, and apply shard by shard:
     on Ray tasks, or one after another in this process when ``local``.
 
-    ``rejections_only`` and ``shards`` exist to reproduce a crash part-way (tests).
+    ``stop_after`` (curation.dedup.apply.STEPS) and ``shards`` reproduce a crash part-way
+    (tests).
     """
     import ray
 
@@ -284,10 +289,10 @@ def apply_plan(
     todo = sorted((s, v) for s, v in by_shard.items() if shards is None or s in shards)
     if local or not todo:
         for shard, (d, c) in todo:
-            apply_shard(dataset, shard, d, c, rejections_only=rejections_only)
+            apply_shard(dataset, shard, d, c, stop_after=stop_after)
         return
     task = ray.remote(apply_shard)
-    ray.get([task.remote(dataset, s, d, c, rejections_only=rejections_only) for s, (d, c) in todo])
+    ray.get([task.remote(dataset, s, d, c, stop_after=stop_after) for s, (d, c) in todo])
 
 
 def _earlier_dedup_rejections(dataset: Location) -> list[tuple[str, str]]:

@@ -490,10 +490,10 @@ def _semantic_pass(plan: RayPlan) -> None:
 
 
 def apply_on_ray(
-    plan: RayPlan, *, rejections_only: bool = False, shards: set[int] | None = None
+    plan: RayPlan, *, stop_after: str | None = None, shards: set[int] | None = None
 ) -> None:
     """Follow chains to the finally kept sample, size the clusters, rewrite shard by shard on
-    Ray tasks. ``rejections_only`` and ``shards`` reproduce a crash part-way (tests)."""
+    Ray tasks. ``stop_after`` and ``shards`` reproduce a crash part-way (tests)."""
     within = [name for name, inside in plan.passes if inside]
     finals = within[-1:]  # the last pass's canonicals are kept: already final
     for name in reversed(within[:-1]):  # earlier passes follow their canonicals to the end
@@ -520,10 +520,7 @@ def apply_on_ray(
     todo = sorted(s for s in todo if shards is None or s in shards)
     task = ray.remote(apply_planned_shard)
     ray.get(
-        [
-            task.remote(plan.dataset, s, decided, clusters_dir, rejections_only=rejections_only)
-            for s in todo
-        ]
+        [task.remote(plan.dataset, s, decided, clusters_dir, stop_after=stop_after) for s in todo]
     )
 
 

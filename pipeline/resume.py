@@ -3,7 +3,7 @@
 A sample is finished once its key is in a published manifest or in a rejections file (other
 than the plan's ``duplicate_input`` rows, whose key belongs to the first listing). Everything
 else a killed run left behind (a tar whose manifest never appeared, temporary files) is removed,
-and its samples are processed again.
+and its samples are processed again; a dedup rewrite it had decided is published first.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from curation.dedup.apply import finish_commits
 from curation.storage import Location, delete, list_files
 from schemas import Reason
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SHARDS_DIR, WORK_DIR, shard_of
 
 
 def remove_leftovers(dataset: Location) -> list[str]:
-    """Delete unpublished shards and temporary files; returns what was removed."""
+    """Finish the dedup rewrites a killed run had decided (before anything reads the shards),
+    delete unpublished shards and temporary files; returns what was removed."""
+    finish_commits(dataset)
     removed = []
     manifests = {
         shard_of(f.path.rsplit("/", 1)[-1])

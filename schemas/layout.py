@@ -7,9 +7,12 @@
     <dataset>/_work/                          the job's bookkeeping (resume state)
     <dataset>/_work/lock.json                 the job writing the dataset now, if any
     <dataset>/_work/embeddings/{fp}/{shard:06d}.parquet   semantic dedup's cached embeddings
+    <dataset>/_work/dedup_commit/{shard:06d}/  a dedup rewrite of one shard, staged to publish
 
 A shard exists for readers once its manifest exists: the tar is published first, then the
-manifest, so a manifest never names a missing tar.
+manifest, so a manifest never names a missing tar. A dedup rewrite replaces a published shard
+the other way round (manifest, its dedup rejections, then the tar; curation.dedup.apply): the
+manifest is the list of a shard's samples, and its tar may briefly hold more of them.
 """
 
 SHARDS_DIR = "shards"
@@ -19,6 +22,7 @@ SUMMARY_FILE = "summary.json"
 WORK_DIR = "_work"
 EMBEDDINGS_DIR = f"{WORK_DIR}/embeddings"  # one folder per model fingerprint
 LOCK_FILE = f"{WORK_DIR}/lock.json"  # the job writing this dataset (pipeline.lock)
+DEDUP_COMMIT_DIR = f"{WORK_DIR}/dedup_commit"  # staged shard rewrites (curation.dedup.apply)
 
 
 def shard_file(shard: int) -> str:

@@ -1,6 +1,6 @@
 """run_dedup end to end on a real local Ray: decisions, shards vs manifests, determinism (driver
 path vs Ray path, 1 vs 2 partitions, 1 vs 2 encoder actors), idempotent rerun, a crash between
-rejections and shard rewrite (both paths), --dedup-against (both paths), and the semantic pass
+a shard rewrite's commit steps, --dedup-against (both paths), and the semantic pass
 with a tiny TorchScript encoder.
 
 The Ray path (pipeline.dedup_ray) is forced with ``ray_above=0``; small partitions, several
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from curation.dedup.apply import STEPS
 from curation.dedup.config import DedupConfig
 from curation.dedup.signatures import phash64, pixel_hash
 from curation.manifest import rejections_dataset, samples_dataset
@@ -152,29 +154,90 @@ def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Pa
     assert snapshot(tmp_path / "other") == snapshot(path)
 
 
-@pytest.mark.parametrize(
-    "on_ray",
-    [False, pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(1800)])],
-    ids=["driver", "ray"],
-)
-def test_crash_between_rejections_and_rewrite(
-    ray_cluster, built, tmp_path: Path, on_ray: bool
-) -> None:
+def readers_view(path: Path, scratch: Path) -> dict[str, set[str]]:
+    """The kept and rejected keys as readers see them: DuckDB over the files as an analyst
+    globs them, training's shard reader, curation.subset; each must agree with the others."""
+    import duckdb
+
+    from curation.subset import SubsetConfig, write_subset
+    from training.data import PretrainDataConfig
+    from training.data.loader import PretrainData
+    from training.data.shards import list_shards
+
+    con = duckdb.connect()
+    globbed = {
+        folder: {k for (k,) in con.sql(f"SELECT key FROM '{path}/{folder}/*.parquet'").fetchall()}
+        if list((path / folder).glob("*.parquet"))
+        else set()
+        for folder in ("manifests", "rejections")
+    }
+    kept, rejected = globbed["manifests"], globbed["rejections"]
+    config = PretrainDataConfig(dataset=str(path), img_size=(16, 16), shuffle_buffer=1)
+    data = PretrainData(config, list_shards(str(path)), rank=0, world_size=1)
+    trained = [key for shard in data.shards for key, _ in data._read(shard, None, Counter())]
+    assert sorted(trained) == sorted(kept)  # each once, none the manifests dropped
+    shutil.rmtree(scratch, ignore_errors=True)
+    write_subset(SubsetConfig(dataset=str(path), where="true", output=str(scratch)))
+    assert set(samples_dataset(str(scratch)).to_table()["key"].to_pylist()) == kept
+    return {"kept": kept, "rejected": rejected}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_inside_a_shard_rewrite(ray_cluster, built, tmp_path: Path, step: str) -> None:
+    """A crash at each step of the rewrite commit: readers see every shard old or new (the
+    manifest is the commit point); the rerun publishes what was decided and ends as a clean
+    run does."""
     path, _ = built
-    config = RAY_SPLIT if on_ray else DedupConfig()
+    old = readers_view(path, tmp_path / "subset")
     shutil.copytree(path, tmp_path / "clean")
     run_dedup(str(tmp_path / "clean"), DedupConfig())
-    # the crash: every shard's rejections published, shard 1's also rewritten, then death
-    dataset = locate(str(path))
-    if on_ray:
-        plan = dedup_ray.plan_on_ray(dataset, config, rows=36)
-        dedup_ray.apply_on_ray(plan, rejections_only=True)
-        dedup_ray.apply_on_ray(plan, shards={1})
+    new = readers_view(tmp_path / "clean", tmp_path / "subset")
+    assert new != old
+    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
+    dedup_pipeline.apply_plan(locate(str(path)), table, drops, stop_after=step)
+    seen = readers_view(path, tmp_path / "subset")
+    if step in ("stage", "ready"):
+        assert seen == old  # nothing published yet
     else:
-        table, drops = dedup_pipeline.plan_dedup(str(path), config)
-        dedup_pipeline.apply_plan(dataset, table, drops, rejections_only=True)
-        dedup_pipeline.apply_plan(dataset, table, drops, shards={1})
-    run_dedup(str(path), config)  # the rerun plans again from what the crash left
+        assert seen["kept"] == new["kept"]
+    if step != "manifest.parquet":  # two renames apart: a crash between them is the one mix
+        assert seen["rejected"] == (old if step in ("stage", "ready") else new)["rejected"]
+    if step == "shard.tar":
+        check_shards_match_manifests(path)
+    run_dedup(str(path), DedupConfig())  # the rerun
+    assert snapshot(path) == snapshot(tmp_path / "clean")
+    check_shards_match_manifests(path)
+    assert not list((path / "_work" / "dedup_commit").iterdir())
+
+
+def test_job_rerun_publishes_a_decided_rewrite_before_reading(built) -> None:
+    """A rewrite stopped after its manifest: its dropped keys are in no published file until
+    the rerun's first step publishes the staged rejections (before finished keys are read,
+    so they are not fetched again)."""
+    from pipeline.resume import finished_keys, remove_leftovers
+
+    path, expect = built
+    dataset = locate(str(path))
+    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
+    dedup_pipeline.apply_plan(dataset, table, drops, stop_after="manifest.parquet")
+    dropped = {sample_key(name) for name in expect}
+    assert not dropped & set(finished_keys(dataset).to_pylist())
+    remove_leftovers(dataset)
+    assert dropped <= set(finished_keys(dataset).to_pylist())
+    check_shards_match_manifests(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_inside_a_shard_rewrite_on_ray(ray_cluster, built, tmp_path: Path) -> None:
+    path, _ = built
+    shutil.copytree(path, tmp_path / "clean")
+    run_dedup(str(tmp_path / "clean"), DedupConfig())
+    dataset = locate(str(path))
+    plan = dedup_ray.plan_on_ray(dataset, RAY_SPLIT, rows=36)
+    dedup_ray.apply_on_ray(plan, stop_after="manifest.parquet")
+    dedup_ray.apply_on_ray(plan, shards={1})
+    run_dedup(str(path), RAY_SPLIT)  # the rerun publishes the staged rest, then plans again
     assert snapshot(path) == snapshot(tmp_path / "clean")
     check_shards_match_manifests(path)
 

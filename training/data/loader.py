@@ -236,11 +236,11 @@ class PretrainData(IterableDataset):
     def _read(
         self, shard: ShardSource, modulo: tuple[int, int] | None, errors: Counter
     ) -> Iterator[tuple[str, bytes]]:
-        keys = selected_keys(shard.manifest, self.config.where) if self.config.where else None
+        keys = selected_keys(shard.manifest, self.config.where)
         for index, (key, data) in enumerate(iter_samples(shard.tar, errors)):
             if modulo is not None and index % modulo[1] != modulo[0]:
                 continue
-            if keys is not None and key not in keys:
+            if key not in keys:
                 errors["filtered"] += 1
                 continue
             yield key, data

@@ -1,7 +1,8 @@
 """Finding the published shards of a dataset and reading their samples (local or S3).
 
 A shard exists for readers once its manifest exists (schemas.layout): the curation job
-publishes the tar first, then the manifest, so listing manifests never names a partial tar.
+publishes the tar first, then the manifest, so listing manifests never names a partial tar;
+samples are read from the tar but only those its manifest lists (see ``selected_keys``).
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ def list_shards(dataset: str) -> list[ShardSource]:
     return shards
 
 
-def selected_keys(manifest_uri: str, where: str) -> set[str]:
-    """Keys of a shard's manifest rows matching a DuckDB SQL predicate over SAMPLE_SCHEMA."""
+def selected_keys(manifest_uri: str, where: str | None = None) -> set[str]:
+    """Keys of a shard's manifest rows matching a DuckDB SQL predicate over SAMPLE_SCHEMA
+    (every row without one).
+
+    The manifest, not the tar, lists a shard's samples: while dedup replaces a shard its new
+    manifest is published before its new tar, so the tar may briefly hold dropped samples.
+    """
     import duckdb
 
     loc = locate(manifest_uri)
+    if where is None:
+        return set(pq.read_table(loc.path, filesystem=loc.fs, columns=["key"])["key"].to_pylist())
     table = pq.read_table(loc.path, filesystem=loc.fs, columns=None)
     con = duckdb.connect()
     try:
