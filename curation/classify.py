@@ -18,7 +18,7 @@ from PIL import Image
 
 from curation.detect import EMPTY_INPUT, pick_device, writable_objects
 from curation.record import Batch, live, object_column, reject
-from curation.weights import load_ultralytics, resolve_file
+from curation.weights import WeightsError, load_ultralytics, resolve_file
 from schemas import Reason, Stage
 
 FORMATS = ("ultralytics", "torchscript")
@@ -84,15 +84,25 @@ class _TorchScriptModel:
         self.torch = torch
         self.config = config
         self.device = device
-        self.module = torch.jit.load(resolve_file(config.weights), map_location=device).eval()
+        path = resolve_file(config.weights)
+        try:  # trusted input: a TorchScript module runs its own code (see curation.weights)
+            self.module = torch.jit.load(path, map_location=device).eval()
+        except (RuntimeError, ValueError) as exc:
+            detail = str(exc).splitlines()[0]
+            raise WeightsError(f"classifier {config.name}: {config.weights!r}: {detail}") from None
         self.half = config.half and device.startswith("cuda")
         if self.half:
             self.module = self.module.half()
         mean, std = NORMALIZE[config.normalize]
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        with open(resolve_file(config.labels), encoding="utf-8") as handle:
-            self.names = [line.strip() for line in handle if line.strip()]
+        try:
+            with open(resolve_file(config.labels), encoding="utf-8") as handle:
+                self.names = [line.strip() for line in handle if line.strip()]
+        except UnicodeDecodeError:
+            raise WeightsError(
+                f"classifier {config.name}: labels {config.labels!r} are not text"
+            ) from None
 
     def top1(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch

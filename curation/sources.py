@@ -111,20 +111,37 @@ class InputBatch:
 
 def iter_inputs(spec: str, config: SourceConfig) -> Iterator[InputBatch]:
     """Batches of input rows from one user-named input (a list, folder, prefix or tar)."""
+    loc, kind = input_kind(spec)
+    if kind == "folder":
+        yield from _iter_tree(loc)
+    elif kind == "tar":
+        yield from _iter_tar(loc)
+    else:
+        yield from _iter_list(loc, config)
+
+
+def input_kind(spec: str) -> tuple[Location, str]:
+    """(location, "folder" | "tar" | "list") of a user-named input; a metadata lookup only.
+
+    Raises FileNotFoundError for a missing input, ValueError for one of no known kind or that
+    cannot be looked at (an S3 prefix without credentials, an unreachable endpoint).
+    """
     loc = locate(spec)
-    info = loc.fs.get_file_info(loc.path)
+    try:
+        info = loc.fs.get_file_info(loc.path)
+    except OSError as exc:
+        raise ValueError(f"cannot read input {spec}: {str(exc).splitlines()[0]}") from None
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input not found: {spec}")
     if info.type == pafs.FileType.Directory:
-        yield from _iter_tree(loc)
-    elif _base(loc.path).endswith(".tar"):
-        yield from _iter_tar(loc)
-    elif _base(loc.path).endswith(LIST_SUFFIXES):
-        yield from _iter_list(loc, config)
-    else:
-        raise ValueError(
-            f"{spec}: not a folder, .tar or URL list ({', '.join(LIST_SUFFIXES)}, optionally .gz)"
-        )
+        return loc, "folder"
+    if _base(loc.path).endswith(".tar"):
+        return loc, "tar"
+    if _base(loc.path).endswith(LIST_SUFFIXES):
+        return loc, "list"
+    raise ValueError(
+        f"{spec}: not a folder, .tar or URL list ({', '.join(LIST_SUFFIXES)}, optionally .gz)"
+    )
 
 
 def _base(path: str) -> str:

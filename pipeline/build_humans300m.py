@@ -20,19 +20,20 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from curation.classify import ClassifierConfig
 from curation.dedup.config import DedupConfig
 from curation.detect import DetectorConfig
 from curation.fetch import FetchConfig
-from curation.sources import SourceConfig
+from curation.sources import SourceConfig, input_kind
 from curation.storage import Location, locate
 from curation.validate import ValidateConfig
 from curation.weights import WeightsError
 from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
 from pipeline.lock import OutputBusy, OutputLock
-from pipeline.plan import Plan, forget_secrets, load_or_build_plan
+from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done
 from pipeline.ray_env import check_submitted_job
 from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
 from pipeline.stages import StageConfig, fetch_and_validate
@@ -124,6 +125,10 @@ def run(config: JobConfig) -> dict:
     # inputs may be relative: --working-dir ships them with the job; the output must not be
     check_submitted_job({"--output": config.output.output})
     dataset = locate(config.output.output)
+    check_output(dataset)
+    if not plan_is_done(dataset, config.source):  # before Ray: a typo fails in a second
+        for spec in config.source.inputs:
+            input_kind(spec)
     phases = Phases()
     with phases("check filters"):
         check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
@@ -141,6 +146,17 @@ def run(config: JobConfig) -> dict:
             "phases_s": phases.seconds,
         }
         return write_summary(dataset, config, started, processed, extra)
+
+
+def check_output(dataset: Location) -> None:
+    """Refuse an output that is a file, or that cannot be looked at (S3: no such bucket,
+    refused credentials, unreachable endpoint), before anything starts."""
+    try:
+        info = dataset.fs.get_file_info(dataset.path)
+    except OSError as exc:
+        raise ValueError(f"cannot use --output {dataset.uri}: {str(exc).splitlines()[0]}") from None
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"--output {dataset.uri} is a file, not a dataset folder")
 
 
 def _run_locked(

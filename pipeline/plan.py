@@ -71,10 +71,19 @@ def plan_id(config: SourceConfig) -> str:
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
 
 
+def _marker(dataset: Location, config: SourceConfig) -> Location:
+    return dataset.join(WORK_DIR, f"plan-{plan_id(config)}", "DONE.json")
+
+
+def plan_is_done(dataset: Location, config: SourceConfig) -> bool:
+    """Whether a run already planned these inputs (a rerun reads the plan, not the inputs)."""
+    return exists(_marker(dataset, config))
+
+
 def load_or_build_plan(dataset: Location, config: SourceConfig, partitions: int = 16) -> Plan:
     pid = plan_id(config)
     folder = dataset.join(WORK_DIR, f"plan-{pid}")
-    marker = folder.join("DONE.json")
+    marker = _marker(dataset, config)
     if exists(marker):
         done = json.loads(read_bytes(marker))
         files = list_files(folder, ".parquet")

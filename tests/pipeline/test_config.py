@@ -1,13 +1,9 @@
 """Config files and flags are checked against each field's type: one-line errors naming the key."""
 
-import subprocess
-import sys
-
 import pytest
 
 from pipeline import config as cli
 from pipeline.build_humans300m import config_from_args, parser
-from tests.conftest import ROOT
 
 
 def _from_file(tmp_path, text: str, name: str = "job.yaml", *flags: str):
@@ -77,31 +73,3 @@ def test_flags_go_through_the_same_checks():
     assert cli.convert(float | None, "1e3", "x", text=True) == 1000.0
     args = parser().parse_args(["--validate-formats", "JPEG", "--validate-formats", "PNG"])
     assert config_from_args(args).validate.formats == ("JPEG", "PNG")
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (
-            ["--fetch-concurrency", "ten"],
-            "error: argument --fetch-concurrency: expected an integer",
-        ),
-        (["--fetch-total-timeout", "inf"], "expected a finite number"),
-        (["--config"], "error: argument --config: expected one argument"),
-        (["--config", "/no/such/job.yaml"], "error: config file not found: /no/such/job.yaml"),
-        (["--classifier", "{not json"], "error: config --classifier #1: not valid JSON"),
-        (["--classifier", '{"name": "w", "weights": "w.pt", "x": 1}'], "unknown keys ['x']"),
-    ],
-)
-def test_command_line_errors_are_one_line_with_exit_code_2(argv, message):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.build_humans300m", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
-    assert "Traceback" not in done.stderr

@@ -1,0 +1,101 @@
+"""Bad inputs to ``python -m pipeline.build_humans300m``: one ``error:`` line, exit code 2, no
+traceback, and nothing started (no Ray, no output folder) for what can be checked up front."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def job(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.build_humans300m", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+    )  # fmt: skip
+
+
+def check_refused(done: subprocess.CompletedProcess, message: str) -> None:
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Started a local Ray" not in done.stderr, "refused only after Ray started"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    paths = {
+        "urls": root / "urls.txt",
+        "a_file": root / "not-a-folder",
+        "yaml": root / "broken.yaml",
+        "script": root / "broken.torchscript",
+        "labels": root / "labels.txt",
+        "binary_labels": root / "labels.bin",
+        "no_index": root / "old-release",
+    }
+    paths["urls"].write_text("http://127.0.0.1:9/a.jpg\n")
+    paths["a_file"].write_text("x")
+    paths["yaml"].write_text("fetch:\n  concurrency: [1,\n")
+    paths["script"].write_bytes(b"not a zip")
+    paths["labels"].write_text("a\nb\n")
+    paths["binary_labels"].write_bytes(b"\xff\xfe\x00\x81")
+    paths["no_index"].mkdir()
+    return paths
+
+
+CASES = {
+    "missing --config value": (["--config"], "argument --config: expected one argument"),
+    "missing config file": (["--config", "{root}/none.yaml"], "config file not found"),
+    "YAML syntax error": (["--config", "{yaml}"], "not valid YAML: "),
+    "flag of the wrong type": (["--fetch-concurrency", "ten"], "expected an integer"),
+    "classifier JSON with an unknown key": (
+        ["--classifier", '{"name": "w", "weights": "w.pt", "colour": "red"}'],
+        "unknown keys ['colour']",
+    ),
+    "classifier that is not JSON": (["--classifier", "{oops"], "not valid JSON"),
+    "missing input": (["--input", "{root}/no-such-list.txt"], "input not found: "),
+    "input of no known kind": (["--input", "{a_file}"], "not a folder, .tar or URL list"),
+    "output that is a file": (["--output", "{a_file}"], "is a file, not a dataset folder"),
+    "corrupt TorchScript classifier": (
+        [
+            "--classifier",
+            '{"name": "w", "weights": "{script}", "format": "torchscript", "labels": "{labels}"}',
+        ],
+        "classifier w: ",
+    ),  # fmt: skip
+    "classifier labels that are not text": (
+        [
+            "--classifier",
+            '{"name": "w", "weights": "{script}", "format": "torchscript", '
+            '"labels": "{binary_labels}"}',
+        ],
+        "classifier w: ",
+    ),  # fmt: skip
+    "earlier release without an index": (["--dedup-against", "{no_index}"], "no dedup_index/"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_before_anything_starts(files, tmp_path, case):
+    argv, message = CASES[case]
+    names = {k: str(v) for k, v in files.items()} | {"root": str(files["urls"].parent)}
+    argv = [_fill(arg, names) for arg in argv]
+    base = ["--input", str(files["urls"]), "--output", str(tmp_path / "out"), "--detector", "none"]
+    done = job(*base, *argv)
+    check_refused(done, message)
+    assert not (tmp_path / "out").exists()
+
+
+def _fill(arg: str, names: dict[str, str]) -> str:
+    """``{name}`` placeholders filled in (not str.format: the JSON arguments have braces)."""
+    for name, value in names.items():
+        arg = arg.replace("{" + name + "}", value)
+    return arg
