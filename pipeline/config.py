@@ -84,11 +84,13 @@ def convert(hint: Any, value: Any, key: str, *, text: bool = False) -> Any:
             )
         item = typing.get_args(kind)[0]
         return tuple(convert(item, v, f"{key}[{i}]", text=text) for i, v in enumerate(value))
+    if kind not in _EXPECTED:  # a field type this checker does not know: extend it, never skip
+        raise TypeError(f"config {key}: no check for type {hint!r}")
     if text and isinstance(value, str):
         return _parse_text(kind, value, key)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if kind in _EXPECTED and type(value) is not kind:  # bool is an int subclass: exact type
+    if type(value) is not kind:  # exact: bool is an int subclass
         raise ConfigError(f"config {key}: expected {_expect(kind)}, got {_describe(value)}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"config {key}: expected a finite number, got {value!r}")
