@@ -12,6 +12,13 @@ web, so an entry may only name ``http``/``https`` unless ``allow_file_and_s3_in_
 read in bounded memory (``MAX_LINE_BYTES``) and every carried column is stored redacted.
 An input that cannot be read at all (a truncated ``.gz``, a file that is not a tar) raises
 ``ValueError`` naming it. Nothing here fetches image bytes.
+
+For a distributed plan an input is first cut into ``InputPart``s (``split_input``) that tasks
+read independently (``iter_part``) with the same rules: a folder's files in chunks, each tar
+whole, a Parquet list by row groups, an uncompressed txt/jsonl list by line-aligned byte ranges.
+A gzipped list cannot be split (a deflate stream has no entry points) and neither can a csv/tsv
+list (a quoted field may hold a newline, so a line boundary need not be a record boundary): each
+is one part, read by one task.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -42,6 +49,8 @@ RAW_LIMIT = 1000  # characters of an unusable row's raw value kept in its reject
 MAX_LINE_BYTES = 1 << 20  # a longer line of a list is an unusable row, never read into memory
 MAX_META_BYTES = 1 << 20  # a tar's {key}.json larger than this is not read (nor held in memory)
 BATCH_ROWS = 10_000
+FILES_PER_PART = 100_000  # a folder's files per part (the driver lists them anyway)
+SPLITTABLE_TEXT = (".txt", ".jsonl", ".json", ".ndjson")  # one record per line
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
 BYTE_RANGE = "byte_range"
 
@@ -109,15 +118,29 @@ class InputBatch:
     malformed: list[Unusable]
 
 
+@dataclass(frozen=True)
+class InputPart:
+    """A piece of one input that a task reads on its own (``iter_part``).
+
+    ``start``/``end``: a byte range of a txt/jsonl list or a range of Parquet row groups
+    (``end`` None: to the end). ``first_number``: the row number of the part's first line or
+    row in its file, for malformed-row messages; 0 until ``count_lines`` has been summed over
+    the earlier ranges of the file (``number_parts``). ``files``: a folder's image files.
+    """
+
+    kind: str  # "list", "tar" or "files"
+    uri: str
+    start: int = 0
+    end: int | None = None
+    first_number: int = 1
+    files: tuple[str, ...] = ()
+    size: int = 0  # bytes to read (files: their number), to size the work
+
+
 def iter_inputs(spec: str, config: SourceConfig) -> Iterator[InputBatch]:
     """Batches of input rows from one user-named input (a list, folder, prefix or tar)."""
-    loc, kind = input_kind(spec)
-    if kind == "folder":
-        yield from _iter_tree(loc)
-    elif kind == "tar":
-        yield from _iter_tar(loc)
-    else:
-        yield from _iter_list(loc, config)
+    for part in split_input(spec, config):
+        yield from iter_part(part, config)
 
 
 def input_kind(spec: str) -> tuple[Location, str]:
@@ -144,30 +167,106 @@ def input_kind(spec: str) -> tuple[Location, str]:
     )
 
 
+def split_input(spec: str, config: SourceConfig, part_bytes: int | None = None) -> list[InputPart]:
+    """The parts of one user-named input, in input order (see the module docstring).
+
+    Without ``part_bytes`` lists stay whole. A text list cut into byte ranges gets parts whose
+    ``first_number`` is 0: count their lines (``count_lines``) and call ``number_parts``.
+    """
+    loc, kind = input_kind(spec)
+    if kind == "folder":
+        return _split_tree(loc)
+    size = loc.fs.get_file_info(loc.path).size
+    if kind == "tar":
+        return [InputPart("tar", loc.uri, size=size)]
+    base = _base(loc.path)
+    if base.endswith(".parquet"):
+        return _split_parquet(loc, config, part_bytes)
+    gzipped = loc.path.endswith(".gz")
+    if part_bytes and not gzipped and base.endswith(SPLITTABLE_TEXT) and size > part_bytes:
+        return _split_text(loc, size, part_bytes)
+    return [InputPart("list", loc.uri, size=size * (4 if gzipped else 1))]
+
+
+def iter_part(part: InputPart, config: SourceConfig) -> Iterator[InputBatch]:
+    """Batches of input rows of one part, as ``iter_inputs`` reads them from the whole input."""
+    loc = locate(part.uri)
+    if part.kind == "files":
+        yield from _iter_files(loc, part.files)
+    elif part.kind == "tar":
+        yield from _iter_tar(loc)
+    elif _base(loc.path).endswith(".parquet"):
+        yield from _iter_parquet(loc, config, part)
+    else:
+        yield from _iter_list(loc, config, part)
+
+
+def count_lines(part: InputPart) -> int:
+    """Newlines in a text part's byte range: the line numbers its successors start from."""
+    loc = locate(part.uri)
+    count = 0
+    with _open_range(loc, part.start, part.end) as stream:
+        while chunk := stream.read(1 << 22):
+            count += chunk.count(b"\n")
+    return count
+
+
+def number_parts(parts: list[InputPart], lines: list[int]) -> list[InputPart]:
+    """Give byte-range parts (``first_number`` 0) their first line number from the line counts
+    of the ranges before them in the same file (``lines[i]`` for ``parts[i]``)."""
+    numbered, seen = [], 0
+    for i, part in enumerate(parts):
+        if part.first_number:
+            numbered.append(part)
+            continue
+        if part.start == 0:
+            seen = 0
+        numbered.append(replace(part, first_number=seen + 1))
+        seen += lines[i]
+    return numbered
+
+
 def _base(path: str) -> str:
     name = path.rsplit("/", 1)[-1].lower()
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _iter_tree(root: Location) -> Iterator[InputBatch]:
-    """Every file under a folder or prefix: images are fetched, .tar files are expanded."""
+def _split_tree(root: Location) -> list[InputPart]:
+    """Every file under a folder or prefix: images in chunks, each .tar file its own part."""
     selector = pafs.FileSelector(root.path, recursive=True)
-    files = sorted(
-        (i.path for i in root.fs.get_file_info(selector) if i.type == pafs.FileType.File),
+    infos = sorted(
+        (i for i in root.fs.get_file_info(selector) if i.type == pafs.FileType.File),
+        key=lambda i: i.path,
     )
-    rows: list[dict] = []
-    for path in files:
-        name = path.rsplit("/", 1)[-1]
+    parts: list[InputPart] = []
+    files: list[str] = []
+
+    def flush() -> None:
+        if files:
+            parts.append(InputPart("files", root.uri, files=tuple(files), size=len(files)))
+            files.clear()
+
+    for info in infos:
+        name = info.path.rsplit("/", 1)[-1]
         if name.startswith("."):
             continue  # hidden files: editor droppings, our own temporaries
         if name.lower().endswith(".tar"):
-            yield from _iter_tar(_sibling(root, path))
+            flush()
+            parts.append(InputPart("tar", _sibling(root, info.path).uri, size=info.size))
             continue
-        rows.append({"source_uri": _sibling(root, path).uri if root.is_s3 else f"file://{path}"})
-        if len(rows) >= BATCH_ROWS:
-            yield InputBatch(rows, [])
-            rows = []
-    if rows:
+        files.append(info.path)
+        if len(files) >= FILES_PER_PART:
+            flush()
+    flush()
+    return parts
+
+
+def _iter_files(root: Location, files: tuple[str, ...]) -> Iterator[InputBatch]:
+    for start in range(0, len(files), BATCH_ROWS):
+        rows = [
+            {"source_uri": _sibling(root, path).uri if root.is_s3 else f"file://{path}"}
+            for path in files[start : start + BATCH_ROWS]
+        ]
         yield InputBatch(rows, [])
 
 
@@ -244,14 +343,15 @@ def _json_or_empty(stream: io.BufferedReader | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _iter_list(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
+def _iter_list(loc: Location, config: SourceConfig, part: InputPart) -> Iterator[InputBatch]:
     base = _base(loc.path)
-    if base.endswith(".parquet"):
-        yield from _iter_parquet(loc, config)
-        return
-    with loc.fs.open_input_stream(loc.path, compression=None) as raw:
-        stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else io.BufferedReader(raw)
-        lines = _bounded_lines(stream)
+    if part.start or part.end is not None:
+        opened = _open_range(loc, part.start, part.end)
+    else:
+        opened = io.BufferedReader(loc.fs.open_input_stream(loc.path, compression=None))
+    with opened as raw:
+        stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else raw
+        lines = _bounded_lines(stream, part.first_number)
         if base.endswith(".txt"):
             records = _txt_records(lines)
         elif base.endswith((".csv", ".tsv")):
@@ -264,20 +364,69 @@ def _iter_list(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
             raise ValueError(f"{loc.uri}: truncated or corrupt gzip ({exc})") from exc
 
 
+def _split_text(loc: Location, size: int, part_bytes: int) -> list[InputPart]:
+    """Byte ranges of about ``part_bytes`` that start at the beginning of a line."""
+    starts = [0]
+    with loc.fs.open_input_file(loc.path) as stream:
+        while starts[-1] + part_bytes < size:
+            stream.seek(starts[-1] + part_bytes)
+            position = stream.tell()
+            while chunk := stream.read(1 << 16):  # to the end of the line cut through
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    position += newline + 1
+                    break
+                position += len(chunk)
+            if position >= size:
+                break
+            starts.append(position)
+    ends = [*starts[1:], size]
+    return [
+        InputPart("list", loc.uri, start, end, first_number=0, size=end - start)
+        for start, end in zip(starts, ends, strict=True)
+    ]
+
+
+class _Range(io.RawIOBase):
+    """Bytes ``start`` to ``end`` of a random-access file, as a stream."""
+
+    def __init__(self, stream, start: int, end: int | None) -> None:
+        stream.seek(start)
+        self.stream = stream
+        self.left = (stream.size() if end is None else end) - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(min(len(buffer), self.left)) if self.left > 0 else b""
+        buffer[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def _open_range(loc: Location, start: int, end: int | None) -> io.BufferedReader:
+    return io.BufferedReader(_Range(loc.fs.open_input_file(loc.path), start, end), 1 << 20)
+
+
 # A record: (line or row number, fields or None when unparsable, problem, the row's raw text)
 Record = tuple[int, dict | None, str, str | None]
 # A line of a list: (its number, its text with the line ending, True when cut at MAX_LINE_BYTES)
 Line = tuple[int, str, bool]
 
 
-def _bounded_lines(stream: io.BufferedIOBase) -> Iterator[Line]:
+def _bounded_lines(stream: io.BufferedIOBase, first_number: int = 1) -> Iterator[Line]:
     """The lines of a list, decoded as UTF-8 (a BOM dropped, invalid bytes replaced).
 
     A line longer than ``MAX_LINE_BYTES`` is cut there and the rest of it skipped in bounded
     reads: a list that is one 1 GB line costs a megabyte of memory, not gigabytes.
     """
     limit = MAX_LINE_BYTES
-    number = 0
+    number = first_number - 1
     while line := stream.readline(limit + 1):
         number += 1
         cut = len(line) > limit
@@ -369,28 +518,56 @@ def _jsonl_records(lines: Iterator[Line]) -> Iterator[Record]:
             yield number, None, f"expected a JSON object, got {type(value).__name__}", raw
 
 
-def _iter_parquet(loc: Location, config: SourceConfig) -> Iterator[InputBatch]:
+def _split_parquet(loc: Location, config: SourceConfig, part_bytes: int | None) -> list[InputPart]:
+    """Runs of whole row groups of about ``part_bytes`` (uncompressed) each."""
     with loc.fs.open_input_file(loc.path) as stream:
-        try:
-            parquet = pq.ParquetFile(stream)
-        except (pa.ArrowException, OSError) as exc:
-            raise ValueError(f"{loc.uri}: not a readable Parquet file ({exc})") from exc
-        schema = parquet.schema_arrow
-        if config.url_column not in schema.names:
-            raise ValueError(
-                f"{loc.uri}: no column {config.url_column!r} (columns: "
-                f"{', '.join(schema.names)}); set --url-column"
+        parquet = _open_parquet(loc, stream, config)
+        meta = parquet.metadata
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    size = sum(g.total_byte_size for g in groups)
+    if not part_bytes or len(groups) < 2:
+        return [InputPart("list", loc.uri, size=size)]
+    parts, start, rows, taken = [], 0, 0, 0
+    for g, group in enumerate(groups):
+        taken += group.total_byte_size
+        if taken >= part_bytes or g == len(groups) - 1:
+            parts.append(
+                InputPart("list", loc.uri, start, g + 1, first_number=rows + 1, size=taken)
             )
-        url_type = schema.field(config.url_column).type
-        if pa.types.is_dictionary(url_type):
-            url_type = url_type.value_type
-        if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
-            raise ValueError(
-                f"{loc.uri}: column {config.url_column!r} holds {url_type}, not strings; "
-                "set --url-column to the column of URLs"
-            )
-        first = 1  # row number (1-based) of the batch's first row
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            rows += sum(groups[i].num_rows for i in range(start, g + 1))
+            start, taken = g + 1, 0
+    return parts
+
+
+def _open_parquet(loc: Location, stream, config: SourceConfig) -> pq.ParquetFile:
+    """A Parquet list whose URL column holds strings, else ``ValueError``."""
+    try:
+        parquet = pq.ParquetFile(stream)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{loc.uri}: not a readable Parquet file ({exc})") from exc
+    schema = parquet.schema_arrow
+    if config.url_column not in schema.names:
+        raise ValueError(
+            f"{loc.uri}: no column {config.url_column!r} (columns: "
+            f"{', '.join(schema.names)}); set --url-column"
+        )
+    url_type = schema.field(config.url_column).type
+    if pa.types.is_dictionary(url_type):
+        url_type = url_type.value_type
+    if not (pa.types.is_string(url_type) or pa.types.is_large_string(url_type)):
+        raise ValueError(
+            f"{loc.uri}: column {config.url_column!r} holds {url_type}, not strings; "
+            "set --url-column to the column of URLs"
+        )
+    return parquet
+
+
+def _iter_parquet(loc: Location, config: SourceConfig, part: InputPart) -> Iterator[InputBatch]:
+    with loc.fs.open_input_file(loc.path) as stream:
+        parquet = _open_parquet(loc, stream, config)
+        groups = range(part.start, parquet.num_row_groups if part.end is None else part.end)
+        first = part.first_number  # row number (1-based) of the batch's first row
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=list(groups)):
             rows = pa.Table.from_batches([batch]).to_pylist()
             records = [
                 (first + i, row, "", json.dumps(row, default=str)) for i, row in enumerate(rows)

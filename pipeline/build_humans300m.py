@@ -18,8 +18,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from curation.classify import ClassifierConfig
@@ -35,7 +33,13 @@ from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_i
 from pipeline.lock import OutputBusy, OutputLock
 from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done
 from pipeline.ray_env import check_submitted_job
-from pipeline.resume import finished_keys, next_shard_number, remove_leftovers
+from pipeline.resume import (
+    Finished,
+    finished_by_partition,
+    next_shard_number,
+    remove_leftovers,
+    unfinished_inputs,
+)
 from pipeline.stages import StageConfig, fetch_and_validate
 from schemas.version import version_line
 
@@ -164,12 +168,17 @@ def _run_locked(
 ) -> tuple[int, dict]:
     """Everything that writes the dataset: only ever one job at a time (pipeline.lock)."""
     with phases("plan"):
-        plan = load_or_build_plan(dataset, config.source, config.run.plan_partitions)
+        plan = load_or_build_plan(
+            dataset,
+            config.source,
+            config.run.plan_partitions,
+            ray_above=config.run.plan_ray_above,
+        )
         removed = remove_leftovers(dataset)
         if removed:
             log.warning("removed %d unfinished files of an earlier run", len(removed))
-        done = finished_keys(dataset)
-    log.info("plan: %d unique inputs, %d already finished", plan.rows, len(done))
+        done = finished_by_partition(dataset, plan)
+    log.info("plan: %d unique inputs, %d already finished", plan.rows, done.keys)
     with phases("stream"):
         processed = stream(dataset, plan, done, config, run_id)
     if forget_secrets(dataset, plan):
@@ -203,7 +212,7 @@ def detector_note(config: JobConfig) -> str:
     return config.detector.weights
 
 
-def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig, run_id: str) -> int:
+def stream(dataset: Location, plan: Plan, done: Finished, config: JobConfig, run_id: str) -> int:
     """The streaming pass over unfinished inputs; returns how many inputs it processed."""
     import ray
 
@@ -216,9 +225,7 @@ def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig, run
         det_size=filter_input_size(config.detector, config.classifiers),
         detector_identity=None if config.detector.enabled else json.dumps({"model": "none"}),
     )
-    ds = ray.data.read_parquet([f.path for f in plan.files], filesystem=dataset.fs)
-    if len(done):
-        ds = ds.map_batches(_drop_finished, fn_kwargs={"done": done}, batch_format="pyarrow")
+    ds = unfinished_inputs(dataset, plan, done)
     # one block per fetch batch: blocks are the unit of parallelism across workers
     ds = ds.repartition(target_num_rows_per_block=config.run.batch_size)
     ds = ds.map_batches(
@@ -244,10 +251,6 @@ def stream(dataset: Location, plan: Plan, done: pa.Array, config: JobConfig, run
         # idle process (~70 MB) per job run from the same driver
         ray.kill(counter)
     return sum(s.kept + s.rejected for s in sink.stats)
-
-
-def _drop_finished(batch: pa.Table, done: pa.Array) -> pa.Table:
-    return batch.filter(pc.invert(pc.is_in(batch["key"], value_set=done)))
 
 
 def print_summary(summary: dict, output: str) -> None:

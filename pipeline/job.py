@@ -24,6 +24,7 @@ from curation.sources import SourceConfig
 from curation.storage import Location, write_bytes_atomic
 from curation.validate import ValidateConfig
 from pipeline.config import to_dict
+from pipeline.plan import RAY_ABOVE_BYTES, ROWS_PER_PARTITION
 from pipeline.ray_env import start_ray
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
@@ -59,13 +60,23 @@ class RunConfig:
     )
     batch_size: int = field(default=64, metadata={"help": "inputs per fetch/validate batch"})
     plan_partitions: int = field(
-        default=16, metadata={"help": "partitions of the input plan (more for huge URL lists)"}
+        default=16,
+        metadata={
+            "help": "partitions of the input plan at least (more are used so that none holds "
+            f"over {ROWS_PER_PARTITION:,} inputs)"
+        },
+    )
+    plan_ray_above: int = field(
+        default=RAY_ABOVE_BYTES,
+        metadata={"help": "input bytes (estimated) from which the plan is built on Ray"},
     )
     dedup: bool = field(default=True, metadata={"help": "run the dedup pass after writing"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.plan_partitions < 1:
             raise ValueError("batch_size and plan_partitions must be positive")
+        if self.plan_ray_above < 0:
+            raise ValueError("plan_ray_above must not be negative")
 
 
 @dataclass(kw_only=True)

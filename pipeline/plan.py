@@ -1,10 +1,24 @@
 """The plan: every input the user named, read once, keyed, and split into partitions.
 
-Reading the inputs is the only step that runs on the driver: it streams them (a URL list of any
-length needs only a partition's worth of memory), spreads the rows over hash partitions of their
-key, drops repeated sources (the first listing wins, later ones become ``duplicate_input``
-rejections) and records unusable rows (``curation.sources.Unusable``). The plan is written under
-``_work/`` and marked done, so a rerun with the same inputs skips this step.
+1. Split (driver): each input becomes parts (``curation.sources.split_input``): a folder's
+   files in chunks, each tar, a Parquet list by row groups, a txt/jsonl list by line-aligned
+   byte ranges (a gzipped or csv/tsv list stays whole). Byte ranges get their first line number
+   from a count of the newlines of the ranges before them (one task per range).
+2. Read (a task per part): the part is read with ``curation.sources``' rules, keys are
+   computed, the good rows are staged under ``_work/plan-<id>/stage/`` and the malformed rows
+   (row number and value) become a ``malformed_input`` rejections file. It returns counts.
+3. Resolve: a groupby on the key's hash partition (a Ray Data hash shuffle); per partition
+   the first listing of a source in input order wins (each row carries its part and its place
+   in the part), the survivors are written as ``inputs-<p>.parquet`` and the repeats as
+   ``duplicate_input`` rejections.
+
+The plan is marked done (``DONE.json``) last: a rerun with the same inputs skips every step,
+and a rerun after a crash clears what the crashed build left (its partitions, staged rows and
+rejection files) and builds again. The driver holds the parts, a count row per part and per
+partition: nothing per URL.
+
+Below ``ray_above`` bytes of input (estimated) the same steps run one after another in the
+driver: Ray's fixed costs (a few seconds for tasks and a shuffle) outweigh the work there.
 
 Secrets: the plan is what a rerun fetches, so it keeps each ``source_uri`` in full, signed
 query strings and ``user:pass@`` included; everything the job publishes holds the redacted form
@@ -17,25 +31,40 @@ finished job then reads its inputs again instead of keeping credentials on disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.redact import redact_uri
-from curation.sources import BYTE_RANGE, SourceConfig, iter_inputs
-from curation.storage import Location, delete, exists, list_files, read_bytes, write_bytes_atomic
+from curation.sources import (
+    BYTE_RANGE,
+    InputPart,
+    SourceConfig,
+    count_lines,
+    iter_part,
+    number_parts,
+    split_input,
+)
+from curation.storage import (
+    Location,
+    delete,
+    exists,
+    list_files,
+    locate,
+    read_bytes,
+    write_bytes_atomic,
+)
 from curation.writer import table_to_parquet_bytes, write_rejections
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage, sample_key
-from schemas.layout import WORK_DIR
+from schemas.layout import REJECTIONS_DIR, WORK_DIR
 
 PLAN_SCHEMA = pa.schema(
     [
@@ -44,19 +73,26 @@ PLAN_SCHEMA = pa.schema(
         *((name, pa.string()) for name in PASSTHROUGH_COLUMNS),
         ("extra", pa.string()),
         (BYTE_RANGE, pa.string()),
-        ("order", pa.int64()),  # position among all inputs: the first listing of a source wins
+        # input order: part number << 32 | row within the part; the first listing wins
+        ("order", pa.int64()),
     ]
 )
-REJECTIONS_CHUNK = 100_000
+PART_BYTES = 32 << 20  # a read task's share of a large list (its memory is a few times this)
+ROWS_PER_PARTITION = 1_000_000  # at most, per plan partition (a resolve or resume task's rows)
+STAGED_BATCH_ROWS = 262_144  # rows per block from a staged part into the shuffle
+REJECTIONS_CHUNK = 100_000  # malformed rows per rejections file of a part
+RAY_ABOVE_BYTES = 8 << 20  # estimated input bytes from which the plan runs on Ray (bench)
+ROW_BITS = 32  # rows per part < 2**32: a part is at most PART_BYTES of text or a few row groups
 
 
 @dataclass
 class Plan:
     plan_id: str
-    files: list[Location]  # partitions of unique inputs
+    files: list[Location]  # partitions of unique inputs, inputs-<p>.parquet
     rows: int  # unique inputs to process
     malformed: int
     duplicates: int
+    partitions: int  # the hash partitions keys are spread over (partition_of)
     secrets: int = 0  # inputs whose URL holds a secret (the plan is deleted once done)
 
 
@@ -80,17 +116,295 @@ def plan_is_done(dataset: Location, config: SourceConfig) -> bool:
     return exists(_marker(dataset, config))
 
 
-def load_or_build_plan(dataset: Location, config: SourceConfig, partitions: int = 16) -> Plan:
+def partition_of(keys: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
+    """Plan partition of each key (keys are uniform hex: their first 7 digits spread them)."""
+    head = pc.utf8_slice_codeunits(keys, 0, 7).to_numpy(zero_copy_only=False).astype("S7")
+    digits = _HEX[head.view(np.uint8).reshape(-1, 7)].astype(np.int64)
+    return (digits @ (16 ** np.arange(6, -1, -1, dtype=np.int64))) % partitions
+
+
+_HEX = np.zeros(256, np.int64)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+
+
+def load_or_build_plan(
+    dataset: Location,
+    config: SourceConfig,
+    partitions: int = 16,
+    *,
+    ray_above: int = RAY_ABOVE_BYTES,
+    part_bytes: int = PART_BYTES,
+) -> Plan:
+    """The plan of ``config.inputs`` under ``dataset``'s ``_work/``, built unless already done.
+
+    ``partitions`` is a minimum: more are used so that none holds over ``ROWS_PER_PARTITION``
+    inputs. From ``ray_above`` estimated input bytes the build runs on Ray (already started).
+    """
     pid = plan_id(config)
     folder = dataset.join(WORK_DIR, f"plan-{pid}")
     marker = _marker(dataset, config)
     if exists(marker):
         done = json.loads(read_bytes(marker))
         files = list_files(folder, ".parquet")
-        return Plan(
-            pid, files, done["rows"], done["malformed"], done["duplicates"], done.get("secrets", 0)
+        # a plan built before partitions were counted wrote every one of its partitions
+        partitions = done.get("partitions", len(files))
+        summary = [done[k] for k in ("rows", "malformed", "duplicates")]
+        return Plan(pid, files, *summary, partitions, done.get("secrets", 0))
+    return _Build(dataset, folder, pid, config, partitions, ray_above, part_bytes).run()
+
+
+@dataclass
+class _Build:
+    dataset: Location
+    folder: Location
+    pid: str
+    config: SourceConfig
+    partitions: int
+    ray_above: int
+    part_bytes: int
+
+    def run(self) -> Plan:
+        self._clear()  # whatever a crashed build of this plan left
+        parts = [
+            p
+            for spec in self.config.inputs
+            for p in split_input(spec, self.config, self.part_bytes)
+        ]
+        on_ray = sum(p.size for p in parts) >= self.ray_above
+        parts = self._number(parts, on_ray)
+        context = {
+            "dataset": self.dataset.uri,
+            "stage": self.folder.join("stage").uri,
+            "pid": self.pid,
+            "config": self.config,
+        }
+        read = _read_on_ray(parts, context) if on_ray else _read_here(parts, context)
+        rows = sum(r["rows"] for r in read)
+        partitions = max(self.partitions, -(-rows // ROWS_PER_PARTITION))
+        offsets = np.concatenate([[0], np.cumsum([r["rows"] for r in read])[:-1]]).tolist()
+        context.update(folder=self.folder.uri, partitions=partitions, offsets=offsets)
+        staged = [r["file"] for r in read if r["rows"]]
+        resolved = _resolve_on_ray(staged, context) if on_ray else _resolve_here(staged, context)
+        summary = {
+            "rows": sum(r["rows"] for r in resolved),
+            "malformed": sum(r["malformed"] for r in read),
+            "duplicates": sum(r["duplicates"] for r in resolved),
+            "partitions": partitions,
+            "secrets": sum(r["secrets"] for r in read),
+        }
+        self._clear_stage()
+        write_bytes_atomic(
+            self.folder.join("DONE.json"),
+            json.dumps({"inputs": list(self.config.inputs), **summary}).encode(),
         )
-    return _build(dataset, folder, pid, config, partitions)
+        return Plan(self.pid, list_files(self.folder, ".parquet"), **summary)
+
+    def _number(self, parts: list[InputPart], on_ray: bool) -> list[InputPart]:
+        ranges = [i for i, p in enumerate(parts) if not p.first_number]
+        if not ranges:
+            return parts
+        if on_ray:
+            import ray.data
+
+            items = [{"index": i, "part": _dump(parts[i])} for i in ranges]
+            counted = (
+                ray.data.from_items(items, override_num_blocks=len(items))  # a task per range
+                .map(_count_row)
+                .take_all()
+            )
+            counts = [r["lines"] for r in sorted(counted, key=lambda r: r["index"])]
+        else:
+            counts = [count_lines(parts[i]) for i in ranges]
+        lines = [0] * len(parts)
+        for i, count in zip(ranges, counts, strict=True):
+            lines[i] = count
+        return number_parts(parts, lines)
+
+    def _clear(self) -> None:
+        self._clear_stage()
+        for file in list_files(self.folder):
+            delete(file)
+        for file in list_files(self.dataset.join(REJECTIONS_DIR), ".parquet"):
+            if file.path.rsplit("/", 1)[-1].startswith(f"source-{self.pid}-"):
+                delete(file)
+
+    def _clear_stage(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.folder.fs.delete_dir(self.folder.join("stage").path)
+
+
+def _dump(part: InputPart) -> str:
+    return json.dumps(dataclasses.asdict(part))
+
+
+def _load(text: str) -> InputPart:
+    fields = json.loads(text)
+    return InputPart(**{**fields, "files": tuple(fields["files"])})
+
+
+def _count_row(row: dict) -> dict:
+    return {"index": row["index"], "lines": count_lines(_load(row["part"]))}
+
+
+# -- read: one task per part ---------------------------------------------------------------
+
+
+def _read_here(parts: list[InputPart], context: dict) -> list[dict]:
+    return [read_part(index, part, context) for index, part in enumerate(parts)]
+
+
+def _read_on_ray(parts: list[InputPart], context: dict) -> list[dict]:
+    import ray.data
+
+    items = [{"index": i, "part": _dump(p)} for i, p in enumerate(parts)]
+    read = (
+        ray.data.from_items(items, override_num_blocks=len(items))  # a task per part
+        .map(_read_row, fn_kwargs={"context": context})
+        .take_all()
+    )
+    return sorted(read, key=lambda r: r["index"])
+
+
+def _read_row(row: dict, context: dict) -> dict:
+    return read_part(row["index"], _load(row["part"]), context)
+
+
+def read_part(index: int, part: InputPart, context: dict) -> dict:
+    """Read one part: stage its keyed rows, publish its malformed rows; returns its counts.
+
+    Streams: a part that cannot be split (a gzipped list) may hold any number of rows, so
+    rows go to the staged Parquet file batch by batch and malformed rows out in chunks.
+    """
+    config = context["config"]
+    dataset = locate(context["dataset"])
+    file = locate(context["stage"]).join(f"{index:06d}.parquet")
+    malformed: list[dict] = []
+    rows = chunks = bad = secrets = 0
+    # Staged in place, never in a temporary folder outside the dataset: the rows hold full URLs
+    # (secrets included), and the rebuild after a kill -9 clears the stage folder. Locally a
+    # hidden name until complete; an S3 object appears only once its upload completes.
+    folder, name = file.path.rsplit("/", 1)
+    partial = file.path if dataset.is_s3 else f"{folder}/.{name}.tmp"
+    file.fs.create_dir(folder)
+    with (
+        file.fs.open_output_stream(partial) as out,
+        pq.ParquetWriter(out, PLAN_SCHEMA, compression="zstd") as writer,
+    ):
+        for batch in iter_part(part, config):
+            malformed.extend(item.rejection() for item in batch.malformed)
+            for row in batch.rows:
+                row["key"] = sample_key(row["source_uri"])  # the full URL: stable keys
+                secrets += redact_uri(row["source_uri"]) != row["source_uri"]
+                row["order"] = (index << ROW_BITS) | rows
+                rows += 1
+            if batch.rows:
+                writer.write_table(pa.Table.from_pylist(batch.rows, schema=PLAN_SCHEMA))
+            if len(malformed) >= REJECTIONS_CHUNK:
+                _publish_malformed(dataset, context, index, chunks, malformed)
+                bad, chunks, malformed = bad + len(malformed), chunks + 1, []
+    if rows >= 1 << ROW_BITS:
+        raise ValueError(f"{part.uri}: over {1 << ROW_BITS} rows in one part")
+    if partial != file.path:
+        file.fs.move(partial, file.path)
+    if malformed:
+        _publish_malformed(dataset, context, index, chunks, malformed)
+    return {
+        "index": index,
+        "file": file.uri,
+        "rows": rows,
+        "malformed": bad + len(malformed),
+        "secrets": secrets,
+    }
+
+
+def _publish_malformed(
+    dataset: Location, context: dict, index: int, chunk: int, rows: list[dict]
+) -> None:
+    write_rejections(dataset, f"source-{context['pid']}-malformed-{index:06d}-{chunk:04d}", rows)
+
+
+# -- resolve: a groupby on the key's partition ----------------------------------------------
+
+
+def _resolve_here(staged: list[str], context: dict) -> list[dict]:
+    if not staged:
+        return []
+    table = pa.concat_tables(_read_staged(pa.table({"file": staged}), context["partitions"]))
+    out = []
+    for p in np.unique(table["partition"].to_numpy()):
+        group = table.filter(pc.equal(table["partition"], int(p)))
+        out += _resolve_group(group, context).to_pylist()
+    return out
+
+
+def _resolve_on_ray(staged: list[str], context: dict) -> list[dict]:
+    if not staged:
+        return []
+    import ray.data
+
+    partitions = context["partitions"]
+    return (
+        ray.data.from_items([{"file": uri} for uri in staged], override_num_blocks=len(staged))
+        .map_batches(_read_staged, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
+        .groupby("partition", num_partitions=partitions)
+        .map_groups(_resolve_group, fn_kwargs={"context": context}, batch_format="pyarrow")
+        .take_all()
+    )
+
+
+def _read_staged(item: pa.Table, partitions: int) -> Iterator[pa.Table]:
+    """The staged rows of the files named in ``item``, in batches, with their partition.
+
+    Read here rather than by ``ray.data.read_parquet``, whose V2 reader starts actors for
+    every read (see pipeline.ray_env) and may cut a file into many small blocks.
+    """
+    for uri in item["file"].to_pylist():
+        file = locate(uri)
+        with file.fs.open_input_file(file.path) as stream:
+            for batch in pq.ParquetFile(stream).iter_batches(batch_size=STAGED_BATCH_ROWS):
+                yield _with_partition(pa.Table.from_batches([batch]), partitions)
+
+
+def _with_partition(table: pa.Table, partitions: int) -> pa.Table:
+    return table.append_column("partition", pa.array(partition_of(table["key"], partitions)))
+
+
+def _resolve_group(table: pa.Table, context: dict) -> pa.Table:
+    """One plan partition: keep each key's first listing, write it and the repeats' rejections."""
+    partition = table["partition"][0].as_py()
+    table = table.drop_columns(["partition"]).sort_by(
+        [("key", "ascending"), ("order", "ascending")]
+    )
+    keys = table["key"].combine_chunks()
+    first = np.ones(len(keys), bool)
+    if len(keys) > 1:
+        first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    unique = table.filter(pa.array(first)).sort_by("order")
+    folder = locate(context["folder"])
+    write_bytes_atomic(
+        folder.join(f"inputs-{partition:04d}.parquet"), table_to_parquet_bytes(unique)
+    )
+    repeats = np.flatnonzero(~first)
+    if len(repeats):
+        winner = np.flatnonzero(first)[np.cumsum(first) - 1]  # each row's first listing
+        order = table["order"].to_numpy()
+        offsets = np.asarray(context["offsets"], np.int64)
+        position = offsets[order >> ROW_BITS] + (order & ((1 << ROW_BITS) - 1))
+        now = dt.datetime.now(dt.UTC)
+        uris = [redact_uri(u) for u in table["source_uri"].take(pa.array(repeats)).to_pylist()]
+        rows = [
+            {"key": keys[int(i)].as_py(), "source_uri": uri, "stage": str(Stage.SOURCE),
+             "reason": str(Reason.DUPLICATE_INPUT),
+             "detail": f"input #{position[i]} repeats input #{position[winner[i]]}",
+             "rejected_at": now}
+            for i, uri in zip(repeats, uris, strict=True)
+        ]  # fmt: skip
+        name = f"source-{context['pid']}-duplicates-{partition:04d}"
+        write_rejections(locate(context["dataset"]), name, rows)
+    return pa.table(
+        {"partition": [partition], "rows": [unique.num_rows], "duplicates": [len(repeats)]}
+    )
 
 
 def forget_secrets(dataset: Location, plan: Plan) -> bool:
@@ -101,104 +415,6 @@ def forget_secrets(dataset: Location, plan: Plan) -> bool:
     delete(folder.join("DONE.json"))  # first: a half-deleted plan is never taken as done
     for file in list_files(folder, ".parquet"):
         delete(file)
+    with contextlib.suppress(FileNotFoundError):  # the finished keys of its partitions
+        folder.fs.delete_dir(folder.join("finished").path)
     return True
-
-
-def _build(
-    dataset: Location, folder: Location, pid: str, config: SourceConfig, partitions: int
-) -> Plan:
-    malformed: list[dict] = []
-    order = secrets = 0
-    with _scratch(dataset, pid) as tmp:
-        writers = [
-            pq.ParquetWriter(os.path.join(tmp, f"{p:04d}.parquet"), PLAN_SCHEMA)
-            for p in range(partitions)
-        ]
-        for spec in config.inputs:
-            for batch in iter_inputs(spec, config):
-                malformed.extend(item.rejection() for item in batch.malformed)
-                rows = batch.rows
-                for row in rows:
-                    row["key"] = sample_key(row["source_uri"])  # the full URL: stable keys
-                    secrets += redact_uri(row["source_uri"]) != row["source_uri"]
-                    row["order"] = order
-                    order += 1
-                _spread(rows, writers)
-        for writer in writers:
-            writer.close()
-        rows, duplicates = 0, []
-        for p in range(partitions):
-            unique, repeated = _dedupe(pq.read_table(os.path.join(tmp, f"{p:04d}.parquet")))
-            duplicates.extend(repeated)
-            rows += unique.num_rows
-            write_bytes_atomic(
-                folder.join(f"inputs-{p:04d}.parquet"), table_to_parquet_bytes(unique)
-            )
-    rejected = malformed + duplicates
-    for start in range(0, len(rejected), REJECTIONS_CHUNK):
-        chunk = rejected[start : start + REJECTIONS_CHUNK]
-        write_rejections(dataset, f"source-{pid}-{start // REJECTIONS_CHUNK:05d}", chunk)
-    summary = {
-        "rows": rows, "malformed": len(malformed), "duplicates": len(duplicates), "secrets": secrets
-    }  # fmt: skip
-    write_bytes_atomic(
-        folder.join("DONE.json"), json.dumps({"inputs": list(config.inputs), **summary}).encode()
-    )
-    files = list_files(folder, ".parquet")
-    return Plan(pid, files, rows, len(malformed), len(duplicates), secrets)
-
-
-@contextlib.contextmanager
-def _scratch(dataset: Location, pid: str) -> Iterator[str]:
-    """A private local folder for the partitions being built, removed once they are written.
-
-    They hold full URLs, secrets included. The folder's name is fixed per output and plan, so
-    the rerun that follows a kill -9 removes what the killed build left behind in it.
-    """
-    name = hashlib.sha256(f"{dataset.uri}\0{pid}".encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"humans300m-plan-{name}")
-    shutil.rmtree(path, ignore_errors=True)
-    os.mkdir(path, mode=0o700)  # fails if someone else made it meanwhile: never shared
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _spread(rows: list[dict], writers: list[pq.ParquetWriter]) -> None:
-    """Append rows to the partition of their key (keys are uniform hex: any prefix spreads)."""
-    if not rows:
-        return
-    table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-    part = pa.array([int(row["key"][:7], 16) % len(writers) for row in rows], pa.int64())
-    for p in range(len(writers)):
-        chunk = table.filter(pc.equal(part, p))
-        if chunk.num_rows:
-            writers[p].write_table(chunk)
-
-
-def _dedupe(table: pa.Table) -> tuple[pa.Table, list[dict]]:
-    """Unique keys (first by order) and the rejection rows of the repeats."""
-    table = table.sort_by("order")
-    seen: dict[str, int] = {}
-    keep = []
-    repeated = []
-    now = dt.datetime.now(dt.UTC)
-    for i, (key, uri, position) in enumerate(
-        zip(
-            table["key"].to_pylist(),
-            table["source_uri"].to_pylist(),
-            table["order"].to_pylist(),
-            strict=True,
-        )
-    ):
-        if key in seen:
-            repeated.append(
-                {"key": key, "source_uri": redact_uri(uri), "stage": str(Stage.SOURCE),
-                 "reason": str(Reason.DUPLICATE_INPUT),
-                 "detail": f"input #{position} repeats input #{seen[key]}", "rejected_at": now}
-            )  # fmt: skip
-        else:
-            seen[key] = position
-            keep.append(i)
-    return table.take(pa.array(keep, pa.int64())), repeated

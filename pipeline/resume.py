@@ -4,19 +4,40 @@ A sample is finished once its key is in a published manifest or in a rejections 
 than the plan's ``duplicate_input`` rows, whose key belongs to the first listing). Everything
 else a killed run left behind (a tar whose manifest never appeared, temporary files) is removed,
 and its samples are processed again; a dedup rewrite it had decided is published first.
+
+Finished keys are never gathered in one place: they are spread over the plan's partitions
+(``finished_by_partition``, a groupby on the same hash partition as the plan's, on Ray from
+``ray_above`` finished rows) into ``finished-<p>.parquet`` files, and the task that reads plan
+partition ``p`` drops the keys of ``finished-<p>`` only (``unfinished_inputs``): its time and
+memory follow its own partition, not the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from curation.dedup.apply import finish_commits
-from curation.storage import Location, delete, list_files
+from curation.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
+from curation.writer import table_to_parquet_bytes
+from pipeline.plan import Plan, partition_of
 from schemas import Reason
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SHARDS_DIR, WORK_DIR, shard_of
+
+if TYPE_CHECKING:
+    import ray.data
+
+RAY_ABOVE_ROWS = 200_000  # finished rows from which they are spread over partitions on Ray
+UNFINISHED_BATCH_ROWS = 65_536  # rows per block handed to the stream
 
 
 def remove_leftovers(dataset: Location) -> list[str]:
@@ -61,19 +82,116 @@ def next_shard_number(dataset: Location) -> int:
     return max(shards, default=-1) + 1
 
 
-def finished_keys(dataset: Location) -> pa.Array:
-    """Keys of every sample already kept or rejected (unique, as a string array)."""
-    keys = [_column(dataset.join(MANIFESTS_DIR), None)]
-    keys.append(
-        _column(dataset.join(REJECTIONS_DIR), pc.field("reason") != str(Reason.DUPLICATE_INPUT))
+@dataclass
+class Finished:
+    """Finished keys split by plan partition: the driver keeps their folder and count only."""
+
+    folder: Location  # finished-<p>.parquet: the unique finished keys of plan partition p
+    keys: int
+
+
+def finished_by_partition(
+    dataset: Location, plan: Plan, ray_above: int = RAY_ABOVE_ROWS
+) -> Finished:
+    """Spread the keys of every sample already kept or rejected over ``plan``'s partitions.
+
+    Recomputed on every run (the dataset changed since the last one). Below ``ray_above``
+    manifest and rejection rows (counted from Parquet footers) the driver does it; from there
+    a Ray Data groupby on the partition does.
+    """
+    folder = dataset.join(WORK_DIR, f"plan-{plan.plan_id}", "finished")
+    with contextlib.suppress(FileNotFoundError):
+        folder.fs.delete_dir(folder.path)
+    manifests = [f.path for f in list_files(dataset.join(MANIFESTS_DIR), ".parquet")]
+    rejections = [f.path for f in list_files(dataset.join(REJECTIONS_DIR), ".parquet")]
+    context = {"folder": folder.uri, "partitions": plan.partitions}
+    rows = sum(pq.read_metadata(p, filesystem=dataset.fs).num_rows for p in manifests + rejections)
+    if not rows:
+        return Finished(folder, 0)
+    if rows < ray_above:
+        fs = dataset.fs
+        tables = [_read_keys(fs, manifests, None), _read_keys(fs, rejections, _REDONE)]
+        keys = _keyed(pa.concat_tables(tables), plan.partitions)
+        counts = [
+            _write_finished(keys.filter(pc.equal(keys["partition"], int(p))), context)
+            for p in np.unique(keys["partition"].to_numpy())
+        ]
+        return Finished(folder, sum(c["keys"][0].as_py() for c in counts))
+    import ray.data
+
+    files = [{"file": path, "rejections": False} for path in manifests]
+    files += [{"file": path, "rejections": True} for path in rejections]
+    counts = (
+        ray.data.from_items(files, override_num_blocks=len(files))  # a task per file
+        .map_batches(_read_finished, fn_kwargs=context, batch_format="pyarrow")
+        .groupby("partition", num_partitions=plan.partitions)
+        .map_groups(_write_finished, fn_kwargs={"context": context}, batch_format="pyarrow")
+        .take_all()
     )
-    merged = pa.chunked_array([k for k in keys if len(k)], pa.string()).combine_chunks()
-    return pc.unique(pc.drop_null(merged))
+    return Finished(folder, sum(c["keys"] for c in counts))
 
 
-def _column(folder: Location, where) -> pa.Array:
-    files = list_files(folder, ".parquet")
-    if not files:
-        return pa.array([], pa.string())
-    ds = pads.dataset([f.path for f in files], filesystem=folder.fs, format="parquet")
-    return ds.to_table(columns=["key"], filter=where)["key"].combine_chunks()
+def _read_finished(items: pa.Table, folder: str, partitions: int) -> pa.Table:
+    fs = locate(folder).fs
+    tables = [
+        _read_keys(fs, [path], _REDONE if rejections else None)
+        for path, rejections in zip(
+            items["file"].to_pylist(), items["rejections"].to_pylist(), strict=True
+        )
+    ]
+    return _keyed(pa.concat_tables(tables), partitions)
+
+
+# a rejection finishes its sample, but a duplicate_input row's key belongs to the first listing
+_REDONE = pc.field("reason") != str(Reason.DUPLICATE_INPUT)
+
+
+def _read_keys(fs: pafs.FileSystem, paths: list[str], where) -> pa.Table:
+    if not paths:
+        return pa.table({"key": pa.array([], pa.string())})
+    ds = pads.dataset(paths, filesystem=fs, format="parquet")
+    return ds.to_table(columns=["key"], filter=where)
+
+
+def _keyed(batch: pa.Table, partitions: int) -> pa.Table:
+    """The keys of ``batch`` without nulls (malformed inputs), with their plan partition."""
+    keys = pc.drop_null(batch["key"])
+    return pa.table({"key": keys, "partition": partition_of(keys, partitions)})
+
+
+def _write_finished(group: pa.Table, context: dict) -> pa.Table:
+    partition = group["partition"][0].as_py()
+    keys = pa.table({"key": pc.unique(group["key"].combine_chunks())})
+    file = locate(context["folder"]).join(f"finished-{partition:04d}.parquet")
+    write_bytes_atomic(file, table_to_parquet_bytes(keys))
+    return pa.table({"partition": [partition], "keys": [keys.num_rows]})
+
+
+def unfinished_inputs(dataset: Location, plan: Plan, finished: Finished) -> ray.data.Dataset:
+    """The plan's inputs without the finished ones, as a Ray Dataset (one task a partition)."""
+    import ray.data
+
+    paths = [f.path for f in plan.files]
+    if not finished.keys:
+        return ray.data.read_parquet(paths, filesystem=dataset.fs)
+    return ray.data.from_items(
+        [{"file": f.uri} for f in plan.files], override_num_blocks=len(plan.files)
+    ).map_batches(
+        _unfinished,
+        batch_size=1,
+        fn_kwargs={"finished": finished.folder.uri},
+        batch_format="pyarrow",
+    )
+
+
+def _unfinished(item: pa.Table, finished: str) -> Iterator[pa.Table]:
+    """The rows of one plan partition file whose key is not in the same partition's finished."""
+    plan_file = locate(item["file"][0].as_py())
+    partition = plan_file.path.rsplit("-", 1)[1].split(".")[0]
+    done = locate(finished).join(f"finished-{partition}.parquet")
+    table = pq.read_table(plan_file.path, filesystem=plan_file.fs)
+    if exists(done):
+        keys = pq.read_table(done.path, filesystem=done.fs)["key"].combine_chunks()
+        table = table.filter(pc.invert(pc.is_in(table["key"], value_set=keys)))
+    for start in range(0, table.num_rows, UNFINISHED_BATCH_ROWS):
+        yield table.slice(start, UNFINISHED_BATCH_ROWS)

@@ -69,3 +69,36 @@ def test_killed_job_completes_on_rerun_without_loss_or_duplicates(tmp_path):
     check_outcomes(corpus, rows, rejections)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["counts"]["inputs"] == len(corpus.inputs) + corpus.malformed_rows
+
+
+@pytest.mark.slow
+def test_job_killed_during_a_distributed_plan_completes_on_rerun(tmp_path):
+    with CrawlServer() as server:
+        corpus = build_corpus(server, tmp_path, good=6)
+        output = tmp_path / "out"
+        args = job_args(corpus.url_list, output, "--plan-ray-above", "0")  # the plan on Ray
+        job = _start(args)
+        deadline = time.monotonic() + 300
+        while job.poll() is None and time.monotonic() < deadline:
+            # a part read and staged, the plan not done: its groupby is still to come or running
+            staged = list(output.glob("_work/plan-*/stage/*.parquet"))
+            if staged and not list(output.glob("_work/plan-*/DONE.json")):
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"the plan ended before it was seen staged: {job.stderr.read()[-2000:]!r}")
+        assert (
+            not list(output.glob("_work/plan-*/DONE.json")) and not (output / "manifests").exists()
+        )
+
+        rerun = _start(args)
+        _, err = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, err.decode()[-3000:]
+
+    rows, rejections = check_dataset(output)
+    check_outcomes(corpus, rows, rejections)  # one malformed row, one duplicate_input row
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["counts"]["inputs"] == len(corpus.inputs) + corpus.malformed_rows
+    assert not list(output.glob("_work/plan-*/stage"))
