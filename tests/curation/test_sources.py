@@ -498,3 +498,32 @@ def test_a_one_gigabyte_line_is_read_in_bounded_memory(tmp_path):
         ("2", f"line longer than {MAX_LINE_BYTES} bytes")
     ]
     assert peak < 8 * MAX_LINE_BYTES, peak
+
+
+@pytest.mark.parametrize("name", ["urls.txt", "urls.jsonl", "urls.parquet"])
+def test_parts_read_what_the_whole_input_reads(tmp_path, name):
+    from curation.sources import count_lines, iter_part, number_parts, split_input
+
+    urls = [f"http://a.example/{i}.jpg" if i % 37 else f"bad {i}" for i in range(2000)]
+    path = tmp_path / name
+    if name.endswith(".txt"):
+        path.write_text(
+            "".join(f"{u}\n" if i % 50 else f"\n# c\n{u}\n" for i, u in enumerate(urls))
+        )
+    elif name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps({"url": u}) + "\n" for u in urls))
+    else:
+        pq.write_table(pa.table({"url": urls}), path, row_group_size=128)
+    config = SourceConfig()
+    parts = split_input(str(path), config, part_bytes=2048)
+    assert len(parts) > 5
+    parts = number_parts(parts, [count_lines(p) if not p.first_number else 0 for p in parts])
+    rows, malformed = [], []
+    for part in reversed(parts):  # any order: each part knows its first row number
+        for batch in iter_part(part, config):
+            rows += batch.rows
+            malformed += [(m.where, m.detail, m.raw) for m in batch.malformed]
+    whole_rows, whole_malformed = _all(str(path))
+    assert sorted(r["source_uri"] for r in rows) == sorted(r["source_uri"] for r in whole_rows)
+    assert sorted(malformed) == sorted((m.where, m.detail, m.raw) for m in whole_malformed)
+    assert len(malformed) == 55
