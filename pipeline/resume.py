@@ -150,7 +150,8 @@ def _read_keys(fs: pafs.FileSystem, paths: list[str], where) -> pa.Table:
     if not paths:
         return pa.table({"key": pa.array([], pa.string())})
     ds = pads.dataset(paths, filesystem=fs, format="parquet")
-    return ds.to_table(columns=["key"], filter=where)
+    # one schema for both kinds: a manifest's key is "not null", a rejection's may be null
+    return pa.table({"key": ds.to_table(columns=["key"], filter=where)["key"]})
 
 
 def _keyed(batch: pa.Table, partitions: int) -> pa.Table:

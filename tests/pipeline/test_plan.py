@@ -157,7 +157,13 @@ def test_unfinished_inputs_drop_each_partitions_finished_keys(tmp_path, on_ray):
     rows = [{"key": k, "source_uri": "x", "stage": "fetch", "reason": "http_error",
              "detail": "", "rejected_at": now} for k in finished]  # fmt: skip
     write_rejections(dataset, "fetch-a", rows[:500])
-    write_rejections(dataset, "fetch-b", rows[500:])
+    write_rejections(dataset, "fetch-b", rows[500:900])
+    # kept samples: a manifest's key column is "not null", unlike a rejection's
+    (tmp_path / "out" / "manifests").mkdir()
+    kept = pa.schema([pa.field("key", pa.string(), nullable=False)])
+    pq.write_table(
+        pa.table({"key": finished[900:]}, schema=kept), tmp_path / "out/manifests/000000.parquet"
+    )
     # a duplicate_input row names the first listing's key: it does not finish that sample
     other = {
         **rows[0],
