@@ -118,8 +118,9 @@ def test_signed_lists_in_every_format_killed_and_rerun_leave_no_secret(tmp_path)
 
 
 def test_a_plan_build_killed_midway_leaves_secrets_only_until_the_rerun(tmp_path, monkeypatch):
-    """kill -9 while the plan is being built: its scratch partitions (full URLs) stay on local
-    disk; the rerun removes them before building again and its own once done."""
+    """kill -9 while the plan is being built: its staged rows (full URLs) stay under the
+    output's private _work/, never in a temporary folder; the rerun removes them before building
+    again and its own once done."""
     import multiprocessing
     import os
     import signal
@@ -136,24 +137,28 @@ def test_a_plan_build_killed_midway_leaves_secrets_only_until_the_rerun(tmp_path
     urls.write_text("".join(f"http://a.example/{i}.jpg?sig=SECRET-{i}\n" for i in range(20)))
     dataset = locate(str(tmp_path / "out"))
     config = SourceConfig(inputs=(str(urls),))
-    real = plan_module.iter_inputs
+    real = plan_module.iter_part
 
-    def dies_after_one_batch(spec, source_config):
-        for batch in real(spec, source_config):
+    def dies_after_one_batch(part, source_config):
+        for batch in real(part, source_config):
             yield batch
             os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(plan_module, "iter_inputs", dies_after_one_batch)
+    monkeypatch.setattr(plan_module, "iter_part", dies_after_one_batch)
     killed = multiprocessing.get_context("fork").Process(
         target=plan_module.load_or_build_plan, args=(dataset, config, 4)
     )
     killed.start()
     killed.join(60)
     assert killed.exitcode == -signal.SIGKILL
-    assert [p for p in scratch.rglob("*") if p.is_file()]  # what the killed build left
-    monkeypatch.setattr(plan_module, "iter_inputs", real)
+    stage = list((tmp_path / "out" / "_work").glob("plan-*/stage/*"))
+    assert stage  # what the killed build left, under _work/ only
+    assert not list(scratch.iterdir())
+    monkeypatch.setattr(plan_module, "iter_part", real)
     plan = plan_module.load_or_build_plan(dataset, config, 4)
     assert (plan.rows, plan.secrets) == (20, 20)
-    assert not list(scratch.iterdir())
+    assert not any(p.exists() for p in stage) and not list(scratch.iterdir())
     assert plan_module.forget_secrets(dataset, plan)
-    assert not [p for p in (tmp_path / "out").rglob("*.parquet") if b"SECRET-" in p.read_bytes()]
+    assert not [
+        p for p in (tmp_path / "out").rglob("*") if p.is_file() and b"SECRET-" in p.read_bytes()
+    ]
