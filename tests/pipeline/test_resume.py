@@ -74,7 +74,7 @@ def test_killed_job_completes_on_rerun_without_loss_or_duplicates(tmp_path):
 @pytest.mark.slow
 def test_job_killed_during_a_distributed_plan_completes_on_rerun(tmp_path):
     with CrawlServer() as server:
-        corpus = build_corpus(server, tmp_path, good=6)
+        corpus = build_corpus(server, tmp_path, good=7)  # g6 is the URL listed twice
         output = tmp_path / "out"
         args = job_args(corpus.url_list, output, "--plan-ray-above", "0")  # the plan on Ray
         job = _start(args)
