@@ -1,0 +1,110 @@
+"""Per-host limits: tokens are exclusive, spaced for the rate, kept briefly and given back."""
+
+import threading
+import time
+from collections import defaultdict
+
+from curation import politeness
+from curation.politeness import HostSlots, LocalSlots, SlotTable
+
+
+def _hammer(slots, hosts, per_host, seconds=0.02):
+    """Run ``per_host`` threads per host through ``slots``; returns (max in flight, starts)."""
+    lock = threading.Lock()
+    now: dict[str, int] = defaultdict(int)
+    peak: dict[str, int] = defaultdict(int)
+    starts: dict[str, list[float]] = defaultdict(list)
+
+    def one(host):
+        with slots.slot(host):
+            with lock:
+                now[host] += 1
+                peak[host] = max(peak[host], now[host])
+                starts[host].append(time.monotonic())
+            time.sleep(seconds)
+            with lock:
+                now[host] -= 1
+
+    threads = [threading.Thread(target=one, args=(h,)) for h in hosts for _ in range(per_host)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return dict(peak), starts
+
+
+def test_concurrency_per_host_is_capped_and_reached():
+    peak, _ = _hammer(LocalSlots(concurrency=2, rate=0), ["a", "b", "c"], per_host=10)
+    assert peak == {"a": 2, "b": 2, "c": 2}
+
+
+def test_rate_per_host_spaces_requests(monkeypatch):
+    # 2 tokens at 20 requests/s: each token starts a request at most every 0.1 s
+    clock = {"t": 1000.0}
+
+    class FakeTime:
+        time = staticmethod(lambda: clock["t"])
+        monotonic = staticmethod(lambda: clock["t"])
+
+        @staticmethod
+        def sleep(seconds):
+            clock["t"] += seconds
+
+    monkeypatch.setattr(politeness, "time", FakeTime)
+    slots = LocalSlots(concurrency=2, rate=20)
+    starts = []
+    for _ in range(6):
+        with slots.slot("a"):
+            starts.append(round(clock["t"] - 1000.0, 6))
+    assert starts == [0.0, 0.0, 0.1, 0.1, 0.2, 0.2]
+    # a token's spacing travels with it: another host has its own tokens
+    with slots.slot("b"):
+        assert round(clock["t"] - 1000.0, 6) == 0.2
+
+
+def test_rate_holds_across_threads():
+    _, starts = _hammer(LocalSlots(concurrency=2, rate=40), ["a"], per_host=10, seconds=0.0)
+    times = sorted(starts["a"])
+    assert times[-1] - times[0] >= (10 - 2) / 40 - 0.01  # delays only make it longer
+
+
+def test_tokens_are_kept_for_the_next_request_then_given_back():
+    table = SlotTable(4)
+    calls = {"acquire": 0, "release": []}
+
+    def acquire(host, timeout):
+        calls["acquire"] += 1
+        return table.acquire(host, None)
+
+    def release(host, token):
+        calls["release"].append(token)
+        table.release(host, token)
+
+    slots = HostSlots(acquire, release, concurrency=4, rate=0, hold_s=10.0)
+    for _ in range(20):
+        with slots.slot("h"):
+            pass
+    assert calls["acquire"] == 1 and calls["release"] == []  # one token, reused
+    assert table.busy("h") == 1
+    slots.release_idle()
+    assert len(calls["release"]) == 1 and table.busy("h") == 0
+    # without keeping, every request asks the owner
+    slots = HostSlots(acquire, release, concurrency=4, rate=0, hold_s=0.0)
+    for _ in range(5):
+        with slots.slot("h"):
+            pass
+    assert calls["acquire"] == 6 and table.busy("h") == 0
+
+
+def test_waiters_are_served_in_order_and_idle_hosts_forgotten():
+    from concurrent.futures import Future
+
+    table = SlotTable(1)
+    token = table.acquire("h", None)
+    first, second = Future(), Future()
+    assert table.acquire("h", first) is None and table.acquire("h", second) is None
+    first.cancel()  # its caller went away: skipped
+    table.release("h", token)
+    assert second.result(timeout=1) == token and not first.done() or first.cancelled()
+    table.release("h", second.result())
+    assert table.busy("h") == 0 and table._free == {}
