@@ -317,6 +317,8 @@ def run_ours(urls: Path, out: Path, log: Path, extra: list[str]) -> tuple[dict, 
         "--output", str(out), "--detector", "none", "--fetch-allow-private-addresses", *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # on a loaded machine a raylet can take longer to register than Ray's default wait
+    env.setdefault("RAY_raylet_start_wait_time_s", "120")
     result = measure(cmd, ROOT, env, log)
     summary = json.loads((out / "summary.json").read_text())
     result["phases"] = summary.get("phases_s", {})
@@ -413,7 +415,7 @@ def main() -> None:
                         r, kept = run_img2dataset(exe, urls, out, log)
                     else:
                         extra = ours_extra + (
-                            ["--fetch-per-host-limit", "none"] if "off" in tool else []
+                            ["--no-fetch-cluster-wide-limits"] if "off" in tool else []
                         )
                         r, kept = run_ours(urls, out, log, extra)
                     results.setdefault((tool, n), []).append(r)
