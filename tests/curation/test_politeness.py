@@ -108,3 +108,20 @@ def test_waiters_are_served_in_order_and_idle_hosts_forgotten():
     assert second.result(timeout=1) == token and not first.done() or first.cancelled()
     table.release("h", second.result())
     assert table.busy("h") == 0 and table._free == {}
+
+
+def test_a_slot_not_had_in_time_is_refused_and_no_token_is_lost():
+    slots = LocalSlots(concurrency=1, rate=0)
+    table = slots._table
+    with slots.slot("h") as got:
+        assert got
+        with slots.slot("h", timeout=0.05) as late:
+            assert not late
+    assert table.busy("h") == 0  # the waiter gave up cleanly: the one token is back
+    # at 1 request/s the next start is a second away: a 0.05 s budget is refused
+    slots = LocalSlots(concurrency=1, rate=1)
+    with slots.slot("h", timeout=0.05) as first:
+        assert first
+    with slots.slot("h", timeout=0.05) as second:
+        assert not second
+    assert slots._table.busy("h") == 0
