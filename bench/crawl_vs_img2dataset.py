@@ -317,8 +317,10 @@ def run_ours(urls: Path, out: Path, log: Path, extra: list[str]) -> tuple[dict, 
         "--output", str(out), "--detector", "none", "--fetch-allow-private-addresses", *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # on a loaded machine a raylet can take longer to register than Ray's default wait
+    # on a loaded machine (load average 20-40 here) Ray's start-up waits time out: the raylet
+    # registering, and its agents writing their ports (the raylet then aborts)
     env.setdefault("RAY_raylet_start_wait_time_s", "120")
+    env.setdefault("RAY_agent_register_timeout_ms", "120000")
     result = measure(cmd, ROOT, env, log)
     summary = json.loads((out / "summary.json").read_text())
     result["phases"] = summary.get("phases_s", {})
