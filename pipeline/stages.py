@@ -50,7 +50,7 @@ _FETCHERS: dict[str, Fetcher] = {}
 def _fetcher(config: StageConfig) -> Fetcher:
     """One fetcher per worker process, config and job: connection pools are reused across
     tasks, and the job's per-host limits go through its limiter actors."""
-    key = repr(config.fetch) + "".join(a._actor_id.hex() for a in config.limiters)
+    key = repr(config.fetch) + repr(config.limiters)  # an actor's repr holds its id
     if key not in _FETCHERS:
         slots = None
         if config.limiters:
