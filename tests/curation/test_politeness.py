@@ -125,3 +125,25 @@ def test_a_slot_not_had_in_time_is_refused_and_no_token_is_lost():
     with slots.slot("h", timeout=0.05) as second:
         assert not second
     assert slots._table.busy("h") == 0
+
+
+def test_threads_of_a_process_share_its_kept_tokens_instead_of_queueing_at_the_owner():
+    # the owner has 2 tokens; this process's 8 requests must all run on the 2 it keeps, and the
+    # thread left asking the owner at the end gets one back through it (no deadlock)
+    from concurrent.futures import Future
+
+    table = SlotTable(2)
+    asked = []
+
+    def acquire(host, timeout):
+        asked.append(host)
+        waiter = Future()
+        token = table.acquire(host, waiter)
+        return token if token is not None else waiter.result(timeout=5)
+
+    slots = HostSlots(acquire, table.release, concurrency=2, rate=0, hold_s=10.0)
+    started = time.monotonic()
+    peak, _ = _hammer(slots, ["h"], per_host=8, seconds=0.05)
+    assert peak == {"h": 2}
+    assert time.monotonic() - started < 2.0
+    assert len(asked) <= 3  # two tokens, then the last asker is served a token given back
