@@ -20,12 +20,12 @@ import random
 import socket
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlparse
 
 from curation.addresses import is_forbidden_address, resolve
 from curation.deadline import WATCHDOG, watched_pools
+from curation.politeness import HostLimits, LocalSlots
 from curation.redact import redact_text
 from schemas import Reason
 
@@ -37,7 +37,22 @@ ACCEPTED_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-st
 class FetchConfig:
     concurrency: int = field(default=16, metadata={"help": "parallel fetches per worker process"})
     per_host_concurrency: int = field(
-        default=4, metadata={"help": "politeness: parallel requests to one host per worker"}
+        default=16,
+        metadata={"help": "politeness: requests in flight to one host, across the whole job"},
+    )
+    per_host_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "politeness: requests per second to one host across the whole job; "
+            "0: no limit but the concurrency"
+        },
+    )
+    cluster_wide_limits: bool = field(
+        default=True,
+        metadata={
+            "help": "enforce the per-host limits across all workers of the job (a Ray actor "
+            "hands out each host's slots); off: each worker process enforces them alone"
+        },
     )
     connect_timeout: float = field(default=5.0, metadata={"help": "seconds to connect"})
     read_timeout: float = field(default=20.0, metadata={"help": "seconds of silence while reading"})
@@ -79,6 +94,8 @@ class FetchConfig:
         for name in ("connect_timeout", "read_timeout", "total_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.per_host_rate < 0:
+            raise ValueError("per_host_rate must not be negative")
         if self.retries < 0 or self.max_redirects < 0 or self.backoff < 0:
             raise ValueError("retries, max_redirects and backoff must not be negative")
 
@@ -109,9 +126,12 @@ class Fetcher:
     The host name is resolved within the same deadline. A host that ran a fetch out of time is
     not tried again for ``total_timeout`` seconds (its URLs become timeouts at once), so a batch
     naming one tarpit many times still ends in about one deadline.
+
+    ``host_slots`` enforces the per-host limits (``curation.politeness``): a job passes its
+    cluster-wide one; by default they hold within this process only.
     """
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig, host_slots: HostLimits | None = None) -> None:
         import urllib3
 
         self.config = config
@@ -120,8 +140,8 @@ class Fetcher:
             num_pools=256, maxsize=config.per_host_concurrency, retries=False, block=False
         )
         self._pools.pool_classes_by_scheme = watched_pools()
-        self._host_slots: dict[str, threading.BoundedSemaphore] = defaultdict(
-            lambda: threading.BoundedSemaphore(config.per_host_concurrency)
+        self._host_slots = host_slots or LocalSlots(
+            config.per_host_concurrency, config.per_host_rate
         )
         # host -> monotonic time before which it asked not to be contacted (Retry-After)
         self._not_before: dict[str, float] = {}
@@ -129,6 +149,10 @@ class Fetcher:
         self._stalled_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._s3 = None
+
+    def release_idle(self) -> None:
+        """Give back the per-host slots kept for this process's next requests."""
+        self._host_slots.release_idle()
 
     def fetch(self, uri: str, byte_range: str | None = None) -> FetchResult:
         """The bytes of ``uri`` or a rejection; ``detail`` never holds a secret of the URL."""
@@ -241,13 +265,10 @@ class Fetcher:
             waited = self._wait_for_host(host, deadline)
             if waited is not None:
                 return waited, None
-            slot = self._host_slots[host]
-            if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return self._timed_out(None, f"waiting for a connection slot to {host}"), None
-            try:
+            with self._host_slots.slot(host, max(0.0, deadline - time.monotonic())) as got:
+                if not got:
+                    return self._timed_out(None, f"waiting for a connection slot to {host}"), None
                 return self._send(parsed, host, address, deadline)
-            finally:
-                slot.release()
         except _Retryable as failure:
             if failure.delay is not None:
                 self._host_asks_to_wait(host, failure.delay)

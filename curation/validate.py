@@ -40,10 +40,11 @@ class ValidateConfig:
         default=False, metadata={"help": "keep animated images (their first frame is used)"}
     )
     decode_side: int = field(
-        default=512,
+        default=128,
         metadata={
             "help": "large JPEGs decode at reduced scale down to this short side (the "
-            "detector and signatures need no more); 0 decodes every image in full"
+            "signatures need no more; the detector asks for its own input size); 0 decodes "
+            "every image in full"
         },
     )
     formats: tuple[str, ...] = field(
@@ -112,9 +113,13 @@ def decode(data: bytes, config: ValidateConfig, min_long_side: int = 0) -> Decod
 def _reduce_jpeg_decode(image: Image.Image, short_side: int, long_side: int) -> None:
     """Let a large JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling).
 
-    Every stage after validation works at about 512-640 pixels, so decoding a 12-megapixel
-    photo in full would be paid for and thrown away. The entropy-coded data is still read to
-    its end, so truncated and corrupt files fail exactly as in a full decode.
+    The signatures work at 128 pixels (pHash's 32x32 DCT from a 4x box reduction) and the
+    detector at its input size (``long_side``), so decoding a web photo in full would be paid
+    for and thrown away: at 1/8 scale the pixel work mostly goes and only the entropy decoding
+    stays (3.6 against 5.5 ms for a 0.6 MP q90 photo here, the signatures then cost almost
+    nothing). That data is still read to its end, so truncated and corrupt files fail exactly
+    as in a full decode. The pixel hash of such a JPEG covers its reduced decode: a PNG of its
+    full pixels no longer matches it there, and is left to the near (pHash) pass.
     """
     if image.format not in ("JPEG", "MPO") or short_side <= 0:
         return

@@ -217,14 +217,22 @@ def stream(dataset: Location, plan: Plan, done: Finished, config: JobConfig, run
     import ray
 
     from pipeline.detect_stage import add_filter_stages, filter_input_size
+    from pipeline.politeness import start_limiters
     from pipeline.sink import ShardCounter, ShardDatasink
 
+    limiters = start_limiters(config.fetch)
     stage = StageConfig(
         fetch=config.fetch,
         validate=config.validate,
         det_size=filter_input_size(config.detector, config.classifiers),
         detector_identity=None if config.detector.enabled else json.dumps({"model": "none"}),
+        limiters=limiters,
     )
+    # Ray Data reserves half of the CPUs for its operators in equal shares: on a 2-CPU node the
+    # fetch operator then got one task at a time and one core idled (seen in `top` and in the
+    # progress log: "backpressured: tasks(ResourceBudget)"). Fetch is where the CPU goes;
+    # downstream operators still get resources first when their input queues up.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     ds = unfinished_inputs(dataset, plan, done)
     # one block per fetch batch: blocks are the unit of parallelism across workers
     ds = ds.repartition(target_num_rows_per_block=config.run.batch_size)
@@ -249,7 +257,8 @@ def stream(dataset: Location, plan: Plan, done: Finished, config: JobConfig, run
     finally:
         # Ray Data keeps a reference to the sink, so the actor would outlive the job: one
         # idle process (~70 MB) per job run from the same driver
-        ray.kill(counter)
+        for actor in (counter, *limiters):
+            ray.kill(actor)
     return sum(s.kept + s.rejected for s in sink.stats)
 
 

@@ -41,16 +41,26 @@ class StageConfig:
     validate: ValidateConfig
     det_size: int  # long side of det_input for the detector/classifiers; 0 when none runs
     detector_identity: str | None = None  # manifest value when no detector stage fills it
+    limiters: tuple = ()  # the job's HostLimiter actors (pipeline.politeness); () per process
 
 
 _FETCHERS: dict[str, Fetcher] = {}
 
 
-def _fetcher(config: FetchConfig) -> Fetcher:
-    """One fetcher per worker process and config: connection pools are reused across tasks."""
-    key = repr(config)
+def _fetcher(config: StageConfig) -> Fetcher:
+    """One fetcher per worker process, config and job: connection pools are reused across
+    tasks, and the job's per-host limits go through its limiter actors."""
+    key = repr(config.fetch) + repr(config.limiters)  # an actor's repr holds its id
     if key not in _FETCHERS:
-        _FETCHERS[key] = Fetcher(config)
+        slots = None
+        if config.limiters:
+            from pipeline.politeness import host_slots
+
+            fetch = config.fetch
+            slots = host_slots(config.limiters, fetch.per_host_concurrency, fetch.per_host_rate)
+        if len(_FETCHERS) >= 4:  # fetchers of finished jobs in a long-lived worker
+            _FETCHERS.pop(next(iter(_FETCHERS)))
+        _FETCHERS[key] = Fetcher(config.fetch, slots)
     return _FETCHERS[key]
 
 
@@ -67,10 +77,15 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
             batch["source_uri"], batch.get(BYTE_RANGE, [None] * len(batch["key"])), strict=True
         )
     ]
-    fetcher = _fetcher(config.fetch)
-    results = list(
-        _pool(config.fetch.concurrency).map(lambda item: process_one(fetcher, item, config), inputs)
-    )
+    fetcher = _fetcher(config)
+    try:
+        results = list(
+            _pool(config.fetch.concurrency).map(
+                lambda item: process_one(fetcher, item, config), inputs
+            )
+        )
+    finally:
+        fetcher.release_idle()  # slots kept for the next request go back between batches
     # from here on only the stored form of the URL: the key was derived from the full one
     out: Batch = {
         "key": batch["key"],
@@ -78,6 +93,8 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
     }
     out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
     for name, default in OUTPUT_DEFAULTS.items():
+        if name == "det_input" and not config.det_size:
+            continue  # no filter stage reads it: an empty array per row costs a conversion
         if name == "detector":
             default = config.detector_identity
         values = [result.get(name, default) for result in results]

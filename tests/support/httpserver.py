@@ -45,6 +45,8 @@ class CrawlServer:
         self.times: dict[str, list[float]] = defaultdict(list)
         self.lag = 0.5  # seconds before /lag/ answers
         self.drip = 1.0  # seconds between the bytes of /slowloris/ headers
+        self.in_flight = 0  # requests being answered now, and the most seen at once
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         handler = self._handler()
         self.httpd = ThreadingHTTPServer((host, 0), handler)
@@ -88,6 +90,16 @@ class CrawlServer:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self) -> None:
                 hit = server._count(self.path)
                 parts = self.path.split("?", 1)[0].strip("/").split("/", 1)
                 route, name = parts[0], parts[1] if len(parts) > 1 else ""
