@@ -45,6 +45,9 @@ class FinetuneConfig:
     head: str = "sapiens"  # sapiens (deconvs + 1x1 convs) or light (smaller, for small runs)
     head_channels: int | None = None  # width of the head's layers; None: Sapiens' (depth 384)
     patch_padding: int | None = None  # patch conv padding; None: Sapiens' (pose, normal 2)
+    depth_output: str = (
+        "softplus"  # depth head output: softplus (heads trained here) or linear (Sapiens')
+    )
     steps: int = 10_000  # optimiser steps
     batch_size: int = 8  # per worker
     lr: float = 5e-4  # peak lr of the top encoder layer; layer i gets lr * decay^(L - i)
@@ -121,7 +124,7 @@ def build_model(cfg: FinetuneConfig) -> TaskModel:
         if encoder_file.is_encoder_file(state):
             stored = encoder_file.parse(state, cfg.pretrained).lineage
         lineage = {"uri": cfg.pretrained, "lineage": dict(stored or {})}
-    model = TaskModel(encoder, cfg.task, cfg.head_channels, cfg.head)
+    model = TaskModel(encoder, cfg.task, cfg.head_channels, cfg.head, cfg.depth_output)
     model.pretrained_lineage = lineage
     return model
 

@@ -295,9 +295,11 @@ def task_model(imported: Imported, input_size: tuple[int, int]):
             f"a {imported.task} head of {len(deconvs)} deconvs and {len(convs)} convs; "
             f"Sapiens' (and ours) has {spec.num_deconv} and {spec.num_conv}"
         )
+    # Sapiens' depth head regresses depth directly: no softplus on an imported one
     cfg = FinetuneConfig(task=imported.task, data="", output="", preset=imported.preset,
                          input_size=input_size, head="sapiens",
-                         head_channels=imported.head_channels)  # fmt: skip
+                         head_channels=imported.head_channels,
+                         depth_output="linear")  # fmt: skip
     model = build_model(cfg)
     head_prefix = "head." if imported.task == "pose" else "decode_head."
     own = dict(model.encoder.state_dict())

@@ -71,20 +71,20 @@ def test_seg_loss_scales_by_class_weight_over_labelled_pixels():
 def test_depth_loss_is_sapiens_silog():
     rng = np.random.default_rng(1)
     n, h, w = 3, 7, 6
-    raw = rng.uniform(-2, 1.5, (n, 1, h, w))
+    depth = rng.uniform(-0.5, 1.5, (n, 1, h, w))  # a linear head can go below 0
     target = rng.uniform(0, 1, (n, h, w))
     mask = rng.random((n, h, w)) < 0.6
     target[0, 0, 0], mask[0, 0, 0] = 0.0, True  # the nearest point: no log, not counted
-    raw[1, 0, 0, 0], mask[1, 0, 0], target[1, 0, 0] = -30.0, True, 0.5  # clamped at 1e-6
+    depth[1, 0, 0, 0], mask[1, 0, 0], target[1, 0, 0] = -30.0, True, 0.5  # clamped at 1e-6
     mask[2] = False  # no foreground: left out of the mean
-    got = depth_loss(*(torch.from_numpy(a) for a in (raw, target, mask)))
+    got = depth_loss(*(torch.from_numpy(a) for a in (depth, target, mask)))
     per_image = []
     for b in range(n):
         valid = mask[b] & (target[b] > 1e-6)
         if not valid.any():
             continue
-        depth = np.maximum(np.log1p(np.exp(raw[b, 0][valid])), 1e-6)  # softplus, clamped
-        g = np.log(target[b][valid]) - np.log(depth)
+        pred = np.maximum(depth[b, 0][valid], 1e-6)  # clamped as SiLogLoss clamps
+        g = np.log(target[b][valid]) - np.log(pred)
         per_image.append(np.sqrt(np.mean(g**2) - 0.5 * np.mean(g) ** 2))
     assert len(per_image) == 2
     assert got.item() == pytest.approx(np.mean(per_image), rel=1e-10)

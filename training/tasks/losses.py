@@ -76,25 +76,22 @@ def seg_loss(logits: Tensor, label: Tensor, class_weights: Tensor | None = None)
     return per_pixel.sum() / (label != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def depth_values(raw: Tensor) -> Tensor:
-    """Positive relative depth from this project's head output (softplus), clamped at
-    DEPTH_EPS as SiLogLoss clamps before its log. Sapiens' depth head regresses depth
-    directly (SiLogLoss only clamps); with that, half of a fresh head's pixels sit below
-    the clamp without a gradient and short runs do not learn (40 steps on the synthetic
-    figures: loss 8.2 -> 8.8), so the softplus stays for heads trained here."""
-    return F.softplus(raw).clamp(min=DEPTH_EPS)
+def depth_values(depth: Tensor) -> Tensor:
+    """Depth as the loss and the metrics read it: the model's depth output (``TaskModel``)
+    clamped at DEPTH_EPS, as SiLogLoss clamps before its log."""
+    return depth.clamp(min=DEPTH_EPS)
 
 
-def depth_loss(raw: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+def depth_loss(depth: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Sapiens' scale-invariant log loss, averaged over images.
 
-    raw [N, 1, h, w]; target [N, H, W] normalised per image to [0, 1] on the foreground;
+    depth [N, 1, h, w] (the model's output); target [N, H, W] normalised per image to [0, 1] on the foreground;
     mask [N, H, W] bool. Valid pixels: foreground with target > DEPTH_EPS (the nearest
     point, at 0, has no log). Per image, with g = log(target) - log(pred) over valid pixels:
     sqrt(mean(g^2) - 0.5 * mean(g)^2). Images without a valid pixel are left out of the mean
     (Sapiens counts them as 0).
     """
-    pred = depth_values(_resize(raw, tuple(target.shape[-2:])))[:, 0]  # [N, H, W]
+    pred = depth_values(_resize(depth, tuple(target.shape[-2:])))[:, 0]  # [N, H, W]
     valid = mask & (target > DEPTH_EPS)
     g = torch.where(valid, torch.log(target.clamp(min=DEPTH_EPS)) - torch.log(pred), 0.0)
     m = valid.to(g.dtype)
