@@ -16,7 +16,6 @@ segmentation reports IoU per class by name.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ import torch
 
 from curation import storage
 from schemas.labelled import SEG_CLASSES
+from training.checkpoint import load_file
 from training.tasks import keypoints as kp
 from training.tasks import metrics as M
 from training.tasks.data import PrepareConfig, TaskStream
@@ -43,23 +43,18 @@ def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
 
     uri = uri.rstrip("/")
     if uri.endswith(".pt"):
-        state = _load(uri)
+        state = load_file(uri)
         weights, config = state["model"], state["config"]
     else:
         folder = checkpoint.latest(uri) or uri
         if not storage.exists(storage.locate(f"{folder}/model.pt")):
             raise FileNotFoundError(f"no fine-tuning checkpoint at {uri}")
-        weights = _load(f"{folder}/model.pt")
-        config = _load(f"{folder}/state.pt")["extra"]["config"]
+        weights = load_file(f"{folder}/model.pt")
+        config = load_file(f"{folder}/state.pt")["extra"]["config"]
     config = {**config, "pretrained": None}
     model = build_model(FinetuneConfig(**config))
     model.load_state_dict(weights)
     return model.eval(), config
-
-
-def _load(uri: str):
-    data = storage.read_bytes(storage.locate(uri))
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # no pickled code
 
 
 def batches(uri: str, task: str, input_hw: tuple[int, int], batch_size: int) -> Iterable[dict]:
