@@ -195,7 +195,7 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
-    from pipeline.ray_env import start_ray  # before ray.init: no `uv run` worker wrapper
+    from runtime.ray_env import start_ray  # before ray.init: no `uv run` worker wrapper
 
     multiples = [int(m) for m in args.repeat_sizes.split(",")]
     total = args.images * max(multiples)

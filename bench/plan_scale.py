@@ -306,13 +306,13 @@ def child(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     from curation.sources import SourceConfig
-    from curation.storage import locate
+    from runtime.storage import locate
 
     dataset = locate(args.out)
     config = SourceConfig(inputs=(args.urls,))
     if args.step == "prepare":
         return prepare(dataset, config)
-    from pipeline.ray_env import start_ray
+    from runtime.ray_env import start_ray
 
     start_ray(None, log_to_driver=False)
     import pipeline.plan as plan_module

@@ -17,7 +17,7 @@ batch search), and attention restricted to the fused SDPA kernels (``--sdpa``; t
 unfused math kernel would be an error here, not a slow figure. Timing: ``--warmup`` steps
 (compilation included with ``--compile``) are excluded, the timed steps are bracketed by
 ``torch.cuda.synchronize``. MFU = images/s x analytic training FLOPs per image
-(training.models.flops, 3x forward, recomputation not counted) / the device's dense bf16
+(models.flops, 3x forward, recomputation not counted) / the device's dense bf16
 peak; on a device without a known peak the achieved TFLOP/s are printed instead.
 """
 
@@ -41,9 +41,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.models.flops import mae_train_flops, peak_flops  # noqa: E402
-from training.models.mae import MAE, MAEConfig  # noqa: E402
-from training.models.vit import PRESETS  # noqa: E402
+from models.flops import mae_train_flops, peak_flops  # noqa: E402
+from models.mae import MAE, MAEConfig  # noqa: E402
+from models.vit import PRESETS  # noqa: E402
 from training.parallel import parallelize  # noqa: E402
 
 PAPER_PRESETS = ("sapiens_0.3b", "sapiens_0.6b", "sapiens_1b", "sapiens_2b")

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.manifest import DatasetError, check_dataset, manifest_files
-from curation.storage import Location, list_files, locate, publish_file_atomic, write_bytes_atomic
 from curation.writer import iter_shard, sample_image, table_to_parquet_bytes, webdataset
+from runtime.storage import Location, list_files, locate, publish_file_atomic, write_bytes_atomic
 from schemas import SAMPLE_SCHEMA, SchemaError
 from schemas.layout import shard_file, shard_of
 

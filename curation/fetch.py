@@ -173,7 +173,7 @@ class Fetcher:
 
     # -- files and objects ---------------------------------------------------------------
     def _fetch_file(self, uri: str, byte_range: str | None) -> FetchResult:
-        from curation.storage import locate
+        from runtime.storage import locate
 
         path = uri.split("#", 1)[0] if byte_range else uri
         try:

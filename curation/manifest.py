@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.storage import Location, exists, list_files, locate, read_bytes
+from runtime.storage import Location, exists, list_files, locate, read_bytes
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, check_version
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SUMMARY_FILE
 

@@ -33,7 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.manifest import PERSON_COLUMNS, DatasetError, check_dataset, manifest_files
-from curation.storage import s3_endpoint
+from runtime.storage import s3_endpoint
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, SchemaError
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR
 

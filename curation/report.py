@@ -25,7 +25,7 @@ from curation.detect import DetectorConfig
 from curation.manifest import DatasetError, read_summary
 from curation.query import connect, one_line
 from curation.report_render import render_card, render_html
-from curation.storage import locate
+from runtime.storage import locate
 from schemas import SCHEMA_VERSION, SchemaError
 
 # Funnel steps after "inputs" and the rejection stages that remove inputs before each one;

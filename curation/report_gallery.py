@@ -14,8 +14,8 @@ from typing import Any
 
 import duckdb
 
-from curation.storage import locate
 from curation.writer import iter_shard, sample_image
+from runtime.storage import locate
 from schemas.layout import shard_file
 
 PER_STRATUM = 2

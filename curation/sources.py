@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.redact import redact_text, redact_uri
-from curation.storage import Location, locate
+from runtime.storage import Location, locate
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")

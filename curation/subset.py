@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from curation.manifest import DatasetError, read_summary
 from curation.query import connect, one_line
-from curation.storage import Location, exists, list_files, locate, write_bytes_atomic
 from curation.writer import ShardBuilder, iter_shard
+from runtime.storage import Location, exists, list_files, locate, write_bytes_atomic
 from schemas import SCHEMA_VERSION, SchemaError
 from schemas.layout import MANIFESTS_DIR, SHARDS_DIR, SUMMARY_FILE, manifest_file, shard_file
 from schemas.summary import validate_summary

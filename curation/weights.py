@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from curation.storage import is_s3, locate
+from runtime.storage import is_s3, locate
 
 CACHE_ENV = "HUMANS300M_WEIGHTS_CACHE"
 _CONFIG_SUFFIXES = (".yaml", ".yml")

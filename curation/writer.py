@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.storage import Location, publish_file_atomic, write_bytes_atomic
+from runtime.storage import Location, publish_file_atomic, write_bytes_atomic
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, member_names, row_to_json, rows_to_table
 from schemas.layout import WORK_DIR, manifest_file, rejection_file, shard_file
 

@@ -25,14 +25,11 @@ from curation.dedup.config import DedupConfig
 from curation.detect import DetectorConfig
 from curation.fetch import FetchConfig
 from curation.sources import SourceConfig, input_kind
-from curation.storage import Location, locate
 from curation.validate import ValidateConfig
 from curation.weights import WeightsError
-from pipeline import config as cli
 from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
 from pipeline.lock import OutputBusy, OutputLock
 from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done
-from pipeline.ray_env import check_submitted_job
 from pipeline.resume import (
     Finished,
     finished_by_partition,
@@ -41,6 +38,9 @@ from pipeline.resume import (
     unfinished_inputs,
 )
 from pipeline.stages import StageConfig, fetch_and_validate
+from runtime import config as cli
+from runtime.ray_env import check_submitted_job
+from runtime.storage import Location, locate
 from schemas.version import version_line
 
 log = logging.getLogger("humans300m")

@@ -44,8 +44,8 @@ from curation.dedup.config import INDEX_DIR, DedupConfig
 from curation.dedup.groups import candidate_rows, resolve_locally
 from curation.dedup.near import banded_pairs, exact_pairs, split_tables
 from curation.manifest import rejections_dataset, samples_dataset
-from curation.storage import Location, list_files, locate, write_bytes_atomic
 from curation.writer import table_to_parquet_bytes
+from runtime.storage import Location, list_files, locate, write_bytes_atomic
 from schemas import Reason, Stage
 
 SIGNATURE_COLUMNS = [

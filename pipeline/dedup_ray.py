@@ -52,8 +52,8 @@ from curation.dedup.apply import apply_planned_shard, dedup_rejections_name
 from curation.dedup.cluster import previous_matches, resolve_near
 from curation.dedup.config import INDEX_DIR, DedupConfig
 from curation.dedup.groups import DROP_COLUMNS, DROP_SCHEMA, resolve_group, with_groups
-from curation.storage import Location, delete, list_files
 from pipeline.dedup import INDEX_COLUMNS, read_index, unique_pair_refs
+from runtime.storage import Location, delete, list_files
 from schemas import Reason, Stage
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, WORK_DIR
 
@@ -121,7 +121,7 @@ def run_on_ray(dataset: Location, config: DedupConfig, rows: int) -> dict[str, i
     context = ray.data.DataContext.get_current()
     v2 = context.use_datasource_v2
     # The V2 Parquet reader starts FooterReader actors for every read (10-20 s each on 2
-    # cores, see pipeline.ray_env); this pass reads Parquet about 8 times: V1, as jobs do.
+    # cores, see runtime.ray_env); this pass reads Parquet about 8 times: V1, as jobs do.
     context.use_datasource_v2 = False
     try:
         _clear(dataset.join(WORK))  # a crashed run's plan is recomputed, never reused

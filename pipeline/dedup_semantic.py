@@ -32,7 +32,7 @@ from curation.dedup.semantic import (
     partitions_for,
     resolve_partition,
 )
-from curation.storage import Location, exists, list_files, write_bytes_atomic
+from runtime.storage import Location, exists, list_files, write_bytes_atomic
 from schemas import Reason
 from schemas.layout import EMBEDDINGS_DIR, shard_of
 

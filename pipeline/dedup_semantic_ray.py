@@ -47,8 +47,8 @@ from curation.dedup.semantic import (
     resolve_partition,
     sample_limit,
 )
-from curation.storage import Location, exists, list_files
 from pipeline.dedup_semantic import cache_folder, embed_shards, match_cache
+from runtime.storage import Location, exists, list_files
 from schemas import Reason
 from schemas.layout import MANIFESTS_DIR, manifest_file, shard_of
 

@@ -21,11 +21,11 @@ from curation.dedup.config import DedupConfig
 from curation.detect import DetectorConfig
 from curation.fetch import FetchConfig
 from curation.sources import SourceConfig
-from curation.storage import Location, write_bytes_atomic
 from curation.validate import ValidateConfig
-from pipeline.config import to_dict
 from pipeline.plan import RAY_ABOVE_BYTES, ROWS_PER_PARTITION
-from pipeline.ray_env import start_ray
+from runtime.config import to_dict
+from runtime.ray_env import start_ray
+from runtime.storage import Location, write_bytes_atomic
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
 from schemas.summary import validate_summary

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from curation.storage import Location, delete, exists, read_bytes, write_bytes_atomic
+from runtime.storage import Location, delete, exists, read_bytes, write_bytes_atomic
 from schemas.layout import LOCK_FILE
 
 log = logging.getLogger("humans300m")

@@ -53,7 +53,8 @@ from curation.sources import (
     number_parts,
     split_input,
 )
-from curation.storage import (
+from curation.writer import table_to_parquet_bytes, write_rejections
+from runtime.storage import (
     Location,
     delete,
     exists,
@@ -62,7 +63,6 @@ from curation.storage import (
     read_bytes,
     write_bytes_atomic,
 )
-from curation.writer import table_to_parquet_bytes, write_rejections
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage, sample_key
 from schemas.layout import REJECTIONS_DIR, WORK_DIR
 
@@ -357,7 +357,7 @@ def _read_staged(item: pa.Table, partitions: int) -> Iterator[pa.Table]:
     """The staged rows of the files named in ``item``, in batches, with their partition.
 
     Read here rather than by ``ray.data.read_parquet``, whose V2 reader starts actors for
-    every read (see pipeline.ray_env) and may cut a file into many small blocks.
+    every read (see runtime.ray_env) and may cut a file into many small blocks.
     """
     for uri in item["file"].to_pylist():
         file = locate(uri)

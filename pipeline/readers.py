@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.manifest import check_dataset, manifest_files
-from curation.storage import locate
 from curation.writer import iter_shard, sample_image
+from runtime.storage import locate
 from schemas.layout import shard_file
 
 

@@ -27,9 +27,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.dedup.apply import finish_commits
-from curation.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
 from curation.writer import table_to_parquet_bytes
 from pipeline.plan import Plan, partition_of
+from runtime.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
 from schemas import Reason
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SHARDS_DIR, WORK_DIR, shard_of
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import ray
 
 from curation.record import OK
-from curation.storage import locate
 from curation.writer import ShardBuilder, write_rejections
 from pipeline.stages import extra_to_map
+from runtime.storage import locate
 from schemas import PASSTHROUGH_COLUMNS
 
 _UTC = dt.UTC

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Ultralytics must never reach the network in tests and needs a writable config folder.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".pytest_cache" / "ultralytics"))
-# Ray workers share this venv; Ray reads the flag at import (see pipeline/__init__.py).
+# Ray workers share this venv; Ray reads the flag at import (see runtime/ray_env.py).
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
@@ -94,7 +94,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     """
     import ray
 
-    from pipeline.ray_env import add_to_pythonpath
+    from runtime.ray_env import add_to_pythonpath
 
     add_to_pythonpath(str(ROOT))  # inherited by the workers Ray prestarts
     if not ray.is_initialized():

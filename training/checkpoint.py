@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from curation.storage import exists, locate, read_bytes, write_bytes_atomic
+from runtime.storage import exists, locate, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def export_encoder(folder: str, out: str) -> int:
     """Write the encoder of a pretraining checkpoint folder as an encoder file
-    (``training.models.encoder_file``: its tensors, config and lineage); returns the number
+    (``models.encoder_file``: its tensors, config and lineage); returns the number
     of tensors."""
-    from training.models.encoder_file import EncoderFile
-    from training.models.vit import preset
+    from models.encoder_file import EncoderFile
+    from models.vit import preset
 
     state = encoder_state(load_file(f"{folder}/model.pt"))
     if not state:

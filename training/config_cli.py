@@ -68,7 +68,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def read_file(path: str) -> dict[str, Any]:
-    from curation.storage import locate, read_bytes
+    from runtime.storage import locate, read_bytes
 
     text = read_bytes(locate(path)).decode()
     if path.endswith(".json"):

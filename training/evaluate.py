@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from curation import storage
+from runtime import storage
 from schemas.labelled import SEG_CLASSES
 from training.checkpoint import load_file
 from training.tasks import keypoints as kp

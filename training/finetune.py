@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from curation.storage import locate
+from models.vit import PRESETS, VisionTransformer, preset
+from runtime.storage import locate
 from schemas.labelled import NUM_CLASSES, TASKS
-from training.models.vit import PRESETS, VisionTransformer, preset
 from training.parallel import STRATEGIES
 from training.tasks.heads import HEAD_KINDS, SAPIENS_PATCH_PADDING, TaskModel, load_pretrained
 from training.tasks.losses import depth_loss, normal_loss, pose_loss, seg_loss
@@ -39,7 +39,7 @@ class FinetuneConfig:
     output: str  # run folder: checkpoints/, summary.json (local or s3://)
     log_dir: str | None = None  # local metrics.jsonl + TensorBoard; default <output>/logs
     name: str = ""  # Ray Train run name; default "finetune-<task>"
-    preset: str = "sapiens_0.3b"  # backbone preset (training.models.vit.PRESETS)
+    preset: str = "sapiens_0.3b"  # backbone preset (models.vit.PRESETS)
     input_size: tuple[int, int] = (1024, 768)  # (height, width); multiples of 16
     pretrained: str | None = None  # encoder file, MAE checkpoint or Sapiens .pth; None: scratch
     head: str = "sapiens"  # sapiens (deconvs + 1x1 convs) or light (smaller, for small runs)
@@ -116,7 +116,7 @@ def build_model(cfg: FinetuneConfig) -> TaskModel:
     encoder = VisionTransformer(config)
     lineage = None
     if cfg.pretrained:
-        from training.models import encoder_file
+        from models import encoder_file
 
         state = read_pretrained(cfg.pretrained)
         load_pretrained(encoder, state)
@@ -132,7 +132,7 @@ def build_model(cfg: FinetuneConfig) -> TaskModel:
 def read_pretrained(uri: str) -> dict:
     """What ``torch.load`` (weights only) makes of ``uri``, or the state dict of a
     TorchScript export: for ``heads.load_pretrained``. ValueError (one line) otherwise."""
-    from curation import storage
+    from runtime import storage
     from training.import_sapiens import is_torchscript, read_state_dict
 
     data = storage.read_bytes(storage.locate(uri))
@@ -173,7 +173,7 @@ def compute_loss(model: torch.nn.Module, batch: dict, cfg: FinetuneConfig) -> to
 
 def run(cfg: FinetuneConfig) -> dict:
     """Train to ``steps`` (resuming if a checkpoint exists); returns the run summary."""
-    from curation.storage import read_bytes
+    from runtime.storage import read_bytes
     from training.finetune_loop import train_loop
     from training.ray_train import RayScaling, launch
 

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from curation.storage import locate, write_bytes_atomic
+from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.finetune import FinetuneConfig, build_model, compute_loss, param_groups
 from training.lineage import dataset_lineage

@@ -6,7 +6,7 @@
         --input-size 1024 768
 
 A pretrained backbone (0.3B-2B, 1024x1024) becomes an encoder file
-(``training.models.encoder_file``) for ``training.finetune --pretrained``; a task model
+(``models.encoder_file``) for ``training.finetune --pretrained``; a task model
 (pose 308, seg 28, depth, normal) becomes a task model file ``{"model", "config",
 "lineage"}`` that ``training.evaluate`` and ``training.predict`` run. Fine-tuning also takes
 a Sapiens file directly as ``--pretrained`` (its backbone).
@@ -49,8 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curation import storage
-from training.models.vit import PRESETS, preset
+from models.vit import PRESETS, preset
+from runtime import storage
 
 # The position table of a task model has no class-token slot and a grid that is not square:
 # Sapiens fine-tunes at 1024x768 (height x width), a 4:3 grid.
@@ -83,7 +83,7 @@ class SapiensFormatError(ValueError):
 class Imported:
     """A Sapiens checkpoint in this project's layout."""
 
-    preset: str  # training.models.vit preset of the backbone
+    preset: str  # models.vit preset of the backbone
     encoder: dict[str, Tensor]  # VisionTransformer state dict (cls_token only if stored)
     grid: tuple[int, int]  # the stored position table's grid
     task: str | None = None  # pose / seg / depth / normal, None for a backbone only
@@ -283,8 +283,8 @@ def _names(keys: list[str], limit: int = 8) -> str:
 def task_model(imported: Imported, input_size: tuple[int, int]):
     """The TaskModel of an imported task checkpoint at ``input_size`` (height, width), with
     every tensor loaded (strictly), and its FinetuneConfig."""
+    from models.vit import load_encoder_state
     from training.finetune import FinetuneConfig, build_model
-    from training.models.vit import load_encoder_state
     from training.tasks.heads import HEADS
 
     spec = HEADS[imported.task]
@@ -332,10 +332,10 @@ def _check_keys(*pairs: tuple[Mapping[str, Tensor], Mapping[str, Tensor], Any]) 
 
 
 def encoder_file(imported: Imported, lineage: dict):
-    """An encoder file (training.models.encoder_file) of an imported backbone, at its
+    """An encoder file (models.encoder_file) of an imported backbone, at its
     stored grid and with its class token when it has one."""
-    from training.models.encoder_file import EncoderFile
-    from training.models.vit import VisionTransformer
+    from models.encoder_file import EncoderFile
+    from models.vit import VisionTransformer
 
     patch = imported.encoder["patch_embed.proj.weight"].shape[-1]
     img_size = (imported.grid[0] * patch, imported.grid[1] * patch)

@@ -1,7 +1,7 @@
 """Lineage: what a model was made from, recorded by the runs and carried by exported files.
 
 A pretraining or fine-tuning run records, in its checkpoints, its ``summary.json`` and the
-encoder it exports (``training.models.encoder_file``)::
+encoder it exports (``models.encoder_file``)::
 
     {"dataset": "s3://b/humans300m",             # the URI it read
      "dataset_run_id": "20261201T...-ab12cd",    # the dataset's summary.json: run id,
@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from curation.storage import locate
+from runtime.storage import locate
 from schemas.layout import MANIFESTS_DIR, SHARDS_DIR
 
 
@@ -87,9 +87,9 @@ def read_lineage(uri: str) -> dict[str, Any]:
 
     import torch
 
-    from curation.storage import exists, read_bytes
+    from models import encoder_file
+    from runtime.storage import exists, read_bytes
     from training import checkpoint
-    from training.models import encoder_file
 
     loc = locate(uri.rstrip("/"))
     if exists(loc.join("summary.json")):

@@ -93,7 +93,7 @@ def render(task: str, model, image: np.ndarray, boxes: list, hw: tuple[int, int]
 
 def load_model(uri: str, input_size: tuple[int, int]):
     """(model, config fields) of a run, a task ``.pt`` or a Sapiens task file."""
-    from curation import storage
+    from runtime import storage
     from training import import_sapiens
     from training.evaluate import load_checkpoint
 

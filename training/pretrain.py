@@ -19,8 +19,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from curation.storage import locate
-from training.models.vit import PRESETS
+from models.vit import PRESETS
+from runtime.storage import locate
 from training.parallel import STRATEGIES
 
 
@@ -111,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
 
 def check_job_paths(config: PretrainConfig) -> None:
     """Under ``ray job submit --working-dir``, refuse relative local paths (see
-    ``pipeline.ray_env.check_submitted_job``)."""
-    from pipeline.ray_env import check_submitted_job, submitted_job_runtime_env
+    ``runtime.ray_env.check_submitted_job``)."""
+    from runtime.ray_env import check_submitted_job, submitted_job_runtime_env
 
     log_dir = config.log_dir
     relative_log_dir = log_dir and not locate(log_dir).is_s3 and not os.path.isabs(log_dir)
@@ -133,7 +133,7 @@ def check_job_paths(config: PretrainConfig) -> None:
 
 def run(config: PretrainConfig) -> dict:
     """Train to ``total_steps`` (resuming if a checkpoint exists); returns the summary."""
-    from curation.storage import read_bytes
+    from runtime.storage import read_bytes
     from training.pretrain_loop import train_loop
     from training.ray_train import RayScaling, launch
 

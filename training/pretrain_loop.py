@@ -12,15 +12,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from curation.storage import locate, write_bytes_atomic
+from models.flops import mae_train_flops, peak_flops
+from models.mae import MAE, MAEConfig
+from models.vit import preset
+from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.data import DataPosition, PretrainDataConfig, make_loader, normalize
 from training.data.augment import denormalize
 from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name, save_reconstruction, throughput
-from training.models.flops import mae_train_flops, peak_flops
-from training.models.mae import MAE, MAEConfig
-from training.models.vit import preset
 from training.optim import adamw, param_groups, scaled_lr, warmup_cosine
 from training.parallel import parallelize, resolve_strategy
 from training.pretrain import PretrainConfig

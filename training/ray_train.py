@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipeline.ray_env import start_ray
+from runtime.ray_env import start_ray
 
 log = logging.getLogger(__name__)
 

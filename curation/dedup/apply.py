@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curation.storage import Location, exists, list_files, write_bytes_atomic
 from curation.writer import iter_shard, sample_image, write_rejections, write_shard
+from runtime.storage import Location, exists, list_files, write_bytes_atomic
 from schemas import Stage
 from schemas.layout import DEDUP_COMMIT_DIR, manifest_file, rejection_file, shard_file
 

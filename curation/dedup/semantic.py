@@ -4,9 +4,9 @@ Engine-free: ``ShardEmbedder`` is a callable class over one shard at a time (the
 Ray Data actor-pool stage), ``semantic_pairs`` is plain FAISS (on a GPU when FAISS sees one).
 
 The model is either a TorchScript module ([N, 3, H, W] float images normalised with ImageNet
-mean/std -> [N, D]) or an encoder file (``training.models.encoder_file``) as
+mean/std -> [N, D]) or an encoder file (``models.encoder_file``) as
 ``python -m training.checkpoint`` or ``python -m training.import_sapiens`` writes it: the
-tensors of a ``training.models.vit.VisionTransformer`` with its config (preset, image size,
+tensors of a ``models.vit.VisionTransformer`` with its config (preset, image size,
 patch) and lineage. The format is read from the file, never from its name, and the preset
 from its config, never from tensor shapes; ``describe_encoder`` checks it on the driver
 before any work.
@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.dedup.cluster import greedy_canonical, priority_order
-from curation.storage import exists, locate, write_bytes_atomic
 from curation.writer import iter_shard, sample_image, table_to_parquet_bytes
+from runtime.storage import exists, locate, write_bytes_atomic
 from schemas.layout import embedding_file, shard_file
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -68,7 +68,7 @@ class EncoderInfo:
     uri: str  # as given: local path or s3://
     kind: str  # "torchscript" or "mae"
     sha256: str  # of the file's bytes
-    preset: str | None = None  # MAE: the training.models.vit preset in the file's config
+    preset: str | None = None  # MAE: the models.vit preset in the file's config
     image_size: int | None = None  # MAE: the side it was trained at (None: not square)
     patch_size: int | None = None  # MAE
 
@@ -127,7 +127,7 @@ def load_encoder(uri: str, image_size: int, device: str):
     path = resolve_file(uri)  # per node: s3:// objects are fetched into the local cache
     if _format_of(path, uri, verify=False) == "torchscript":
         return torch.jit.load(path, map_location=device).eval()
-    from training.models.vit import VisionTransformer, load_encoder_state
+    from models.vit import VisionTransformer, load_encoder_state
 
     class MeanPatchTokens(torch.nn.Module):  # see MAE_POOLING for why the mean of patches
         def __init__(self, vit: VisionTransformer) -> None:
@@ -169,8 +169,8 @@ def _format_of(path: str, uri: str, *, verify: bool) -> str:
 
 
 def _encoder_file(path: str, uri: str):
-    """The encoder file at ``path`` (``training.models.encoder_file.EncoderFile``)."""
-    from training.models.encoder_file import EncoderFileError, load
+    """The encoder file at ``path`` (``models.encoder_file.EncoderFile``)."""
+    from models.encoder_file import EncoderFileError, load
 
     try:  # mmap: the driver reads the config without copying a multi-GB file into memory
         return load(path, uri, mmap=True)

@@ -60,9 +60,9 @@ def mae_encoder(folder: Path) -> str:
     users do: ``python -m training.checkpoint RUN encoder.pt``. Returns the encoder file."""
     import torch
 
+    from models.mae import MAE, MAEConfig
+    from models.vit import vit_test
     from training import checkpoint
-    from training.models.mae import MAE, MAEConfig
-    from training.models.vit import vit_test
 
     out = folder / "encoder.pt"
     if out.exists():

@@ -90,7 +90,7 @@ def test_export_errors_are_one_line(exported, tmp_path, capsys):
 
 
 def test_export_to_s3(exported, s3_bucket):
-    from curation.storage import list_files, locate, read_bytes
+    from runtime.storage import list_files, locate, read_bytes
 
     built, _ = exported
     target = f"s3://{s3_bucket}/i2d"

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import query
-from curation.storage import locate
 from curation.writer import table_to_parquet_bytes
+from runtime.storage import locate
 from schemas.layout import manifest_file
 from tests.conftest import ROOT
 from tests.support.datasets import build_dataset

@@ -8,8 +8,8 @@ import webdataset as wds
 
 from curation import subset
 from curation.manifest import read_summary, samples_table
-from curation.storage import list_files, locate
 from curation.writer import iter_shard
+from runtime.storage import list_files, locate
 from schemas.layout import SHARDS_DIR
 from schemas.summary import validate_summary
 from tests.support.datasets import build_dataset

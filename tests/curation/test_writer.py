@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curation.storage import exists, locate
 from curation.writer import iter_shard, sample_image, write_rejections, write_shard
+from runtime.storage import exists, locate
 from schemas import SAMPLE_SCHEMA, SCHEMA_VERSION, SchemaError, sample_key
 from schemas.layout import manifest_file, shard_file
 from schemas.manifest import schema_version_of
@@ -102,7 +102,7 @@ def test_writing_and_reading_shards_does_not_import_torch(tmp_path):
     rows = [{**row, "fetched_at": row["fetched_at"].isoformat()} for row in _rows(3)]
     script = f"""
 import datetime as dt, json, sys
-from curation.storage import locate
+from runtime.storage import locate
 from curation.writer import iter_shard, write_shard
 from schemas.layout import shard_file
 rows = json.loads({json.dumps(rows)!r})

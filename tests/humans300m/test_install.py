@@ -66,7 +66,7 @@ def test_wheel_holds_every_package_the_commit_and_the_console_script(wheel: Path
         scripts = archive.read(entry_points).decode()
     assert set(PACKAGES) <= tops
     assert not {"tests", "bench"} & tops
-    assert "training/models/mae.py" in names and "curation/dedup/near.py" in names
+    assert "models/mae.py" in names and "curation/dedup/near.py" in names
     assert commit == code_version() != "unknown"
     assert "humans300m = humans300m.cli:main" in scripts
 

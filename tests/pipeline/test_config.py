@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline import config as cli
 from pipeline.build_humans300m import config_from_args, parser
+from runtime import config as cli
 
 
 def _from_file(tmp_path, text: str, name: str = "job.yaml", *flags: str):

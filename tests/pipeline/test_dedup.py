@@ -23,11 +23,11 @@ from curation.dedup.apply import STEPS
 from curation.dedup.config import DedupConfig
 from curation.dedup.signatures import phash64, pixel_hash
 from curation.manifest import rejections_dataset, samples_dataset
-from curation.storage import list_files, locate
 from curation.writer import iter_shard, write_shard
 from pipeline import dedup as dedup_pipeline
 from pipeline import dedup_ray
 from pipeline.dedup import run_dedup
+from runtime.storage import list_files, locate
 from schemas import sample_key
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR
 from tests.curation.test_dedup_semantic import IMAGE_SIZE, THRESHOLD, tiny_encoder

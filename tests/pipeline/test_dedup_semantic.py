@@ -16,9 +16,9 @@ import pytest
 from curation.dedup.config import DedupConfig
 from curation.dedup.semantic import EncoderError, describe_encoder, embedding_matrix
 from curation.manifest import samples_dataset
-from curation.storage import locate
 from pipeline.dedup import run_dedup
 from pipeline.dedup_semantic import semantic_drops
+from runtime.storage import locate
 from schemas import sample_key
 from schemas.layout import EMBEDDINGS_DIR
 from tests.curation.test_dedup_semantic import MAE_IMAGE_SIZE, MAE_THRESHOLD, mae_encoder

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from curation.storage import exists, locate, read_bytes, write_bytes_atomic
 from pipeline.lock import OutputBusy, OutputLock
+from runtime.storage import exists, locate, read_bytes, write_bytes_atomic
 from schemas.layout import LOCK_FILE
 
 

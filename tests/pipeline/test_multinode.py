@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.ray_env import add_to_pythonpath
+from runtime.ray_env import add_to_pythonpath
 from tests.pipeline.test_build import check_dataset, job_args
 from tests.pipeline.test_resume import ROOT, _start
 from tests.support.corpus import build_corpus, check_outcomes

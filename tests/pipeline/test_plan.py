@@ -13,9 +13,9 @@ import pytest
 
 from curation.manifest import rejections_dataset
 from curation.sources import SourceConfig, iter_inputs, split_input
-from curation.storage import locate
 from pipeline.plan import load_or_build_plan, partition_of, plan_id
 from pipeline.resume import finished_by_partition, unfinished_inputs
+from runtime.storage import locate
 from schemas import sample_key
 from schemas.layout import WORK_DIR
 

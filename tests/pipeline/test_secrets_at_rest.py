@@ -128,7 +128,7 @@ def test_a_plan_build_killed_midway_leaves_secrets_only_until_the_rerun(tmp_path
 
     import pipeline.plan as plan_module
     from curation.sources import SourceConfig
-    from curation.storage import locate
+    from runtime.storage import locate
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

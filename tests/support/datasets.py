@@ -26,8 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from curation.storage import Location, locate
 from curation.writer import write_rejections, write_shard
+from runtime.storage import Location, locate
 from schemas import sample_key
 
 DOMAINS = (  # (source prefix, weight): a skewed mix like a web crawl

@@ -10,7 +10,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from curation.storage import locate
+from runtime.storage import locate
 from schemas import sample_key
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from models.mae import MAE, MAEConfig
+from models.vit import vit_test
 from schemas.labelled import NUM_CLASSES, TASKS
 from training.evaluate import batches, evaluate, load_checkpoint
 from training.finetune import FinetuneConfig, build_model, param_groups
-from training.models.mae import MAE, MAEConfig
-from training.models.vit import vit_test
 from training.optim import adamw, warmup_cosine
 from training.tasks.shards import write_dataset
 from training.tasks.synthetic import synthetic_samples

@@ -6,10 +6,10 @@ import json
 
 import torch
 
+from models.encoder_file import EncoderFile
+from models.vit import VisionTransformer, vit_test
 from tests.training.pretrain_shards import write_dataset
 from training import lineage
-from training.models.encoder_file import EncoderFile
-from training.models.vit import VisionTransformer, vit_test
 
 
 def test_fingerprint_follows_the_manifests(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.models.flops import mae_forward_flops, peak_flops, vit_forward_flops
-from training.models.mae import MAE, MAEConfig, count_parameters, sincos_pos_embed
-from training.models.vit import PRESETS, vit_test
+from models.flops import mae_forward_flops, peak_flops, vit_forward_flops
+from models.mae import MAE, MAEConfig, count_parameters, sincos_pos_embed
+from models.vit import PRESETS, vit_test
 
 
 def small_mae(mask_ratio: float = 0.75, **kw) -> MAE:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.models.mae import MAE, MAEConfig
-from training.models.vit import VisionTransformer, vit_test
+from models.mae import MAE, MAEConfig
+from models.vit import VisionTransformer, vit_test
 from training.optim import adamw, param_groups, scaled_lr, warmup_cosine
 
 

@@ -16,9 +16,9 @@ def _worker(rank: int, out: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    from models.mae import MAE, MAEConfig
+    from models.vit import vit_test
     from training import checkpoint
-    from training.models.mae import MAE, MAEConfig
-    from training.models.vit import vit_test
     from training.optim import adamw, param_groups, warmup_cosine
     from training.parallel import parallelize, resolve_strategy
     from training.pretrain import PretrainConfig

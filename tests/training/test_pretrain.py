@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import encoder_file
+from models.mae import MAE, MAEConfig
+from models.vit import VisionTransformer, load_encoder_state, vit_test
 from tests.training.pretrain_shards import write_dataset
 from training import checkpoint
-from training.models import encoder_file
-from training.models.mae import MAE, MAEConfig
-from training.models.vit import VisionTransformer, load_encoder_state, vit_test
 from training.optim import adamw, param_groups, warmup_cosine
 from training.pretrain import PretrainConfig, parse_args, run
 from training.pretrain_loop import NonFiniteLossError, train_step

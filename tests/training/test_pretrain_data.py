@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
-from curation.storage import locate, read_bytes, write_bytes_atomic
 from curation.synthetic import photo_like
+from runtime.storage import locate, read_bytes, write_bytes_atomic
 from schemas import layout
 from tests.training.pretrain_shards import write_dataset
 from training.data import (

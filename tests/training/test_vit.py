@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.models.vit import (
+from models.vit import (
     PRESETS,
     VisionTransformer,
     ViTConfig,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.storage import Location, list_files, locate
+from runtime.storage import Location, list_files, locate
 from schemas import layout
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.vit import VisionTransformer
 from schemas.labelled import NUM_CLASSES, NUM_KEYPOINTS
-from training.models.vit import VisionTransformer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,15 +159,15 @@ def load_pretrained(encoder: VisionTransformer, state: dict) -> int:
     """Load pretrained weights into ``encoder``; returns the tensors loaded.
 
     ``state`` is what ``torch.load`` returned for: an encoder file
-    (``training.models.encoder_file``), a pretraining checkpoint (a bare state dict or one
+    (``models.encoder_file``), a pretraining checkpoint (a bare state dict or one
     under "model" / "state_dict", ``encoder.`` prefixes, the MAE decoder dropped), or a
     Sapiens file (its backbone, mapped by ``training.import_sapiens``; a task model's head
     is dropped). The class token is dropped when ``encoder`` has none, and the position
     table is interpolated to this encoder's grid.
     """
+    from models import encoder_file
+    from models.vit import load_encoder_state
     from training import import_sapiens
-    from training.models import encoder_file
-    from training.models.vit import load_encoder_state
 
     grid = None
     if encoder_file.is_encoder_file(state):

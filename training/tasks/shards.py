@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation import storage
+from runtime import storage
 from schemas import labelled as L
 from schemas.layout import SHARDS_DIR, shard_file
 

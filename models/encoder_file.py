@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.models.vit import PRESETS, ViTConfig
+from models.vit import PRESETS, ViTConfig
 
 FORMAT = "humans300m-encoder/1"
 
@@ -37,7 +37,7 @@ class EncoderFileError(ValueError):
 @dataclass
 class EncoderFile:
     config: ViTConfig  # the encoder as it was trained (image size, patch, class token)
-    preset: str  # training.models.vit preset name
+    preset: str  # models.vit preset name
     lineage: dict[str, Any]  # what it was made from (training.lineage), {} when unknown
     state: dict[str, Tensor]  # VisionTransformer state dict
 

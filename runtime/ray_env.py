@@ -1,7 +1,7 @@
 """Joining or starting Ray, one way for every job (curation, pretraining, fine-tuning).
 
-Importing this module imports ``pipeline``, whose ``__init__`` turns off Ray's ``uv run``
-worker wrapper for embedded clusters before Ray is first imported.
+Environment switches are set by ``start_ray`` itself, not as a side effect of importing a
+package, so whichever entry point or test starts Ray gets the same cluster.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def check_submitted_job(paths: dict[str, str | None]) -> None:
     (/tmp/ray/session_*/runtime_resources/working_dir_files/...), so ``./out`` would be
     written there and lost with the session, and a relative dataset would be looked for there.
     """
-    from curation.storage import is_s3
+    from runtime.storage import is_s3
 
     runtime_env = submitted_job_runtime_env() or {}
     if str(runtime_env.get("py_executable", "")).split(" ")[0].endswith("uv"):
@@ -59,6 +59,20 @@ def check_submitted_job(paths: dict[str, str | None]) -> None:
             )
 
 
+def use_this_environment_for_workers() -> None:
+    """Make an embedded Ray's workers run in this interpreter's environment.
+
+    A driver started by ``uv run`` otherwise makes Ray wrap every worker in ``uv run`` and
+    package the checkout (seconds per worker). Ray reads the switch into a constant when it is
+    first imported and checks the constant in ``ray.init``: set both, so the order of imports
+    does not matter, and the environment variable reaches the processes Ray starts.
+    """
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+
+
 def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray.
 
@@ -76,6 +90,7 @@ def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     else:
         log.info("no Ray cluster given: starting an embedded local Ray")
         add_to_pythonpath(str(ROOT))
+        use_this_environment_for_workers()
         # The dashboard of an instance that ends with the job is never opened, and it is the
         # costliest part of the start: its head process forks six more (metrics, state, data,
         # ...), each importing Ray, about half the CPU of a fresh local Ray's start here.

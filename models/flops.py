@@ -8,8 +8,8 @@ activations are recomputed (reported separately so MFU stays comparable across r
 
 from __future__ import annotations
 
-from training.models.mae import MAEConfig, num_visible
-from training.models.vit import ViTConfig
+from models.mae import MAEConfig, num_visible
+from models.vit import ViTConfig
 
 
 def block_flops(tokens: int, dim: int, mlp_dim: int) -> int:

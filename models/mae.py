@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from training.models.vit import Block, VisionTransformer, ViTConfig, init_linear_and_norm
+from models.vit import Block, VisionTransformer, ViTConfig, init_linear_and_norm
 
 
 @dataclass(kw_only=True)
