@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas.labelled import TASKS  # noqa: E402
-from training.finetune import FinetuneConfig, build_model, compute_loss  # noqa: E402
+from training.config import FinetuneConfig  # noqa: E402
+from training.finetune import build_model, compute_loss  # noqa: E402
 from training.tasks.data import PrepareConfig, prepare  # noqa: E402
 from training.tasks.synthetic import synthetic_samples  # noqa: E402
 

@@ -39,7 +39,8 @@ def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
     latest checkpoint), a ``checkpoints/step_*`` folder, or a single ``.pt`` file holding
     ``{"model": state dict, "config": fields}`` (local or S3)."""
     from training import checkpoint
-    from training.finetune import FinetuneConfig, build_model
+    from training.config import FinetuneConfig
+    from training.finetune import build_model
 
     uri = uri.rstrip("/")
     if uri.endswith(".pt"):

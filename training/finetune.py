@@ -20,90 +20,14 @@ import io
 import json
 import logging
 import sys
-from dataclasses import dataclass
 
 import torch
 
-from models.vit import PRESETS, VisionTransformer, preset
+from models.vit import VisionTransformer, preset
 from runtime.storage import locate
-from schemas.labelled import NUM_CLASSES, TASKS
-from training.parallel import STRATEGIES
-from training.tasks.heads import HEAD_KINDS, SAPIENS_PATCH_PADDING, TaskModel, load_pretrained
+from training.config import FinetuneConfig
+from training.tasks.heads import TaskModel, load_pretrained
 from training.tasks.losses import depth_loss, normal_loss, pose_loss, seg_loss
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig:
-    task: str  # pose | seg | depth | normal
-    data: str  # labelled dataset (local folder or s3:// URI)
-    output: str  # run folder: checkpoints/, summary.json (local or s3://)
-    log_dir: str | None = None  # local metrics.jsonl + TensorBoard; default <output>/logs
-    name: str = ""  # Ray Train run name; default "finetune-<task>"
-    preset: str = "sapiens_0.3b"  # backbone preset (models.vit.PRESETS)
-    input_size: tuple[int, int] = (1024, 768)  # (height, width); multiples of 16
-    pretrained: str | None = None  # encoder file, MAE checkpoint or Sapiens .pth; None: scratch
-    head: str = "sapiens"  # sapiens (deconvs + 1x1 convs) or light (smaller, for small runs)
-    head_channels: int | None = None  # width of the head's layers; None: Sapiens' (depth 384)
-    patch_padding: int | None = None  # patch conv padding; None: Sapiens' (pose, normal 2)
-    depth_output: str = (
-        "softplus"  # depth head output: softplus (heads trained here) or linear (Sapiens')
-    )
-    steps: int = 10_000  # optimiser steps
-    batch_size: int = 8  # per worker
-    lr: float = 5e-4  # peak lr of the top encoder layer; layer i gets lr * decay^(L - i)
-    head_lr_scale: float = 1.0  # the head's lr as a multiple of lr (heads start from scratch)
-    layer_decay: float = 0.85  # layer-wise lr decay
-    weight_decay: float = 0.1  # AdamW weight decay (not on norms, biases, tokens)
-    warmup_steps: int = 500  # linear warmup from 0
-    min_lr_ratio: float = 0.0  # final lr of the cosine as a fraction of the peak
-    grad_clip: float = 1.0  # max gradient norm (0 disables)
-    class_weights: tuple[float, ...] | None = None  # seg: 28 CE weights; None: Sapiens'
-    heatmap_sigma: float | None = None  # pose: Gaussian sigma in heatmap pixels
-    workers: int = 1  # Ray Train workers
-    cpus_per_worker: float = 1.0  # CPU share of each worker
-    gpu: bool = False  # one GPU per worker; bf16 autocast
-    strategy: str = "auto"  # auto (FSDP for 1B/2B, DDP below), ddp, fsdp, none
-    activation_checkpointing: bool = False  # recompute block activations in backward
-    loader_workers: int = 0  # DataLoader processes per worker
-    checkpoint_every: int = 1000  # steps between checkpoints (and at the end)
-    log_every: int = 20  # steps between metric lines
-    seed: int = 0  # sampling and initialisation seed
-    no_ray: bool = False  # run in this process without Ray (debugging, benchmarks)
-    ray_address: str | None = None  # Ray cluster; default RAY_ADDRESS or an embedded local Ray
-
-    def __post_init__(self) -> None:
-        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        self.name = self.name or f"finetune-{self.task}"
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}")
-        if any(s <= 0 or s % 16 for s in self.input_size):
-            raise ValueError(f"input_size {self.input_size} must be positive multiples of 16")
-        channels = 1 if self.head_channels is None else self.head_channels  # None: the task's
-        if min(self.steps, self.batch_size, self.workers, channels) <= 0:
-            raise ValueError("steps, batch_size, workers and head_channels must be positive")
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
-        if self.patch_padding is None:
-            self.patch_padding = SAPIENS_PATCH_PADDING[self.task]
-        if not 0 < self.layer_decay <= 1 or min(self.lr, self.head_lr_scale) <= 0:
-            raise ValueError("need 0 < layer_decay <= 1, lr > 0 and head_lr_scale > 0")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay >= 0 and grad_clip >= 0 are required")
-        if self.class_weights is not None and len(self.class_weights) != NUM_CLASSES:
-            raise ValueError(f"class_weights needs {NUM_CLASSES} values")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError("warmup_steps must be between 0 and steps")
-        if self.checkpoint_every <= 0 or self.log_every <= 0:
-            raise ValueError("checkpoint_every > 0 and log_every > 0 are required")
-        if self.no_ray and self.workers != 1:
-            raise ValueError("--no-ray runs a single worker; set --workers 1")
-        if self.log_dir is None:
-            out = locate(self.output)
-            self.log_dir = f"./finetune_logs/{self.name}" if out.is_s3 else f"{out.path}/logs"
 
 
 def build_model(cfg: FinetuneConfig) -> TaskModel:

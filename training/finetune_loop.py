@@ -12,7 +12,8 @@ import torch.distributed as dist
 
 from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
-from training.finetune import FinetuneConfig, build_model, compute_loss, param_groups
+from training.config import FinetuneConfig
+from training.finetune import build_model, compute_loss, param_groups
 from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name
 from training.optim import adamw, warmup_cosine

@@ -284,7 +284,8 @@ def task_model(imported: Imported, input_size: tuple[int, int]):
     """The TaskModel of an imported task checkpoint at ``input_size`` (height, width), with
     every tensor loaded (strictly), and its FinetuneConfig."""
     from models.vit import load_encoder_state
-    from training.finetune import FinetuneConfig, build_model
+    from training.config import FinetuneConfig
+    from training.finetune import build_model
     from training.tasks.heads import HEADS
 
     spec = HEADS[imported.task]

@@ -17,83 +17,9 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 
-from models.vit import PRESETS
 from runtime.storage import locate
-from training.parallel import STRATEGIES
-
-
-@dataclass(kw_only=True)
-class PretrainConfig:
-    dataset: str  # dataset folder with shards/ and manifests/ (local path or s3://)
-    output: str  # run folder for checkpoints, encoder.pt and summary.json (local or s3://)
-    log_dir: str | None = (
-        None  # local folder for metrics.jsonl, TensorBoard, pictures; default <output>/logs, or ./pretrain_logs/<name> when output is on S3
-    )
-    preset: str = "sapiens_0.3b"  # backbone: sapiens_0.3b/0.6b/1b/2b, vit_tiny, vit_test
-    img_size: int = 1024  # square input side in pixels (1024 in the paper)
-    mask_ratio: float = 0.75  # fraction of patches hidden from the encoder (up to 0.95)
-    norm_pix_loss: bool = True  # regress per-patch normalised pixels
-    decoder_dim: int = 512  # MAE decoder width (paper: 512)
-    decoder_depth: int = 8  # MAE decoder blocks (paper: 8)
-    decoder_heads: int = 16  # MAE decoder attention heads (paper: 16)
-    drop_path: float = 0.0  # stochastic depth of the encoder
-    batch_size: int = 32  # images per micro-batch per Ray Train worker
-    accum_steps: int = 1  # micro-batches accumulated per optimiser step
-    total_steps: int = 1000  # optimiser steps of the whole run
-    warmup_steps: int = 100  # linear warmup steps
-    base_lr: float = 1.5e-4  # lr per 256 images of global batch (lr = base x global / 256)
-    min_lr_ratio: float = 0.0  # final lr of the cosine as a fraction of the peak
-    weight_decay: float = 0.05  # AdamW decay (not on norms, biases, positions, tokens)
-    beta2: float = 0.95  # AdamW beta2 (beta1 is 0.9)
-    clip_grad: float = 1.0  # gradient norm clipping; 0 disables
-    num_workers: int = 1  # Ray Train workers (one per GPU)
-    use_gpu: bool = False  # one GPU per Ray Train worker
-    cpus_per_worker: float = (
-        1.0  # CPUs reserved per Ray Train worker (0.5 fits 2 workers on 2 CPUs)
-    )
-    loader_workers: int = 4  # DataLoader processes per Ray Train worker (0: in-process)
-    shuffle_buffer: int = 1000  # samples per loader process held for shuffling
-    where: str | None = (
-        None  # DuckDB predicate on manifest rows selecting samples, e.g. "num_persons >= 2"
-    )
-    strategy: str = "auto"  # auto (FSDP for 1B/2B, DDP below), ddp, fsdp, none
-    activation_checkpointing: bool = False  # recompute block activations in backward
-    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    compile: bool = False  # torch.compile each block
-    log_every: int = 10  # steps between metric lines
-    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
-    picture_every: int = 500  # steps between input/masked/reconstruction PNGs; 0 disables
-    seed: int = 0  # model init, masking and data order
-    no_ray: bool = False  # run in this process without Ray (debugging, single device)
-    ray_address: str | None = None  # Ray cluster; default RAY_ADDRESS or an embedded local Ray
-    name: str = "pretrain"  # run name (Ray Train, default log folder)
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}")
-        if not 0.0 < self.mask_ratio <= 0.95:
-            raise ValueError(f"mask_ratio must be in (0, 0.95], got {self.mask_ratio}")
-        positive = ("img_size", "batch_size", "accum_steps", "total_steps", "num_workers")
-        for name in (*positive, "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError("warmup_steps must be between 0 and total_steps")
-        if self.base_lr <= 0 or self.weight_decay < 0 or self.clip_grad < 0:
-            raise ValueError("base_lr > 0, weight_decay >= 0 and clip_grad >= 0 are required")
-        if self.no_ray and self.num_workers != 1:
-            raise ValueError("--no-ray runs a single worker; set --num-workers 1")
-        if self.log_dir is None:
-            out = locate(self.output)
-            self.log_dir = f"./pretrain_logs/{self.name}" if out.is_s3 else f"{out.path}/logs"
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.accum_steps * self.num_workers
+from training.config import PretrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:

@@ -17,13 +17,13 @@ from models.mae import MAE, MAEConfig
 from models.vit import preset
 from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
+from training.config import PretrainConfig
 from training.data import DataPosition, PretrainDataConfig, make_loader, normalize
 from training.data.augment import denormalize
 from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name, save_reconstruction, throughput
 from training.optim import adamw, param_groups, scaled_lr, warmup_cosine
 from training.parallel import parallelize, resolve_strategy
-from training.pretrain import PretrainConfig
 from training.ray_train import WorkerContext, worker_context
 
 log = logging.getLogger(__name__)

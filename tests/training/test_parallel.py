@@ -19,9 +19,9 @@ def _worker(rank: int, out: str, port: int) -> None:
     from models.mae import MAE, MAEConfig
     from models.vit import vit_test
     from training import checkpoint
+    from training.config import PretrainConfig
     from training.optim import adamw, param_groups, warmup_cosine
     from training.parallel import parallelize, resolve_strategy
-    from training.pretrain import PretrainConfig
     from training.pretrain_loop import train_step
     from training.ray_train import worker_context
 

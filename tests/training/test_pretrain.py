@@ -19,8 +19,9 @@ from models.mae import MAE, MAEConfig
 from models.vit import VisionTransformer, load_encoder_state, vit_test
 from tests.training.pretrain_shards import write_dataset
 from training import checkpoint
+from training.config import PretrainConfig
 from training.optim import adamw, param_groups, warmup_cosine
-from training.pretrain import PretrainConfig, parse_args, run
+from training.pretrain import parse_args, run
 from training.pretrain_loop import NonFiniteLossError, train_step
 from training.ray_train import worker_context
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.training.pretrain_shards import write_dataset
-from training.pretrain import PretrainConfig, check_job_paths
+from training.config import PretrainConfig
+from training.pretrain import check_job_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 
