@@ -125,6 +125,10 @@ def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
         if not getattr(args, "output__output", None):
             args.output__output = str(DEMO_ROOT / "dataset")
         args.fetch__allow_private_addresses = True  # the corpus is served on loopback
+        if not hasattr(args, "detector__weights"):
+            # A smoke test on whatever machine runs it: the nano model runs on a CPU in
+            # seconds; the job's default (yolo11x.pt) is sized for GPU workers.
+            args.detector__weights = "yolo11n.pt"
         config = config_from_args(args)
         try:
             check_filters_ready(config.detector, config.classifiers)
