@@ -23,6 +23,7 @@ from curation.record import OK, REJECTED, Batch, object_column
 from curation.redact import redact_text, redact_uri
 from curation.sources import BYTE_RANGE
 from curation.validate import Rejected, ValidateConfig, decode
+from pipeline.progress import report
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
 
 # Columns the stage adds, with their value for a row that never got that far.
@@ -42,6 +43,7 @@ class StageConfig:
     det_size: int  # long side of det_input for the detector/classifiers; 0 when none runs
     detector_identity: str | None = None  # manifest value when no detector stage fills it
     limiters: tuple = ()  # the job's HostLimiter actors (pipeline.politeness); () per process
+    progress: object = None  # the job's ProgressCounter when this is the stream's last stage
 
 
 _FETCHERS: dict[str, Fetcher] = {}
@@ -104,6 +106,7 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
             out[name] = np.asarray(values, dtype=np.uint64)
         else:
             out[name] = object_column(values)
+    report(config.progress, out)
     return out
 
 

@@ -24,6 +24,9 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     # a subset (curation.subset): {"parent": uri, "predicate": SQL, "parent_code_version",
     # "parent_samples": n, "selected": n}
     "subset": dict,
+    # inputs processed per second of the job's streaming pass (fetch to shards): without Ray
+    # start-up, planning and dedup, which images_per_s counts
+    "stream_images_per_s": (int, float),
 }
 
 
