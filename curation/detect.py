@@ -17,6 +17,7 @@ from PIL import Image
 from curation.record import Batch, live, object_column, reject
 from curation.weights import file_sha256, load_ultralytics
 from schemas import Reason, Stage
+from schemas.record import record_dtype
 
 BOX_RULES = ("both_sides", "short_side", "long_side", "area")
 EMPTY_INPUT = np.zeros((0, 0, 3), dtype=np.uint8)
@@ -286,7 +287,7 @@ class PersonDetector:
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["status"])
         writable_objects(batch, ("stage", "reason", "detail", "persons", "detector"))
-        num_persons = np.zeros(n, dtype=np.int16)  # 0 for rows this stage does not judge
+        num_persons = np.zeros(n, dtype=record_dtype("num_persons"))  # 0: rows not judged
         rows = [i for i in np.flatnonzero(live(batch)) if batch["det_input"][i].size]
         for i in np.flatnonzero(live(batch)):
             if not batch["det_input"][i].size:
