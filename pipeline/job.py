@@ -28,7 +28,7 @@ from runtime.ray_env import start_ray
 from runtime.storage import Location, write_bytes_atomic
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
-from schemas.summary import validate_summary
+from schemas.summary import SummaryConfig, validate_summary
 from schemas.version import code_version
 
 log = logging.getLogger("humans300m")
@@ -131,6 +131,18 @@ def dataset_counts(dataset: Location) -> dict[str, Any]:
     }
 
 
+def summary_config(config: JobConfig) -> SummaryConfig:
+    """What the summary records of ``config``: the settings readers rely on, typed."""
+    detector = config.detector if config.detector.enabled else None
+    return SummaryConfig(
+        detector=detector.weights if detector else None,
+        keep_rule=detector.rule() if detector else None,
+        classifiers=tuple(c.name for c in config.classifiers),
+        dedup=config.run.dedup,
+        job=to_dict(config),
+    )
+
+
 def write_summary(
     dataset: Location,
     config: JobConfig,
@@ -145,7 +157,7 @@ def write_summary(
     summary = {
         "schema_version": SCHEMA_VERSION,
         "code_version": code_version(),
-        "config": to_dict(config),
+        "config": summary_config(config).to_dict(),
         "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         **dataset_counts(dataset),
