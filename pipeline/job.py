@@ -151,8 +151,8 @@ def write_summary(
     extra: dict,
     stream_s: float,
 ) -> dict:
-    """Write ``summary.json``; ``stream_s``: seconds of the streaming pass, from which the
-    rate without Ray start-up, planning and dedup is computed."""
+    """Write ``summary.json``; ``stream_s``: seconds of the streaming pass, over which the
+    rate without Ray start-up, planning, the stream's setup and dedup is computed."""
     wall = max(time.time() - started, 1e-9)
     summary = {
         "schema_version": SCHEMA_VERSION,

@@ -76,12 +76,14 @@ class SummaryConfig:
         if set(data) != names:
             missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
             raise SchemaError(f"summary: config keys missing {missing}, unknown {unknown}")
-        rule = data["keep_rule"]
+        rule, classifiers = data["keep_rule"], data["classifiers"]
+        if not isinstance(classifiers, list | tuple):
+            raise SchemaError(f"summary: config classifiers is {type(classifiers).__name__}")
         try:
             return cls(
                 detector=data["detector"],
                 keep_rule=None if rule is None else KeepRule(**rule),
-                classifiers=tuple(data["classifiers"]),
+                classifiers=tuple(classifiers),
                 dedup=data["dedup"],
                 job=data["job"],
             )
@@ -117,7 +119,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     # "parent_samples": n, "selected": n}
     "subset": dict,
     # inputs processed per second of the job's streaming pass (fetch to shards): without Ray
-    # start-up, planning and dedup, which images_per_s counts
+    # start-up, planning, the stream's setup and dedup, which images_per_s counts
     "stream_images_per_s": (int, float),
 }
 

@@ -37,6 +37,7 @@ def test_a_config_that_does_not_fit_is_refused_by_name(tmp_path):
         (dict(config, keep_rule=dict(config["keep_rule"], min_score=1.5)), "min_score"),
         (dict(config, keep_rule=dict(config["keep_rule"], side=1)), "unexpected keyword"),
         (dict(config, dedup="yes"), "dedup must be a boolean"),
+        (dict(config, classifiers="tint"), "classifiers is str"),
         (dict(config, detector=None), "detector and keep_rule go together"),
         ([1, 2], "'config' is list"),
     ]
