@@ -5,6 +5,9 @@ worker) to one counter actor: one small fire-and-forget call per batch, nothing 
 nothing on the driver's data path. A driver thread reads the counter and shows it: a tqdm bar
 when stdout is a terminal, else a plain line every ``interval`` seconds, which is what
 ``ray job submit`` captures into the job's log.
+
+The display is for people: a task that Ray retries reports its batch again, so it may count
+a few inputs twice. The summary counts what the sink wrote.
 """
 
 from __future__ import annotations
