@@ -17,8 +17,9 @@ from PIL import Image
 from curation.record import Batch, live, object_column, reject
 from curation.weights import file_sha256, load_ultralytics
 from schemas import Reason, Stage
+from schemas.record import record_dtype
+from schemas.summary import KeepRule
 
-BOX_RULES = ("both_sides", "short_side", "long_side", "area")
 EMPTY_INPUT = np.zeros((0, 0, 3), dtype=np.uint8)
 CROP_ASPECT = 4 / 3  # height / width of the Sapiens fine-tuning input (1024 x 768)
 
@@ -54,30 +55,6 @@ def detector_input(image: Image.Image, imgsz: int) -> np.ndarray:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(image)
-
-
-@dataclass(frozen=True, kw_only=True)
-class KeepRule:
-    """Which detected persons count, and how many an image needs (all tests are strict >)."""
-
-    min_score: float = 0.9
-    min_side: float = 300.0
-    box_rule: str = "both_sides"
-    min_area: float = 300.0 * 300.0
-    min_persons: int = 1
-    max_persons: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_score < 1.0:
-            raise ValueError(f"min_score must be in [0, 1), got {self.min_score}")
-        if self.min_side < 0 or self.min_area < 0:
-            raise ValueError("min_side and min_area must be >= 0")
-        if self.box_rule not in BOX_RULES:
-            raise ValueError(f"box_rule must be one of {BOX_RULES}, got {self.box_rule!r}")
-        if self.min_persons < 1:
-            raise ValueError(f"min_persons must be >= 1, got {self.min_persons}")
-        if self.max_persons is not None and self.max_persons < self.min_persons:
-            raise ValueError("max_persons must be >= min_persons")
 
 
 @dataclass(frozen=True)
@@ -172,23 +149,26 @@ class DetectorConfig:
     person_class: str = field(
         default="person", metadata={"help": "class name of persons in the model"}
     )
+    # the keep rule: its defaults are KeepRule's, the summary records it as a KeepRule
     min_score: float = field(
-        default=0.9, metadata={"help": "keep rule: person score must be > this"}
+        default=KeepRule.min_score, metadata={"help": "keep rule: person score must be > this"}
     )
     min_side: float = field(
-        default=300.0, metadata={"help": "keep rule: box side(s) must be > this (px)"}
+        default=KeepRule.min_side, metadata={"help": "keep rule: box side(s) must be > this (px)"}
     )
     box_rule: str = field(
-        default="both_sides",
+        default=KeepRule.box_rule,
         metadata={"help": "both_sides (= short_side), long_side, or area (> min_area)"},
     )
     min_area: float = field(
-        default=90000.0, metadata={"help": "keep rule for box_rule=area (px^2)"}
+        default=KeepRule.min_area, metadata={"help": "keep rule for box_rule=area (px^2)"}
     )
     min_persons: int = field(
-        default=1, metadata={"help": "persons passing the rule needed to keep"}
+        default=KeepRule.min_persons, metadata={"help": "persons passing the rule needed to keep"}
     )
-    max_persons: int | None = field(default=None, metadata={"help": "most passing persons to keep"})
+    max_persons: int | None = field(
+        default=KeepRule.max_persons, metadata={"help": "most passing persons to keep"}
+    )
     crops: bool = field(
         default=False, metadata={"help": "record a 4:3 crop box per passing person"}
     )
@@ -286,7 +266,7 @@ class PersonDetector:
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["status"])
         writable_objects(batch, ("stage", "reason", "detail", "persons", "detector"))
-        num_persons = np.zeros(n, dtype=np.int16)  # 0 for rows this stage does not judge
+        num_persons = np.zeros(n, dtype=record_dtype("num_persons"))  # 0: rows not judged
         rows = [i for i in np.flatnonzero(live(batch)) if batch["det_input"][i].size]
         for i in np.flatnonzero(live(batch)):
             if not batch["det_input"][i].size:

@@ -5,16 +5,7 @@ plain dicts in unit tests). Every row carries ``status``: rows marked rejected k
 (so that the writer can record them) but later stages leave them alone. A stage never drops a
 row: it marks it with ``reject`` and one reason from ``schemas.reasons``.
 
-Columns, by the stage that fills them (object arrays unless noted):
-    source:   key, source_uri, caption, license, attribution, page_url, extra (JSON str)
-    all:      status ("ok" | "rejected"), stage, reason, detail
-    fetch:    image (original bytes), http_status (int16, -1 when not HTTP), fetched_at (us)
-    validate: format, mode, width, height (int32, oriented), sha256, num_bytes (int64)
-    signatures (validate pass, same decode): pixel_hash (str), phash (uint64)
-    detect input (validate pass, same decode): det_input (HxWx3 uint8 RGB, long side = the
-              detector's input size; an empty (0, 0, 3) array when not needed or rejected)
-    prefilter: prefilter (list of {classifier, label, score} dicts or None)
-    detect:   persons (list of PERSON_BOX dicts or None), num_persons (int16), detector (JSON)
+The columns, the stage that fills each and their dtypes are declared in ``schemas.record``.
 """
 
 from __future__ import annotations
@@ -22,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from schemas import Reason, Stage
+from schemas.record import OK, REJECTED
+
+__all__ = ["OK", "REJECTED", "Batch", "live", "object_column", "reject"]
 
 Batch = dict[str, np.ndarray]
-
-OK = "ok"
-REJECTED = "rejected"
 
 
 def object_column(values: list) -> np.ndarray:

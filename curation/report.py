@@ -21,12 +21,12 @@ from typing import Any
 import duckdb
 
 from curation import report_gallery, report_plots
-from curation.detect import DetectorConfig
 from curation.manifest import DatasetError, read_summary
 from curation.query import connect, one_line
 from curation.report_render import render_card, render_html
 from runtime.storage import locate
 from schemas import SCHEMA_VERSION, SchemaError
+from schemas.summary import SummaryConfig, config_of
 
 # Funnel steps after "inputs" and the rejection stages that remove inputs before each one;
 # "person" and "unique" appear only when the detector and dedup ran.
@@ -170,56 +170,40 @@ def _duplicates(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "rejected_duplicates": rejected}  # fmt: skip
 
 
-def keep_rule(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The person keep rule the job ran with, read from the detector section of its summary.
-
-    The section holds DetectorConfig's fields (the job writes its whole configuration), so it
-    is read back through DetectorConfig: one owner for the names and their meaning. None when
-    the job ran without a detector or its summary does not record one this code understands.
-    """
-    section = ((summary or {}).get("config") or {}).get("detector")
-    try:
-        config = DetectorConfig(**section)
-    except (TypeError, ValueError):  # no section, or one written by another version
+def keep_rule(config: SummaryConfig | None) -> dict[str, Any] | None:
+    """The person keep rule the job ran with, as its summary's typed config records it; None
+    when the job ran without a detector or its summary records no config."""
+    if config is None or config.keep_rule is None:
         return None
-    if not config.enabled:
-        return None
-    rule = config.rule()
+    rule = config.keep_rule
     sides = {"both_sides": "on both sides", "long_side": "on its long side"}
     size = (f"an area over {rule.min_area:,g} px²" if rule.box_rule == "area"
             else f"a box over {rule.min_side:g} px {sides.get(rule.box_rule, rule.box_rule)}")  # fmt: skip
     most = f" and at most {rule.max_persons}" if rule.max_persons is not None else ""
     text = (f"an image is kept when at least {rule.min_persons}{most} person(s) have a score "
-            f"over {rule.min_score:g} and {size} (detector {config.weights})")  # fmt: skip
-    return {"weights": config.weights, "min_score": rule.min_score, "min_side": rule.min_side,
+            f"over {rule.min_score:g} and {size} (detector {config.detector})")  # fmt: skip
+    return {"weights": config.detector, "min_score": rule.min_score, "min_side": rule.min_side,
             "box_rule": rule.box_rule, "min_area": rule.min_area, "text": text}  # fmt: skip
 
 
-def _stages_ran(con: duckdb.DuckDBPyConnection, summary: dict | None) -> tuple[bool, bool]:
-    """Whether the person detector and the dedup pass ran: as the job's configuration says,
-    else (no summary, or one without those sections) as the manifests and rejections show."""
-    config = (summary or {}).get("config") or {}
+def _stages_ran(con: duckdb.DuckDBPyConnection, config: SummaryConfig | None) -> tuple[bool, bool]:
+    """Whether the person detector and the dedup pass ran: as the job's summary says, else
+    (no summary, or one without a config) as the manifests and rejections show."""
+    if config is not None:
+        return config.keep_rule is not None, config.dedup
     stages = {s for (s,) in con.sql("SELECT DISTINCT stage FROM rejections").fetchall()}
-    if isinstance(config.get("detector"), dict):
-        detector_ran = keep_rule(summary) is not None
-    else:
-        persons = _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL")
-        detector_ran = "detect" in stages or persons > 0
-    dedup = (config.get("run") or {}).get("dedup")
-    if isinstance(dedup, bool):
-        dedup_ran = dedup
-    else:
-        clusters = _scalar(con, "SELECT count(*) FROM samples WHERE dup_cluster_size IS NOT NULL")
-        dedup_ran = "dedup" in stages or clusters > 0
-    return detector_ran, dedup_ran
+    persons = _scalar(con, "SELECT count(*) FROM samples WHERE num_persons IS NOT NULL")
+    clusters = _scalar(con, "SELECT count(*) FROM samples WHERE dup_cluster_size IS NOT NULL")
+    return "detect" in stages or persons > 0, "dedup" in stages or clusters > 0
 
 
 def compute_stats(dataset_uri: str) -> dict[str, Any]:
     """Every number of the report, as written to ``stats.json``."""
     con = connect(dataset_uri)
     summary = read_summary(dataset_uri)
+    config = config_of(summary)
     samples = _scalar(con, "SELECT count(*) FROM samples")
-    detector_ran, dedup_ran = _stages_ran(con, summary)
+    detector_ran, dedup_ran = _stages_ran(con, config)
     funnel = _funnel(con, samples, {"detector_ran": detector_ran, "dedup_ran": dedup_ran})
     prefiltered = _scalar(con, "SELECT count(*) FROM samples WHERE prefilter IS NOT NULL")
     stats = {
@@ -233,7 +217,8 @@ def compute_stats(dataset_uri: str) -> dict[str, Any]:
         "formats": dict(con.sql(FORMATS_SQL).fetchall()),
         "detector_ran": detector_ran,
         "dedup_ran": dedup_ran,
-        "keep_rule": keep_rule(summary),
+        "keep_rule": keep_rule(config),
+        "job_config": config.job if config else None,
         "people": _people(con) if detector_ran else None,
         "person_boxes": _boxes(con) if detector_ran else None,
         "resolution": _resolution(con) if samples else None,

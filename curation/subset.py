@@ -34,7 +34,7 @@ from curation.writer import ShardBuilder, iter_shard
 from runtime.storage import Location, exists, list_files, locate, write_bytes_atomic
 from schemas import SCHEMA_VERSION, SchemaError
 from schemas.layout import MANIFESTS_DIR, SHARDS_DIR, SUMMARY_FILE, manifest_file, shard_file
-from schemas.summary import validate_summary
+from schemas.summary import config_of, validate_summary
 from schemas.version import code_version
 
 
@@ -135,10 +135,11 @@ def _summary(
     num_bytes: int,
 ) -> dict[str, Any]:  # fmt: skip
     parent = read_summary(config.dataset) or {}
+    parent_config = config_of(parent or None)  # the parent's filters are the subset's too
     return {
         "schema_version": SCHEMA_VERSION,
         "code_version": code_version(),
-        "config": parent.get("config", {}),
+        "config": parent_config.to_dict() if parent_config else None,
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "counts": {"inputs": count, "kept": count, "rejected": 0, "by_stage": {}},

@@ -2,7 +2,8 @@
 
 Order: the user's classifiers first (in the order given; they run at a small input size),
 the detector last, since it is the most expensive and it clears ``det_input`` behind it. On a
-cluster with GPUs every stage asks for its configured GPU fraction; otherwise CPUs only.
+cluster with GPUs every stage asks for its configured GPU fraction; otherwise CPUs only. The
+last stage reports each batch's outcomes to the job's progress counter (pipeline.progress).
 """
 
 from __future__ import annotations
@@ -11,11 +12,24 @@ import ray
 
 from curation.classify import ClassifierConfig, ImageClassifier, load_classifier
 from curation.detect import DetectorConfig, PersonDetector, load_detector
+from pipeline.progress import Reports
+
+
+class ReportedImageClassifier(Reports, ImageClassifier):
+    """The classifier stage, when it is the stream's last stage."""
+
+
+class ReportedPersonDetector(Reports, PersonDetector):
+    """The detector stage (always the last filter stage when there is one)."""
 
 
 def active(detector: DetectorConfig | None) -> DetectorConfig | None:
     """The detector config, or None when there is none or its weights are 'none'."""
     return detector if detector is not None and detector.enabled else None
+
+
+def has_filters(detector: DetectorConfig | None, classifiers: list[ClassifierConfig]) -> bool:
+    return active(detector) is not None or bool(classifiers)
 
 
 def filter_input_size(detector: DetectorConfig | None, classifiers: list[ClassifierConfig]) -> int:
@@ -51,24 +65,32 @@ def add_filter_stages(
     ds: ray.data.Dataset,
     detector: DetectorConfig | None,
     classifiers: list[ClassifierConfig],
+    counter: object = None,
 ) -> ray.data.Dataset:
-    """Append the classifier stages, then the detector stage, to ``ds``."""
+    """Append the classifier stages, then the detector stage, to ``ds``; the last of them
+    reports to ``counter`` (a ``pipeline.progress.ProgressCounter``) when one is given."""
     detector = active(detector)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     for k, config in enumerate(classifiers):
         last_reader = detector is None and k == len(classifiers) - 1
+        stage, kwargs = ImageClassifier, {"config": config, "clear_input": last_reader}
+        if last_reader and counter is not None:
+            stage, kwargs = ReportedImageClassifier, {**kwargs, "counter": counter}
         ds = ds.map_batches(
-            ImageClassifier,
-            fn_constructor_kwargs={"config": config, "clear_input": last_reader},
+            stage,
+            fn_constructor_kwargs=kwargs,
             concurrency=config.actors,
             batch_size=config.batch_size,
             batch_format="numpy",
             **_resources(config.gpu_fraction, config.cpus_per_actor, has_gpu),
         )
     if detector is not None:
+        stage, kwargs = PersonDetector, {"config": detector}
+        if counter is not None:
+            stage, kwargs = ReportedPersonDetector, {**kwargs, "counter": counter}
         ds = ds.map_batches(
-            PersonDetector,
-            fn_constructor_kwargs={"config": detector},
+            stage,
+            fn_constructor_kwargs=kwargs,
             concurrency=detector.actors,
             batch_size=detector.batch_size,
             batch_format="numpy",

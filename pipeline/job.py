@@ -28,7 +28,7 @@ from runtime.ray_env import start_ray
 from runtime.storage import Location, write_bytes_atomic
 from schemas import SCHEMA_VERSION
 from schemas.layout import SUMMARY_FILE
-from schemas.summary import validate_summary
+from schemas.summary import SummaryConfig, validate_summary
 from schemas.version import code_version
 
 log = logging.getLogger("humans300m")
@@ -71,12 +71,21 @@ class RunConfig:
         metadata={"help": "input bytes (estimated) from which the plan is built on Ray"},
     )
     dedup: bool = field(default=True, metadata={"help": "run the dedup pass after writing"})
+    progress_interval: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds between progress lines when stdout is not a terminal (as under "
+            "ray job submit); 0: none. A terminal gets a progress bar instead"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.plan_partitions < 1:
             raise ValueError("batch_size and plan_partitions must be positive")
         if self.plan_ray_above < 0:
             raise ValueError("plan_ray_above must not be negative")
+        if not self.progress_interval >= 0:  # also refuses NaN
+            raise ValueError("progress_interval must not be negative")
 
 
 @dataclass(kw_only=True)
@@ -122,18 +131,38 @@ def dataset_counts(dataset: Location) -> dict[str, Any]:
     }
 
 
+def summary_config(config: JobConfig) -> SummaryConfig:
+    """What the summary records of ``config``: the settings readers rely on, typed."""
+    detector = config.detector if config.detector.enabled else None
+    return SummaryConfig(
+        detector=detector.weights if detector else None,
+        keep_rule=detector.rule() if detector else None,
+        classifiers=tuple(c.name for c in config.classifiers),
+        dedup=config.run.dedup,
+        job=to_dict(config),
+    )
+
+
 def write_summary(
-    dataset: Location, config: JobConfig, started: float, processed: int, extra: dict
+    dataset: Location,
+    config: JobConfig,
+    started: float,
+    processed: int,
+    extra: dict,
+    stream_s: float,
 ) -> dict:
+    """Write ``summary.json``; ``stream_s``: seconds of the streaming pass, over which the
+    rate without Ray start-up, planning, the stream's setup and dedup is computed."""
     wall = max(time.time() - started, 1e-9)
     summary = {
         "schema_version": SCHEMA_VERSION,
         "code_version": code_version(),
-        "config": to_dict(config),
+        "config": summary_config(config).to_dict(),
         "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         **dataset_counts(dataset),
         "images_per_s": round(processed / wall, 2),
+        "stream_images_per_s": round(processed / stream_s, 2) if stream_s > 0 else 0.0,
         "processed_this_run": processed,
         "wall_s": round(wall, 2),
         **extra,

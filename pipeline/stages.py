@@ -19,20 +19,13 @@ from typing import Any
 import numpy as np
 
 from curation.fetch import FetchConfig, Fetcher
-from curation.record import OK, REJECTED, Batch, object_column
+from curation.record import REJECTED, Batch, object_column
 from curation.redact import redact_text, redact_uri
 from curation.sources import BYTE_RANGE
 from curation.validate import Rejected, ValidateConfig, decode
+from pipeline.progress import report
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
-
-# Columns the stage adds, with their value for a row that never got that far.
-_EMPTY = np.zeros((0, 0, 3), dtype=np.uint8)
-OUTPUT_DEFAULTS: dict[str, Any] = {
-    "status": OK, "stage": None, "reason": None, "detail": None, "image": None,
-    "http_status": -1, "fetched_at": 0, "format": None, "mode": None, "width": 0, "height": 0,
-    "sha256": None, "num_bytes": 0, "pixel_hash": None, "phash": 0, "det_input": _EMPTY,
-    "prefilter": None, "persons": None, "num_persons": None, "detector": None,
-}  # fmt: skip
+from schemas.record import FLOW_ONLY, STAGE_COLUMNS, record_dtype
 
 
 @dataclass(frozen=True)
@@ -42,6 +35,7 @@ class StageConfig:
     det_size: int  # long side of det_input for the detector/classifiers; 0 when none runs
     detector_identity: str | None = None  # manifest value when no detector stage fills it
     limiters: tuple = ()  # the job's HostLimiter actors (pipeline.politeness); () per process
+    progress: object = None  # the job's ProgressCounter when this is the stream's last stage
 
 
 _FETCHERS: dict[str, Fetcher] = {}
@@ -92,18 +86,17 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
         "source_uri": object_column([redact_uri(uri) for uri, _ in inputs]),
     }
     out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
-    for name, default in OUTPUT_DEFAULTS.items():
+    for name, default in STAGE_COLUMNS.items():
         if name == "det_input" and not config.det_size:
             continue  # no filter stage reads it: an empty array per row costs a conversion
         if name == "detector":
             default = config.detector_identity
         values = [result.get(name, default) for result in results]
-        if name in ("http_status", "width", "height", "num_bytes", "fetched_at"):
-            out[name] = np.asarray(values, dtype=np.int64)
-        elif name == "phash":
-            out[name] = np.asarray(values, dtype=np.uint64)
-        else:
+        if default is None or name in FLOW_ONLY:
             out[name] = object_column(values)
+        else:  # a numeric manifest column, its null written as the default
+            out[name] = np.asarray(values, dtype=record_dtype(name))
+    report(config.progress, out)
     return out
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+# 1.1: summary.json's config is typed (schemas.summary.SummaryConfig); manifests unchanged
+SCHEMA_VERSION = "1.1"
 _VERSION_KEY = b"humans300m.schema_version"
 _KIND_KEY = b"humans300m.kind"
 

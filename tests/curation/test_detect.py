@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 
 from curation.detect import (
     DetectorConfig,
-    KeepRule,
     PersonDetector,
     apply_rule,
     crop_box,
@@ -23,6 +22,7 @@ from curation.detect import (
 from curation.record import object_column
 from curation.weights import WeightsError, file_sha256, resolve_weights
 from schemas import Reason, Stage
+from schemas.summary import KeepRule
 from tests.support.models import build_yolo
 
 SAPIENS = KeepRule()

@@ -212,7 +212,7 @@ def test_report_without_detector_says_so(tmp_path, browser):
     assert [s["step"] for s in stats["funnel"]["steps"]] == [
         "inputs", "fetched", "valid", "unique", "kept"
     ]  # fmt: skip
-    assert stats["keep_rule"] is None and built.summary["config"]["detector"]["weights"] == "none"
+    assert stats["keep_rule"] is None and built.summary["config"]["detector"] is None
     assert len(stats["gallery"]) == len(_thumbnails(browser)) > 0
     assert "green persons passing" not in browser.find_element("tag name", "body").text
     assert "No person detector ran" in (out / "datacard.md").read_text()
@@ -222,15 +222,24 @@ def test_funnel_steps_follow_the_jobs_configuration(tmp_path):
     built = build_dataset(str(tmp_path / "nodedup"), num_samples=10, num_rejections=0)
     steps = [s["step"] for s in report.compute_stats(built.uri)["funnel"]["steps"]]
     assert steps == ["inputs", "fetched", "valid", "person", "unique", "kept"]
-    summary = Path(built.uri, "summary.json")
-    written = json.loads(summary.read_text())
-    written["config"]["run"]["dedup"] = False  # as after --no-dedup
-    summary.write_text(json.dumps(written))
-    stats = report.compute_stats(built.uri)
+    built = build_dataset(str(tmp_path / "off"), num_samples=10, num_rejections=0, dedup=False)
+    stats = report.compute_stats(built.uri)  # as after --no-dedup
     assert [s["step"] for s in stats["funnel"]["steps"]] == [
         "inputs", "fetched", "valid", "person", "kept"
     ]  # fmt: skip
     assert stats["dedup_ran"] is False and stats["detector_ran"] is True
+
+
+def test_keep_rule_is_read_from_the_typed_config_the_job_writes(tmp_path):
+    rule = dict(min_score=0.8, min_side=400.0, box_rule="long_side", min_persons=2, max_persons=3)
+    built = build_dataset(str(tmp_path / "rule"), num_samples=10, num_rejections=0, keep_rule=rule)
+    assert built.summary["config"]["keep_rule"] == dict(rule, min_area=90000.0)
+    stats = report.compute_stats(built.uri)
+    assert stats["keep_rule"]["text"] == (
+        "an image is kept when at least 2 and at most 3 person(s) have a score over 0.8 and a "
+        "box over 400 px on its long side (detector yolo11x.pt)"
+    )
+    assert stats["keep_rule"]["min_side"] == 400.0 and stats["detector_ran"] is True
 
 
 def test_report_errors_are_clear(tmp_path, capsys):

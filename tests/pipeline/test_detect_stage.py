@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from curation.classify import ClassifierConfig
 from curation.detect import DetectorConfig, apply_rule, detector_input
 from curation.weights import WeightsError
 from pipeline.detect_stage import add_filter_stages, check_filters_ready, filter_input_size
+from pipeline.progress import ProgressCounter
 from schemas import Reason
 from tests.support.models import build_torchscript_classifier, build_yolo
 
@@ -80,6 +83,24 @@ def direct(model, array: np.ndarray, width: int, height: int, config: DetectorCo
     return result.boxes.xyxy.numpy() * scale, result.boxes.conf.numpy()
 
 
+def outcome_counts(rows) -> tuple[int, dict[str, int]]:
+    rows = list(rows)
+    rejected = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    return sum(r["status"] == "ok" for r in rows), dict(rejected)
+
+
+def counted(counter, rows: int) -> tuple[int, dict[str, int]]:
+    """The counter's totals, once the stage's fire-and-forget reports have all arrived."""
+    import ray
+
+    deadline = time.monotonic() + 30
+    while True:
+        kept, rejected = ray.get(counter.snapshot.remote())
+        if kept + sum(rejected.values()) >= rows or time.monotonic() > deadline:
+            return kept, rejected
+        time.sleep(0.1)
+
+
 def test_filters_on_ray_match_direct_predict(ray_cluster, yolo_weights, tint_classifier):
     import ray
     from ultralytics import YOLO
@@ -101,8 +122,10 @@ def test_filters_on_ray_match_direct_predict(ray_cluster, yolo_weights, tint_cla
         cpus_per_actor=0.5,
     )
     check_filters_ready(config, [tint_classifier])
-    ds = add_filter_stages(ray.data.from_items(rows), config, [tint_classifier])
+    counter = ProgressCounter.remote()
+    ds = add_filter_stages(ray.data.from_items(rows), config, [tint_classifier], counter)
     out = {r["key"]: r for r in ds.take_all()}
+    assert counted(counter, len(rows)) == outcome_counts(out.values())  # the last stage reports
 
     assert out["red"]["reason"] == Reason.PREFILTER_LABEL and out["red"]["persons"] is None
     assert out["early"]["reason"] == "too_small" and out["early"]["persons"] is None
@@ -162,6 +185,9 @@ def test_classifiers_alone_clear_the_input(ray_cluster, tint_classifier):
     import ray
 
     rows = [row("a", blocky(320, 240, 5, tint=(1.0, 0.3, 0.3))), row("b", blocky(320, 240, 6))]
-    out = add_filter_stages(ray.data.from_items(rows), None, [tint_classifier]).take_all()
+    counter = ProgressCounter.remote()
+    ds = add_filter_stages(ray.data.from_items(rows), None, [tint_classifier], counter)
+    out = ds.take_all()
+    assert counted(counter, 2) == outcome_counts(out) == (1, {"prefilter_label": 1})
     assert all(np.asarray(r["det_input"]).size == 0 for r in out)
     assert {r["key"]: r["reason"] for r in out}["a"] == Reason.PREFILTER_LABEL

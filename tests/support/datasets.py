@@ -141,11 +141,14 @@ def build_dataset(
     detector: bool = True,
     kept_duplicates: int = 0,
     seed: int = 0,
+    dedup: bool = True,
+    keep_rule: dict | None = None,
 ) -> BuiltDataset:
     """Write a complete dataset at ``uri`` (local path or ``s3://``); see the module doc.
 
     ``kept_duplicates``: that many of the last samples are byte copies of the first one still
-    in the dataset, as a job run with ``--no-dedup`` leaves them.
+    in the dataset, as a job run with ``--no-dedup`` leaves them. ``dedup`` and ``keep_rule``
+    (DetectorConfig's rule fields) are the job configuration its summary records.
     """
     rng = random.Random(seed)
     loc = locate(uri)
@@ -167,7 +170,7 @@ def build_dataset(
     half = len(rejections) // 2  # two files, as several workers would write
     rej_tables = [write_rejections(loc, "part-000", rejections[:half]),
                   write_rejections(loc, "part-001", rejections[half:])]  # fmt: skip
-    summary = _summary(loc, detector, processed=len(rows) + len(rejections))
+    summary = _summary(loc, detector, len(rows) + len(rejections), dedup, keep_rule or {})
     return BuiltDataset(
         uri=loc.uri,
         samples=pd.concat([t.to_pandas() for t in tables], ignore_index=True),
@@ -177,7 +180,9 @@ def build_dataset(
     )
 
 
-def _summary(loc: Location, detector: bool, processed: int) -> dict[str, Any]:
+def _summary(
+    loc: Location, detector: bool, processed: int, dedup: bool, keep_rule: dict
+) -> dict[str, Any]:
     """The summary the job writes, through the job's own ``write_summary`` and configuration."""
     from curation.dedup.config import DedupConfig
     from curation.detect import DetectorConfig
@@ -191,12 +196,13 @@ def _summary(loc: Location, detector: bool, processed: int) -> dict[str, Any]:
         source=SourceConfig(inputs=("s3://lists/urls-000.parquet",)),
         fetch=FetchConfig(),
         validate=ValidateConfig(min_side=256, max_aspect_ratio=3.0),
-        detector=DetectorConfig(weights=DETECTOR_WEIGHTS if detector else "none"),
+        detector=DetectorConfig(weights=DETECTOR_WEIGHTS if detector else "none", **keep_rule),
         classifiers=[],
         dedup=DedupConfig(radius=4),
         output=OutputConfig(output=loc.uri),
-        run=RunConfig(),
+        run=RunConfig(dedup=dedup),
     )
-    extra = {"detector": detector_note(config), "dedup": {}, "phases_s": {}}
-    started = time.time() - 300  # a five-minute run
-    return write_summary(loc, config, started, processed, extra)
+    phases = {"start Ray": 5.0, "plan": 1.0, "stream": 290.0}  # a five-minute run
+    extra = {"detector": detector_note(config), "dedup": {}, "phases_s": phases}
+    started = time.time() - 300
+    return write_summary(loc, config, started, processed, extra, phases["stream"])
