@@ -156,7 +156,7 @@ def _process_name(proc: psutil.Process) -> str:
 def run_job(base: str, names: list[str], workdir: Path) -> tuple[float, int, PeakMemory]:
     """(images/s end to end, kept, peak memory) for one job run.
 
-    Shards of 64 MB (instead of 1 GB) so that, as in a job much larger than this corpus,
+    Shards of 64 MB (instead of 256 MB) so that, as in a job much larger than this corpus,
     writing finished shards overlaps with fetching the next ones.
     """
     from pipeline.build_humans300m import config_from_args, parser, run

@@ -40,8 +40,15 @@ class OutputConfig:
         default="./humans300m", metadata={"help": "dataset folder or s3:// prefix to write"}
     )
     max_shard_samples: int = field(default=10_000, metadata={"help": "samples per shard at most"})
+    # A write task gathers about one shard's bytes before it writes (pipeline/sink.py): 256 MB
+    # lets shards be written while the crawl runs and bounds what the writer holds, where
+    # 1 GB held a 3000-image job's every image until one write at its end.
     max_shard_bytes: int = field(
-        default=1_000_000_000, metadata={"help": "image bytes per shard at most (about)"}
+        default=256_000_000,
+        metadata={
+            "help": "image bytes per shard at most (about); also what a write task gathers "
+            "before writing"
+        },
     )
 
     def __post_init__(self) -> None:
