@@ -13,12 +13,13 @@ import torch.distributed as dist
 from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.config import FinetuneConfig
-from training.finetune import build_model, compute_loss, param_groups
 from training.lineage import dataset_lineage
 from training.metrics_log import MetricsLog, device_name
 from training.optim import adamw, warmup_cosine
 from training.parallel import parallelize, resolve_strategy, unwrap
 from training.ray_train import WorkerContext, worker_context
+from training.tasks.model import build_model, param_groups
+from training.tasks.registry import TASKS_BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def lineage_at(lineage: dict, step: int, cfg: FinetuneConfig, ctx: WorkerContext
 
 def batches(cfg: FinetuneConfig, ctx: WorkerContext, step: int):
     """Training batches of this rank; a resumed run reseeds the stream with its step."""
-    from training.tasks.data import PrepareConfig, TaskStream
+    from training.tasks.data import TaskStream
+    from training.tasks.task import PrepareConfig
 
     prep = PrepareConfig(task=cfg.task, input_hw=cfg.input_size, train=True,
                          heatmap_sigma=cfg.heatmap_sigma)  # fmt: skip
@@ -74,7 +76,7 @@ def train_step(cfg, ctx, model, optimizer, scheduler, batch) -> tuple[float, flo
     """One optimiser step; returns (loss, gradient norm before clipping)."""
     on_gpu = cfg.gpu and ctx.device.type == "cuda"
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=on_gpu):
-        loss = compute_loss(model, batch, cfg)
+        loss = TASKS_BY_NAME[cfg.task].loss(model(batch["image"]), batch, cfg)
     loss.backward()
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],

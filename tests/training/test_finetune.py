@@ -13,9 +13,9 @@ from models.mae import MAE, MAEConfig
 from models.vit import vit_test
 from schemas.labelled import NUM_CLASSES, TASKS
 from training.config import FinetuneConfig
-from training.evaluate import batches, evaluate, load_checkpoint
-from training.finetune import build_model, param_groups
+from training.evaluate import batches, evaluate
 from training.optim import adamw, warmup_cosine
+from training.tasks.model import build_model, load_checkpoint, param_groups
 from training.tasks.shards import write_dataset
 from training.tasks.synthetic import synthetic_samples
 
