@@ -8,9 +8,10 @@ Recipe (Sapiens): AdamW, weight decay 0.1 (none on norms, biases, position table
 token), layer-wise lr decay 0.85 over the encoder, linear warmup then cosine decay;
 gradient clipping 1.0; bf16 autocast on GPU; FSDP2 for the 1B and 2B backbones. The
 pieces are the pretraining ones (training.optim, training.checkpoint, training.parallel,
-training.ray_train, training.metrics_log, the loop runner training.loop); the task's
-data, head, loss and metrics are its ``Task`` (training.tasks.registry). A rerun with the same --output resumes from its
-latest checkpoint; ``--no-ray true`` runs the same loop in this process.
+training.ray_train, training.metrics_log, the loop runner training.loop); the task's data,
+head, loss and metrics are its ``Task`` (training.tasks.registry). A rerun with the same
+--output resumes from its latest checkpoint; ``--no-ray true`` runs the same loop in this
+process.
 """
 
 from __future__ import annotations

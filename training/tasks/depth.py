@@ -24,13 +24,6 @@ DEPTH_OUTPUTS = ("softplus", "linear")
 
 
 class DepthTask(DenseTask):
-    name = "depth"
-    # 4 deconvs + 2 convs of 384 channels -> the full input resolution
-    head = HeadSpec(out_channels=1, num_deconv=4, num_conv=2, channels=384)
-    light_deconv = 3  # 1/2 of the input, as the other dense tasks
-    patch_padding = 0
-    sapiens_prefix = "decode_head."
-
     def output_layer(self, cfg) -> nn.Module:
         if cfg.depth_output not in DEPTH_OUTPUTS:
             raise ValueError(
@@ -76,4 +69,11 @@ def normalise_depth(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, (depth - lo) / max(hi - lo, 1e-6), 0).astype(np.float32)
 
 
-DEPTH = DepthTask()
+DEPTH = DepthTask(
+    name="depth",
+    # 4 deconvs + 2 convs of 384 channels -> the full input resolution
+    head=HeadSpec(out_channels=1, num_deconv=4, num_conv=2, channels=384),
+    light_deconv=3,  # 1/2 of the input, as the other dense tasks
+    patch_padding=0,
+    sapiens_prefix="decode_head.",
+)

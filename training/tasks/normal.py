@@ -25,12 +25,6 @@ class UnitVectors(nn.Module):
 
 
 class NormalTask(DenseTask):
-    name = "normal"
-    head = HeadSpec(out_channels=3, num_deconv=3, num_conv=3, channels=768)  # -> 1/2 input
-    light_deconv = 3
-    patch_padding = 2
-    sapiens_prefix = "decode_head."
-
     def output_layer(self, cfg) -> nn.Module:
         return UnitVectors()
 
@@ -60,4 +54,10 @@ class NormalTask(DenseTask):
         return np.concatenate([image, ((n * [1, -1, -1] + 1) * 127.5).astype(np.uint8)], axis=1)
 
 
-NORMAL = NormalTask()
+NORMAL = NormalTask(
+    name="normal",
+    head=HeadSpec(out_channels=3, num_deconv=3, num_conv=3, channels=768),  # -> 1/2 input
+    light_deconv=3,
+    patch_padding=2,
+    sapiens_prefix="decode_head.",
+)

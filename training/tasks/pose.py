@@ -28,13 +28,6 @@ from training.tasks.task import Predict, PrepareConfig, Task, jitter, predict_cr
 
 
 class PoseTask(Task):
-    name = "pose"
-    # 2 deconvs + 2 convs -> 1/4 of the input (256x192 heatmaps at 1024x768)
-    head = HeadSpec(out_channels=NUM_KEYPOINTS, num_deconv=2, num_conv=2, channels=768)
-    light_deconv = 2
-    patch_padding = 2
-    sapiens_prefix = "head."  # mmpose's HeatmapHead
-
     def items(self, sample: Sample, cfg: PrepareConfig, rng: random.Random) -> list[dict]:
         """One item per person: the person's 4:3 box crop and its heatmap targets."""
         return [_person_item(sample, i, cfg, rng) for i in range(len(sample.meta.persons))]
@@ -138,4 +131,11 @@ def _scores(gts: list[dict], dts: list[dict], points: np.ndarray | None) -> dict
     return {**M.oks_ap(g, d, sigmas), "NME": nme}
 
 
-POSE = PoseTask()
+POSE = PoseTask(
+    name="pose",
+    # 2 deconvs + 2 convs -> 1/4 of the input (256x192 heatmaps at 1024x768)
+    head=HeadSpec(out_channels=NUM_KEYPOINTS, num_deconv=2, num_conv=2, channels=768),
+    light_deconv=2,
+    patch_padding=2,
+    sapiens_prefix="head.",  # mmpose's HeatmapHead
+)

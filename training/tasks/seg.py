@@ -25,13 +25,6 @@ CLASS_COLOURS = np.array(
 
 
 class SegTask(DenseTask):
-    name = "seg"
-    # 3 deconvs + 3 convs -> 1/2 of the input
-    head = HeadSpec(out_channels=NUM_CLASSES, num_deconv=3, num_conv=3, channels=768)
-    light_deconv = 3
-    patch_padding = 0
-    sapiens_prefix = "decode_head."  # mmseg's VitHead
-
     def targets(
         self, sample: Sample, matrix: np.ndarray, hw: tuple[int, int], flip: bool
     ) -> dict[str, Tensor]:
@@ -54,4 +47,11 @@ class SegTask(DenseTask):
         return (0.5 * image + 0.5 * CLASS_COLOURS[out.argmax(-1)]).astype(np.uint8)
 
 
-SEG = SegTask()
+SEG = SegTask(
+    name="seg",
+    # 3 deconvs + 3 convs -> 1/2 of the input
+    head=HeadSpec(out_channels=NUM_CLASSES, num_deconv=3, num_conv=3, channels=768),
+    light_deconv=3,
+    patch_padding=0,
+    sapiens_prefix="decode_head.",  # mmseg's VitHead
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,14 +45,15 @@ def jitter(cfg: PrepareConfig, rng: random.Random) -> tuple[bool, float, float]:
     return rng.random() < 0.5, rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
 
 
+@dataclass(frozen=True, kw_only=True)
 class Task:
-    """One fine-tuning task. Subclasses set the class attributes and the methods below."""
+    """One fine-tuning task: its constants here, its behaviour in a subclass's methods."""
 
-    name: ClassVar[str]
-    head: ClassVar[HeadSpec]  # Sapiens' head of the task (its 0.3B-2B configs)
-    light_deconv: ClassVar[int]  # deconvolutions of the light head (--head light)
-    patch_padding: ClassVar[int]  # zero padding of the patch conv in Sapiens' config
-    sapiens_prefix: ClassVar[str]  # the head's key prefix in a Sapiens file
+    name: str  # as in schemas.labelled.TASKS and --task
+    head: HeadSpec  # Sapiens' head of the task (its 0.3B-2B configs)
+    light_deconv: int  # deconvolutions of the light head (--head light)
+    patch_padding: int  # zero padding of the patch conv in Sapiens' config
+    sapiens_prefix: str  # the head's key prefix in a Sapiens file
 
     def build_head(self, kind: str, in_dim: int, channels: int | None = None) -> nn.Module:
         return build_head(self.head, kind, in_dim, channels, self.light_deconv)
