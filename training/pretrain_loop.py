@@ -106,18 +106,8 @@ def train_loop(values: dict) -> None:
     )
     state, saved = resume(cfg.output, model=model, optimizer=optimizer, scheduler=scheduler,
                           ctx=ctx)  # fmt: skip
-    position = _position(saved.get("data_positions"), ctx)
     torch.manual_seed(cfg.seed * 7919 + ctx.rank * 104729 + state.step)  # masks differ by rank
-    data_cfg = PretrainDataConfig(
-        dataset=cfg.dataset,
-        img_size=(cfg.img_size, cfg.img_size),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.loader_workers,
-        shuffle_buffer=cfg.shuffle_buffer,
-        where=cfg.where,
-        seed=cfg.seed,
-    )
-    batches = make_loader(data_cfg, rank=ctx.rank, world_size=ctx.world_size, position=position)
+    batches = _loader(cfg, ctx, _position(saved.get("data_positions"), ctx))
     prior = saved.get("extra", {}).get("lineage") or {}
     lineage = Lineage(dataset_lineage(cfg.dataset, cfg.where), prior.get("samples_skipped"))
 
@@ -145,6 +135,19 @@ def train_loop(values: dict) -> None:
         after_step=picture, finish=finish,
     )  # fmt: skip
     run(job, state)
+
+
+def _loader(cfg: PretrainConfig, ctx: WorkerContext, position: DataPosition | None):
+    data_cfg = PretrainDataConfig(
+        dataset=cfg.dataset,
+        img_size=(cfg.img_size, cfg.img_size),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.loader_workers,
+        shuffle_buffer=cfg.shuffle_buffer,
+        where=cfg.where,
+        seed=cfg.seed,
+    )
+    return make_loader(data_cfg, rank=ctx.rank, world_size=ctx.world_size, position=position)
 
 
 def _position(positions: list[dict] | None, ctx: WorkerContext) -> DataPosition | None:
