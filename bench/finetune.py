@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas.labelled import TASKS  # noqa: E402
 from training.config import FinetuneConfig  # noqa: E402
-from training.finetune import build_model, compute_loss  # noqa: E402
-from training.tasks.data import PrepareConfig, prepare  # noqa: E402
+from training.tasks.data import prepare  # noqa: E402
+from training.tasks.model import build_model  # noqa: E402
+from training.tasks.registry import TASKS_BY_NAME  # noqa: E402
 from training.tasks.synthetic import synthetic_samples  # noqa: E402
+from training.tasks.task import PrepareConfig  # noqa: E402
 
 
 def _batch(task: str, size: tuple[int, int], batch: int, device: str) -> dict:
@@ -61,7 +63,7 @@ def bench_task(task: str | None, args) -> float:
     def step() -> None:
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
             loss = (
-                compute_loss(model, batch, cfg)
+                TASKS_BY_NAME[task].loss(model(batch["image"]), batch, cfg)
                 if task
                 else model.encoder(batch["image"]).float().mean()
             )

@@ -12,7 +12,8 @@ from models.vit import PRESETS
 from runtime.storage import locate
 from schemas.labelled import NUM_CLASSES, TASKS
 from training.parallel import STRATEGIES
-from training.tasks.heads import HEAD_KINDS, SAPIENS_PATCH_PADDING
+from training.tasks.heads import HEAD_KINDS
+from training.tasks.registry import TASKS_BY_NAME
 
 
 @dataclass(kw_only=True)
@@ -143,7 +144,7 @@ class FinetuneConfig:
         if self.head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
         if self.patch_padding is None:
-            self.patch_padding = SAPIENS_PATCH_PADDING[self.task]
+            self.patch_padding = TASKS_BY_NAME[self.task].patch_padding
         if not 0 < self.layer_decay <= 1 or min(self.lr, self.head_lr_scale) <= 0:
             raise ValueError("need 0 < layer_decay <= 1, lr > 0 and head_lr_scale > 0")
         if self.weight_decay < 0 or self.grad_clip < 0:

@@ -12,10 +12,11 @@ import torch
 from models.mae import MAE, MAEConfig
 from models.vit import vit_test
 from schemas.labelled import NUM_CLASSES, TASKS
+from tests.training.progress import progress_lines
 from training.config import FinetuneConfig
-from training.evaluate import batches, evaluate, load_checkpoint
-from training.finetune import build_model, param_groups
+from training.evaluate import batches, evaluate
 from training.optim import adamw, warmup_cosine
+from training.tasks.model import build_model, load_checkpoint, param_groups
 from training.tasks.shards import write_dataset
 from training.tasks.synthetic import synthetic_samples
 
@@ -93,8 +94,9 @@ def test_pretrained_encoder_is_loaded(data, tmp_path):
     assert model.encoder.pos_embed_for(model.encoder.config.grid).shape[1] == 4 * 3
 
 
-def test_checkpoint_resume_and_metrics_log(data, tmp_path):
-    """In process (--no-ray): 4 steps, then a rerun to 6 resumes from step 4."""
+def test_checkpoint_resume_and_metrics_log(data, tmp_path, capsys):
+    """In process (--no-ray): 4 steps, then a rerun to 6 resumes from step 4; a progress
+    line on stdout at every logged step."""
     out = str(tmp_path / "run")
     first = FinetuneConfig(**{**_config("normal", data, out).__dict__, "steps": 4,
                               "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2,
@@ -103,12 +105,21 @@ def test_checkpoint_resume_and_metrics_log(data, tmp_path):
 
     summary = run(first)
     assert summary["final_step"] == 4 and summary["resumed_from"] is None
+    lines, done = progress_lines(capsys.readouterr().out)
+    assert [(line["step"], line["total"]) for line in lines] == [(2, 4), (4, 4)]
+    assert lines[0]["rate"] is not None and lines[-1]["eta"] == "0s"
+    assert done["step"] == 4 and done["excludes_startup"]
+    assert done["rate"] == pytest.approx(summary["images_per_s"], abs=0.051)
+    assert summary["seconds_first_step"] < summary["seconds_this_run"]
     again = run(FinetuneConfig(**{**first.__dict__, "steps": 6, "log_dir": None}))
     assert again["start_step"] == 4 and again["resumed_from"].endswith("step_00000004")
     assert again["checkpoint"].endswith("step_00000006")
     lines = (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["step"] for r in rows] == [2, 4, 6]
+    lines, done = progress_lines(capsys.readouterr().out)
+    assert [(line["step"], line["total"]) for line in lines] == [(6, 6)]
+    assert lines[0]["loss"] == pytest.approx(rows[-1]["loss"], abs=6e-5)
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in rows)
     assert rows[0]["lr"] > rows[-1]["lr"] == 0.0  # the cosine ends at min_lr_ratio = 0
     model, config = load_checkpoint(out)

@@ -14,8 +14,7 @@ from schemas.keypoints import COCO_INDEX
 from schemas.labelled import NUM_KEYPOINTS, LabelError
 from training import convert, predict
 from training.config import FinetuneConfig
-from training.evaluate import load_checkpoint
-from training.finetune import build_model
+from training.tasks.model import build_model, load_checkpoint
 from training.tasks.shards import read_dataset
 from training.tasks.synthetic import render_figure
 

@@ -19,8 +19,9 @@ from models.vit import VisionTransformer, load_encoder_state, vit_test
 from schemas.labelled import NUM_CLASSES, NUM_KEYPOINTS, TASKS
 from training import import_sapiens, lineage, predict
 from training.config import FinetuneConfig
-from training.evaluate import evaluate, load_checkpoint
-from training.finetune import build_model, run
+from training.evaluate import evaluate
+from training.finetune import run
+from training.tasks.model import build_model, load_checkpoint
 from training.tasks.shards import write_dataset
 from training.tasks.synthetic import synthetic_samples
 

@@ -20,9 +20,10 @@ def _worker(rank: int, out: str, port: int) -> None:
     from models.vit import vit_test
     from training import checkpoint
     from training.config import PretrainConfig
+    from training.loop import Job, optimizer_step
     from training.optim import adamw, param_groups, warmup_cosine
     from training.parallel import parallelize, resolve_strategy
-    from training.pretrain_loop import train_step
+    from training.pretrain_loop import loop_config, mae_forward
     from training.ray_train import worker_context
 
     assert resolve_strategy("auto", depth=40) == "fsdp" and resolve_strategy("auto", 24) == "ddp"
@@ -38,9 +39,10 @@ def _worker(rank: int, out: str, port: int) -> None:
                          accum_steps=2)  # fmt: skip
     torch.manual_seed(rank)  # different data per rank
     stream = iter([torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8) for _ in range(4)])
-    losses = [
-        train_step(cfg, worker_context(), wrapped, opt, sched, stream, s)[0] for s in range(2)
-    ]
+    ctx = worker_context()
+    job = Job(loop=loop_config(cfg), ctx=ctx, model=wrapped, optimizer=opt, scheduler=sched,
+              batches=stream, forward=mae_forward(wrapped, ctx.device), images_per_step=8)  # fmt: skip
+    losses = [optimizer_step(job, s)[0] for s in range(2)]
     checkpoint.save(out, step=2, model=wrapped, optimizer=opt, scheduler=sched,
                     data_position={"rank": rank})  # fmt: skip
     state = checkpoint.restore(

@@ -18,11 +18,13 @@ from models import encoder_file
 from models.mae import MAE, MAEConfig
 from models.vit import VisionTransformer, load_encoder_state, vit_test
 from tests.training.pretrain_shards import write_dataset
+from tests.training.progress import progress_lines
 from training import checkpoint
 from training.config import PretrainConfig
+from training.loop import Job, NonFiniteLossError, optimizer_step
 from training.optim import adamw, param_groups, warmup_cosine
 from training.pretrain import parse_args, run
-from training.pretrain_loop import NonFiniteLossError, train_step
+from training.pretrain_loop import loop_config, mae_forward
 from training.ray_train import worker_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +92,7 @@ def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> No
     assert encoder_file.load(str(exported)).state.keys() == stored.state.keys()
 
 
-def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
+def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path, capsys) -> None:
     out, logs = tmp_path / "run", tmp_path / "logs"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
     cmd = [sys.executable, "-m", "training.pretrain", *flags, "--dataset", dataset,
@@ -113,9 +115,25 @@ def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path) -> None:
     # rerun the same command (in this process, to spare a second interpreter start)
     values = dict(SMALL, dataset=dataset, output=str(out), log_dir=str(logs), no_ray=True,
                   total_steps=killed_at + 4, checkpoint_every=100)  # fmt: skip
+    capsys.readouterr()
     run(PretrainConfig(**values))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 4
+    # a progress line at every logged step, counting on from the checkpoint, then the last one
+    lines, done = progress_lines(capsys.readouterr().out)
+    assert [line["step"] for line in lines] == [r["step"] for r in metrics(str(logs))[before:]]
+    assert all(line["total"] == killed_at + 4 for line in lines)
+    for line, row in zip(lines, metrics(str(logs))[before:], strict=True):
+        assert line["loss"] == pytest.approx(row["loss"], abs=6e-5)
+        assert line["lr"] == pytest.approx(row["lr"], rel=0.06, abs=1e-12)
+        # a rate and an ETA once a step after the run's first one has been timed
+        assert (line["rate"] is None) == (line["step"] == killed_at + 1) == (line["eta"] == "-")
+    assert lines[-1]["eta"] == "0s"
+    assert done["step"] == killed_at + 4 and done["excludes_startup"]
+    # the rate leaves out the first step (start-up): the steps after it over their time
+    steady = (4 - 1) * 8 / (summary["seconds_this_run"] - summary["seconds_first_step"])
+    assert summary["images_per_s"] == pytest.approx(steady, rel=1e-6)
+    assert done["rate"] == pytest.approx(summary["images_per_s"], abs=0.051)
     # the lineage counts every sample the model saw, over both runs
     assert summary["lineage"]["samples_seen"] == (killed_at + 4) * 8
     new_rows = metrics(str(logs))[before:]
@@ -169,9 +187,12 @@ def test_non_finite_loss_stops_with_a_clear_error() -> None:
     with torch.no_grad():
         model.encoder.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
     cfg = PretrainConfig(dataset="unused", output="/tmp/unused", **dict(SMALL, bf16=False))
-    stream = iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)])
-    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 5"):
-        train_step(cfg, worker_context(), model, opt, sched, stream, step=4)
+    ctx = worker_context()
+    job = Job(loop=loop_config(cfg), ctx=ctx, model=model, optimizer=opt, scheduler=sched,
+              batches=iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]),
+              forward=mae_forward(model, ctx.device), images_per_step=2)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 5.*--base-lr"):
+        optimizer_step(job, step=4)
 
 
 def test_pretrains_from_and_to_s3(s3_bucket, tmp_path) -> None:

@@ -91,3 +91,10 @@ def test_person_area_and_format_versions():
     L.check_description({**body, "version": 1, "tasks": ["seg"]})
     with pytest.raises(L.LabelError, match="version 3"):
         L.check_description({**body, "version": 3})
+
+
+def test_every_labelled_task_has_its_task_object():
+    from training.tasks.registry import TASKS_BY_NAME
+
+    assert tuple(TASKS_BY_NAME) == L.TASKS
+    assert all(task.name == name for name, task in TASKS_BY_NAME.items())

@@ -12,10 +12,11 @@ from training.tasks.transforms import (
     box_to_region,
     decode_heatmaps,
     flip_heatmaps,
-    flip_normals,
-    flip_seg,
     heatmap_targets,
+    image_region,
     invert_affine,
+    mirror_normals,
+    mirror_seg,
     warp_image,
     warp_keypoints,
     warp_points,
@@ -57,16 +58,16 @@ def test_warped_image_moves_with_its_keypoint():
     assert abs(cx - expected[0]) <= 1.5 and abs(cy - expected[1]) <= 1.5
 
 
-def test_flip_swaps_left_and_right_classes():
+def test_mirror_swaps_left_and_right_classes():
     label = np.zeros((4, 6), dtype=np.uint8)
     label[:, 0] = SEG_CLASSES.index("Left_Hand")
     label[:, 5] = SEG_CLASSES.index("Torso")
     label[0, 1] = IGNORE_INDEX
-    flipped = flip_seg(label)
-    assert (flipped[:, 5] == SEG_CLASSES.index("Right_Hand")).all()
-    assert (flipped[:, 0] == SEG_CLASSES.index("Torso")).all()
-    assert flipped[0, 4] == IGNORE_INDEX
-    np.testing.assert_array_equal(flip_seg(flipped), label)
+    mirrored = mirror_seg(label)
+    assert (mirrored[:, 0] == SEG_CLASSES.index("Right_Hand")).all()
+    assert (mirrored[:, 5] == SEG_CLASSES.index("Torso")).all()
+    assert mirrored[0, 1] == IGNORE_INDEX
+    np.testing.assert_array_equal(mirror_seg(mirrored), label)
 
 
 def test_seg_flip_pairs_are_sapiens():
@@ -75,15 +76,46 @@ def test_seg_flip_pairs_are_sapiens():
     expected = np.arange(len(SEG_CLASSES))
     for a, b in sapiens:
         expected[a], expected[b] = b, a
-    np.testing.assert_array_equal(flip_seg(np.arange(len(SEG_CLASSES), dtype=np.uint8)[None]),
-                                  expected[None, ::-1])  # fmt: skip
+    np.testing.assert_array_equal(mirror_seg(np.arange(len(SEG_CLASSES), dtype=np.uint8)),
+                                  expected)  # fmt: skip
 
 
-def test_flip_normals_mirrors_x():
+def test_mirror_normals_negates_x_only():
     normals = np.random.default_rng(3).normal(size=(5, 7, 3))
-    flipped = flip_normals(normals)
-    np.testing.assert_allclose(flipped[:, 0, 0], -normals[:, 6, 0])
-    np.testing.assert_allclose(flipped[:, 0, 1:], normals[:, 6, 1:])
+    mirrored = mirror_normals(normals)
+    np.testing.assert_allclose(mirrored[..., 0], -normals[..., 0])
+    np.testing.assert_allclose(mirrored[..., 1:], normals[..., 1:])
+
+
+@pytest.mark.parametrize("task", ["seg", "normal"])
+def test_flipped_items_are_the_mirror_of_unflipped_ones(task):
+    """The tasks' targets of a mirrored crop: the unmirrored targets reversed left to right,
+    with Left_*/Right_* classes swapped and normals' x negated."""
+    from training.tasks.registry import TASKS_BY_NAME
+    from training.tasks.synthetic import synthetic_samples
+
+    sample = next(iter(synthetic_samples(1, seed=5, height=48, width=36)))
+    hw = (32, 24)
+    center, size = image_region(sample.meta.width, sample.meta.height, aspect=hw[1] / hw[0])
+    plain = TASKS_BY_NAME[task].targets(sample, affine_to_crop(center, size, hw), hw, False)
+    flipped = TASKS_BY_NAME[task].targets(
+        sample, affine_to_crop(center, size, hw, flip=True), hw, True
+    )
+    if task == "seg":
+        label = plain["label"].numpy()
+        assert (
+            len(
+                set(np.unique(label))
+                & {SEG_CLASSES.index("Left_Hand"), SEG_CLASSES.index("Left_Upper_Arm")}
+            )
+            > 0
+        )
+        expected = mirror_seg(label[:, ::-1].astype(np.uint8)).astype(np.int64)
+        np.testing.assert_array_equal(flipped["label"].numpy(), expected)
+    else:
+        np.testing.assert_array_equal(flipped["mask"].numpy(), plain["mask"].numpy()[:, ::-1])
+        expected = mirror_normals(plain["normal"].numpy().transpose(1, 2, 0)[:, ::-1])
+        np.testing.assert_allclose(flipped["normal"].numpy().transpose(1, 2, 0), expected)
 
 
 def test_heatmap_round_trip_is_subpixel_exact():

@@ -5,12 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.vit import VisionTransformer
-from schemas.labelled import NUM_CLASSES, NUM_KEYPOINTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,26 +18,7 @@ class HeadSpec:
     channels: int  # Sapiens' width of the deconvolutions and convolutions
 
 
-# Sapiens' heads (0.3B-2B configs): pose 2 deconvs + 2 convs -> 1/4 of the input (256x192
-# heatmaps at 1024x768); seg and normals 3 + 3 -> 1/2; depth 4 deconvs + 2 convs of 384
-# channels -> the full input resolution.
-HEADS = {
-    "pose": HeadSpec(out_channels=NUM_KEYPOINTS, num_deconv=2, num_conv=2, channels=768),
-    "seg": HeadSpec(out_channels=NUM_CLASSES, num_deconv=3, num_conv=3, channels=768),
-    "depth": HeadSpec(out_channels=1, num_deconv=4, num_conv=2, channels=384),
-    "normal": HeadSpec(out_channels=3, num_deconv=3, num_conv=3, channels=768),
-}
 HEAD_KINDS = ("sapiens", "light")
-# How the depth head's last conv becomes depth. Sapiens' depth head regresses depth directly
-# ("linear": its released depth models are read that way). Heads trained here put a softplus on
-# it: with a linear output about half of a fresh head's pixels start below SiLogLoss' clamp with
-# no gradient, and short runs did not learn (40 steps on the synthetic figures: loss 8.2 -> 8.8).
-DEPTH_OUTPUTS = ("softplus", "linear")
-# The light head's deconvolutions: pose at 1/4 as above, the dense tasks at 1/2 (depth too).
-LIGHT_DECONV = {"pose": 2, "seg": 3, "depth": 3, "normal": 3}
-# Zero padding of the patch convolution in Sapiens' fine-tuning configs (patch_cfg): 2 for
-# pose and normals, none for seg and depth. Imported task models need theirs to match.
-SAPIENS_PATCH_PADDING = {"pose": 2, "seg": 0, "depth": 0, "normal": 2}
 
 
 class SapiensHead(nn.Module):
@@ -111,88 +89,34 @@ class DeconvHead(nn.Module):
         return self.final(self.deconv(features))
 
 
-def build_head(task: str, kind: str, in_dim: int, channels: int | None = None) -> nn.Module:
-    """The head of ``task``: ``kind`` "sapiens" (the default) or "light"; ``channels`` None
-    takes Sapiens' width for the task (768; depth 384)."""
-    if task not in HEADS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(HEADS)}")
-    spec = HEADS[task]
+def build_head(spec: HeadSpec, kind: str, in_dim: int, channels: int | None = None,
+               light_deconv: int | None = None) -> nn.Module:  # fmt: skip
+    """A head to ``spec``: ``kind`` "sapiens" (the default) or "light" (``light_deconv``
+    deconvolutions, no 1x1 convs); ``channels`` None takes ``spec.channels`` (Sapiens')."""
     channels = channels or spec.channels
     if kind == "sapiens":
         return SapiensHead(in_dim, spec, channels)
     if kind == "light":
-        light = HeadSpec(out_channels=spec.out_channels, num_deconv=LIGHT_DECONV[task],
+        light = HeadSpec(out_channels=spec.out_channels, num_deconv=light_deconv or spec.num_deconv,
                          num_conv=0, channels=channels)  # fmt: skip
         return DeconvHead(in_dim, light, channels)
     raise ValueError(f"unknown head {kind!r}; choose from {HEAD_KINDS}")
 
 
 class TaskModel(nn.Module):
-    """Backbone + head; normals come out unit length, depth as ``depth_output`` makes it."""
+    """Backbone + head + the task's output layer (unit normals, positive depth, or none).
+
+    The output layer holds no parameters, so checkpoints hold ``encoder.*`` and ``head.*``.
+    """
 
     def __init__(
-        self,
-        encoder: VisionTransformer,
-        task: str,
-        head_channels: int | None = None,
-        head: str = "sapiens",
-        depth_output: str = "softplus",
+        self, encoder: VisionTransformer, head: nn.Module, output: nn.Module, task: str
     ) -> None:
         super().__init__()
-        if depth_output not in DEPTH_OUTPUTS:
-            raise ValueError(f"unknown depth output {depth_output!r}; choose from {DEPTH_OUTPUTS}")
         self.task = task
-        self.depth_output = depth_output
         self.encoder = encoder
-        self.head = build_head(task, head, encoder.config.embed_dim, head_channels)
+        self.head = head
+        self.output = output
 
     def forward(self, images: Tensor) -> Tensor:
-        out = self.head(self.encoder(images))  # [N, out, h, w]
-        if self.task == "normal":
-            out = F.normalize(out, dim=1, eps=1e-6)
-        elif self.task == "depth" and self.depth_output == "softplus":
-            out = F.softplus(out)
-        return out
-
-
-def load_pretrained(encoder: VisionTransformer, state: dict) -> int:
-    """Load pretrained weights into ``encoder``; returns the tensors loaded.
-
-    ``state`` is what ``torch.load`` returned for: an encoder file
-    (``models.encoder_file``), a pretraining checkpoint (a bare state dict or one
-    under "model" / "state_dict", ``encoder.`` prefixes, the MAE decoder dropped), or a
-    Sapiens file (its backbone, mapped by ``training.import_sapiens``; a task model's head
-    is dropped). The class token is dropped when ``encoder`` has none, and the position
-    table is interpolated to this encoder's grid.
-    """
-    from models import encoder_file
-    from models.vit import load_encoder_state
-    from training import import_sapiens
-
-    grid = None
-    if encoder_file.is_encoder_file(state):
-        stored = encoder_file.parse(state)
-        state, grid = stored.state, stored.config.grid
-    else:
-        for key in ("model", "state_dict", "encoder"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-        if import_sapiens.is_sapiens(state):
-            backbone = {
-                k: v for k, v in state.items() if not k.startswith(("head.", "decode_head."))
-            }
-            imported = import_sapiens.convert(backbone)
-            state, grid = imported.encoder, imported.grid
-    own = set(encoder.state_dict()) | {"cls_token"}  # a stored class token is dropped below
-    picked = {k.removeprefix("encoder."): v for k, v in state.items()}
-    picked = {k: v for k, v in picked.items() if k in own}
-    missing = own - set(picked) - ({"cls_token"} - set(encoder.state_dict()))
-    if missing:
-        raise ValueError(
-            f"pretrained checkpoint lacks {len(missing)} encoder tensors, e.g. "
-            f"{sorted(missing)[:3]}; is it a checkpoint of the same preset?"
-        )
-    with torch.no_grad():
-        load_encoder_state(encoder, picked, strict=True, grid=grid)
-    return len(picked)
+        return self.output(self.head(self.encoder(images)))  # [N, out, h, w]

@@ -91,14 +91,16 @@ def warp_keypoints(keypoints: np.ndarray, matrix: np.ndarray, flip_perm: np.ndar
     return out
 
 
-def flip_seg(label: np.ndarray) -> np.ndarray:
-    """Mirror an [H, W] class map; Left_* and Right_* ids swap (IGNORE_INDEX is kept)."""
-    return SEG_FLIP_LUT[label[:, ::-1]]
+def mirror_seg(label: np.ndarray) -> np.ndarray:
+    """The class ids of a mirrored class map (the pixels already mirrored, as a flipped
+    warp leaves them): Left_* and Right_* ids swap; IGNORE_INDEX is kept."""
+    return SEG_FLIP_LUT[label]
 
 
-def flip_normals(normals: np.ndarray) -> np.ndarray:
-    """Mirror an [H, W, 3] normal map: columns reverse and the x component changes sign."""
-    out = normals[:, ::-1].copy()
+def mirror_normals(normals: np.ndarray) -> np.ndarray:
+    """The vectors of a mirrored [H, W, 3] normal map (the pixels already mirrored): x
+    changes sign."""
+    out = normals.copy()
     out[..., 0] *= -1
     return out
 
