@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,13 +74,38 @@ def use_this_environment_for_workers() -> None:
     ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse within ``timeout`` seconds a Ray address (``host:port``, ``ray://host:port``;
+    None: ``RAY_ADDRESS``) where nothing listens: ``ray.init`` would retry for minutes.
+
+    'auto', 'local' and other schemes are left to Ray, which fails fast or knows better.
+    """
+    given = "--ray-address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local") or "://" in address.removeprefix("ray://"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{given} {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:  # refused, no route, unknown host, timed out
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ValueError(
+            f"{given} {address}: no Ray cluster answers there ({reason}); start one "
+            "(ray start --head) or leave the address out for an embedded local Ray"
+        ) from None
+
+
 def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray.
 
     The local Ray's workers import this project from its checkout through the inherited
     environment rather than a runtime_env, so the workers Ray prestarts take tasks at once
     (a runtime_env makes Ray start fresh ones, seconds each, for the first tasks).
+    Raises ValueError at once when nothing listens at the address (``check_address``).
     """
+    check_address(address)
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
