@@ -215,3 +215,14 @@ def test_config_file_on_s3(s3_bucket):
         cli.load_file(f"s3://{s3_bucket}/conf/absent.yaml")
     with pytest.raises(cli.ConfigError, match="config file not found: s3://no-such-bucket/"):
         cli.load_file("s3://no-such-bucket/c.yaml")
+
+
+def test_the_readme_config_example_builds(tmp_path):
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = _from_file(tmp_path, example, "job.yaml", "--fetch-concurrency", "32")
+    assert config.fetch.concurrency == 32  # the flag in its first line wins over the file's 64
+    assert (config.source.url_column, config.source.caption_column) == ("URL", "TEXT")
+    assert config.detector.image_size == 640 and config.output.max_shard_samples == 10000
