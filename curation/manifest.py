@@ -101,8 +101,6 @@ def check_dataset(dataset_uri: str) -> Location:
     An empty dataset (a job that kept nothing) is fine as long as it has a summary or a
     manifests/rejections folder.
     """
-    if not dataset_uri.strip():  # would be the current folder
-        raise DatasetError("no dataset given (the path is empty)")
     loc = locate(dataset_uri)
     try:
         if not exists(loc):

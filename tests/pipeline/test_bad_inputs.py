@@ -70,6 +70,8 @@ CASES = {
     "missing input": (["--input", "{root}/no-such-list.txt"], "input not found: "),
     "input of no known kind": (["--input", "{a_file}"], "not a folder, .tar or URL list"),
     "output that is a file": (["--output", "{a_file}"], "is a file, not a dataset folder"),
+    "empty output": (["--output", ""], "an empty path"),
+    "empty input": (["--input", ""], "an empty path"),
     "corrupt TorchScript classifier": (
         [
             "--classifier",
