@@ -225,7 +225,9 @@ class QueryConfig:
                   "aliases": ["out"]},
     )  # fmt: skip
     max_rows: int = field(default=50, metadata={"help": "rows printed in table format"})
-    threads: int | None = field(default=None, metadata={"help": "DuckDB threads (None: all)"})
+    threads: int | None = field(
+        default=None, metadata={"help": "DuckDB threads; None: one per core"}
+    )
 
     def __post_init__(self) -> None:
         if self.format != "table" and not self.output:

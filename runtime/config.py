@@ -426,8 +426,8 @@ def command(cls: type, *, prog: str, description: str, epilog: str | None = None
     )
     parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
-        "--config", metavar="FILE", help="YAML or JSON file (local or s3://) of these settings "
-        "by their field names (image_size: 224); flags given win"
+        "--config", metavar="FILE", help="YAML or JSON file (local or s3://) of these settings, "
+        "keyed by field name (--max-rows is max_rows); flags given win"
     )  # fmt: skip
     add_flags(parser, cls, "", "", None)
     return parser
