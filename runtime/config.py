@@ -143,41 +143,44 @@ def add_flags(
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        kind, _ = _base_type(hints[f.name])
-        flag = _flag(prefix, f.name)
-        choices = f.metadata.get("choices")
-        default = _default(f)
-        shown = "required" if default is dataclasses.MISSING else f"default: {default!r}"
-        help_text = f"{f.metadata.get('help', '')} ({shown})"
-        common: dict[str, Any] = {"dest": f"{section}__{f.name}", "default": argparse.SUPPRESS}
-        if f.metadata.get("positional"):
-            parse = _flag_parser(kind, _key(section, f.name), choices)
-            group.add_argument(common["dest"], metavar=f.name.upper(), nargs="?",
-                               type=parse, help=help_text, default=argparse.SUPPRESS)  # fmt: skip
-            continue
-        if kind is bool:
-            names = [flag, *(aliases or {}).get(f.name, [])]
-            group.add_argument(*names, action=argparse.BooleanOptionalAction, help=help_text,
-                               **common)  # fmt: skip
-            for old in _old_names(f):
-                group.add_argument(_flag(prefix, old), action=_DeprecatedBool, use=flag,
-                                   help=argparse.SUPPRESS, **common)  # fmt: skip
-            continue
-        item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
-        parse = _flag_parser(item, _key(section, f.name), choices)
-        metavar = _expect(item).split()[-1].upper() if item in _EXPECTED else "VALUE"
-        if choices:
-            metavar = "{" + ",".join(map(str, choices)) + "}"
-        action = "append" if item is not kind else "store"
-        names = [flag, *(aliases or {}).get(f.name, [])]
-        group.add_argument(*names, action=action, type=parse, metavar=metavar, help=help_text,
+        if f.init:
+            extra = (aliases or {}).get(f.name, [])
+            _add_field(group, f, hints[f.name], section, prefix, extra)
+
+
+def _add_field(
+    group: Any, f: dataclasses.Field, hint: Any, section: str, prefix: str, extra: list[str]
+) -> None:
+    kind, _ = _base_type(hint)
+    key, flag, choices = _key(section, f.name), _flag(prefix, f.name), f.metadata.get("choices")
+    default = _default(f)
+    shown = "required" if default is dataclasses.MISSING else f"default: {default!r}"
+    help_text = f"{f.metadata.get('help', '')} ({shown})"
+    dest = f"{section}__{f.name}"
+    if f.metadata.get("positional"):  # optional to argparse: a config file may give it
+        group.add_argument(dest, metavar=f.name.upper(), nargs="?", help=help_text,
+                           type=_flag_parser(kind, key, choices), default=argparse.SUPPRESS)  # fmt: skip
+        return
+    common: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
+    old_flags = [_flag(prefix, old) for old in _old_names(f)]
+    if kind is bool:
+        group.add_argument(flag, *extra, action=argparse.BooleanOptionalAction, help=help_text,
                            **common)  # fmt: skip
-        for old in _old_names(f):
-            group.add_argument(_flag(prefix, old), action=_DeprecatedValue, use=flag,
-                               append=action == "append", type=parse, metavar=metavar,
-                               help=argparse.SUPPRESS, **common)  # fmt: skip
+        for old in old_flags:
+            group.add_argument(old, action=_DeprecatedBool, use=flag, help=argparse.SUPPRESS,
+                               **common)  # fmt: skip
+        return
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
+    metavar = _expect(item).split()[-1].upper() if item in _EXPECTED else "VALUE"
+    if choices:
+        metavar = "{" + ",".join(map(str, choices)) + "}"
+    common |= {"type": _flag_parser(item, key, choices), "metavar": metavar}
+    append = item is not kind  # a tuple field: the flag is repeated, once per item
+    group.add_argument(flag, *extra, action="append" if append else "store", help=help_text,
+                       **common)  # fmt: skip
+    for old in old_flags:
+        group.add_argument(old, action=_DeprecatedValue, use=flag, append=append,
+                           help=argparse.SUPPRESS, **common)  # fmt: skip
 
 
 def _default(f: dataclasses.Field) -> Any:
