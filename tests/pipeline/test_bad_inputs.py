@@ -141,3 +141,21 @@ def test_old_detector_size_names_still_work_with_a_warning(files, tmp_path, caps
         "warning: --detector-imgsz is deprecated, use --detector-image-size",
         "warning: config key classifiers[0].imgsz is deprecated, use classifiers[0].image_size",
     ]
+
+
+def test_a_ray_address_that_answers_without_ray_is_one_line_in_seconds(files, tmp_path):
+    """ray.init waits forever on a port that accepts connections but never speaks (seen: over
+    300 s); the job's check gives up after 5 s."""
+    import socket
+    import time
+
+    with socket.socket() as server:  # accepts connections (the kernel does), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        done = job("--input", str(files["urls"]), "--output", str(tmp_path / "out"),
+                   "--detector", "none", "--ray-address", address)  # fmt: skip
+    check_refused(done, f"--ray-address {address}: no Ray cluster answers there (timed out)")
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out").exists()
