@@ -256,15 +256,13 @@ def build(
     args: argparse.Namespace | None = None,
     *,
     prefix: str = "",
-    warn: bool = True,
 ) -> Any:
     """An instance of ``cls`` from the config file's section overlaid with the given flags.
 
     Raises ConfigError for a section that is not a mapping, unknown keys, values of the wrong
     type and required fields given nowhere (``prefix``: the flags' prefix, to name the flag);
     the dataclass's own ``__post_init__`` checks ranges (ValueError). Old keys (the fields'
-    ``aliases``) are read as the new ones, with a warning unless ``warn`` is false (for
-    files written by an earlier version, such as a summary's config).
+    ``aliases``) are read as the new ones, with a warning.
     """
     if file_section is None:
         file_section = {}
@@ -272,7 +270,7 @@ def build(
     if not isinstance(file_section, dict):
         raise ConfigError(f"{where}: expected a mapping, got {_describe(file_section)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    file_section = _renamed(file_section, fields, section, warn)
+    file_section = _renamed(file_section, fields, section)
     hints = typing.get_type_hints(cls)
     unknown = sorted(str(k) for k in set(file_section) - set(fields))
     if unknown:
@@ -303,9 +301,7 @@ def build(
     return cls(**values)
 
 
-def _renamed(
-    file_section: dict, fields: dict[str, dataclasses.Field], section: str, warn: bool
-) -> dict:
+def _renamed(file_section: dict, fields: dict[str, dataclasses.Field], section: str) -> dict:
     """``file_section`` with deprecated keys renamed to their fields' current names."""
     old = {alias: name for name, f in fields.items() for alias in _old_names(f)}
     renamed = {}
@@ -317,8 +313,7 @@ def _renamed(
                     f"config {_key(section, key)}: an old name of {_key(section, name)}, "
                     "which is also given; keep only one"
                 )
-            if warn:
-                deprecated(f"config key {_key(section, key)}", _key(section, name))
+            deprecated(f"config key {_key(section, key)}", _key(section, name))
         renamed[name] = value
     return renamed
 

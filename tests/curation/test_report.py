@@ -257,16 +257,3 @@ def test_stats_on_s3(s3_bucket):
     assert stats["samples"] == 15 and stats["rejected"] == len(built.rejections)
     counts = built.samples.num_persons.value_counts().sort_index()
     assert stats["people"]["counts"] == {str(k): int(v) for k, v in counts.items()}
-
-
-def test_keep_rule_reads_a_summary_written_under_the_old_imgsz_key(capsys):
-    from curation.detect import DetectorConfig
-    from runtime.config import to_dict
-
-    section = to_dict(DetectorConfig(min_side=150.0))
-    section["imgsz"] = section.pop("image_size")  # as jobs before the glossary wrote it
-    rule = report.keep_rule({"config": {"detector": section}})
-    assert rule is not None and rule["min_side"] == 150.0
-    assert capsys.readouterr().err == ""  # reading an old dataset is not the user's mistake
-    section["colour"] = "red"  # a section this version does not know: no rule, no crash
-    assert report.keep_rule({"config": {"detector": section}}) is None

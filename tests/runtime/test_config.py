@@ -149,8 +149,12 @@ def test_deprecated_file_keys_are_read_with_a_warning(tmp_path, capsys):
     with pytest.raises(cli.ConfigError, match="config data: an old name of dataset, which is"):
         _example(["--config", str(path)])
     # a section's old keys, as in the job's detector section (imgsz -> image_size)
-    built = cli.build(Example, "s", {"sql": "x", "dataset": "d", "img_size": 96}, warn=False)
-    assert built.image_size == 96 and capsys.readouterr().err == ""
+    built = cli.build(Example, "s", {"sql": "x", "dataset": "d", "img_size": 96})
+    assert built.image_size == 96
+    assert (
+        capsys.readouterr().err
+        == "warning: config key s.img_size is deprecated, use s.image_size\n"
+    )
 
 
 def test_required_fields_choices_and_positionals(tmp_path):
