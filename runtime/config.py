@@ -324,10 +324,12 @@ def load_file(path: str | None) -> dict[str, Any]:
     ``.json`` files are read as JSON, anything else as YAML (which also reads JSON).
     Raises ConfigError (one line) for a missing, unreadable or malformed file.
     """
-    if not path:
+    if path is None:
         return {}
     from runtime.storage import locate, read_bytes
 
+    if not path.strip():
+        raise ConfigError("--config is empty: give a YAML or JSON file")
     try:
         text = read_bytes(locate(path)).decode("utf-8")
     except FileNotFoundError:

@@ -185,6 +185,7 @@ def test_required_fields_choices_and_positionals(tmp_path):
         (["x", "--dataset", "d", "--image-size", "big"], "--image-size: expected an integer"),
         (["x", "--dataset", "d", "--image-size", "0"], "image_size must be positive"),
         (["--config", "{tmp}/none.yaml"], "config file not found: "),
+        (["--config", ""], "--config is empty"),
         (["--config", "{tmp}"], "cannot read config file "),
         (["--config", "{tmp}/list.yaml"], "expected a mapping, got ['a'] (a list)"),
         (["--config", "{tmp}/bad.yaml"], "not valid YAML: "),
