@@ -53,7 +53,7 @@ def bare_loop(model, inputs: list[np.ndarray], config: DetectorConfig, device: s
     for k in range(0, len(bgr), config.batch_size):
         model.predict(
             bgr[k : k + config.batch_size],
-            imgsz=config.imgsz,
+            imgsz=config.image_size,
             conf=config.conf,
             iou=config.iou,
             max_det=config.max_det,
@@ -127,7 +127,7 @@ def main() -> None:
         "--images", type=int, default=128, help="N for the floor; the stage runs 2N"
     )
     parser.add_argument("--size", default="1280x960", help="synthetic image size WxH")
-    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu, cuda:0 or auto")
     parser.add_argument("--cpus", type=int, default=2, help="threads (floor) = CPUs per actor")
@@ -146,7 +146,7 @@ def main() -> None:
     weights = Path(args.weights) if args.weights else build_random_weights(workdir)
     config = DetectorConfig(
         weights=str(weights),
-        imgsz=args.imgsz,
+        image_size=args.image_size,
         batch_size=args.batch_size,
         device=device,
         cpus_per_actor=args.cpus,
@@ -154,7 +154,7 @@ def main() -> None:
     )
     width, height = (int(v) for v in args.size.split("x"))
     images = synthetic_images(2 * args.images, width, height)
-    inputs = [detector_input(im, args.imgsz) for im in images]
+    inputs = [detector_input(im, args.image_size) for im in images]
     rows = [
         {
             "key": f"k{i}",
@@ -190,7 +190,7 @@ def main() -> None:
     rate_floor, rate_total = n / floor, len(rows) / total
     print(machine_info(device))
     print(
-        f"weights {weights.name}, {args.size} -> imgsz {args.imgsz}, batch {args.batch_size}, "
+        f"weights {weights.name}, {args.size} -> image size {args.image_size}, batch {args.batch_size}, "
         f"device {device}, {args.cpus} threads / CPUs per actor"
     )
     print(

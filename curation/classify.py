@@ -40,7 +40,9 @@ class ClassifierConfig:
     )
     drop_labels: tuple[str, ...] = field(default=(), metadata={"help": "labels that drop an image"})
     min_score: float = field(default=0.5, metadata={"help": "drop when the top score is >= this"})
-    imgsz: int = field(default=224, metadata={"help": "classifier input size (square)"})
+    image_size: int = field(
+        default=224, metadata={"help": "classifier input size (square)", "aliases": ["imgsz"]}
+    )
     normalize: str = field(
         default="imagenet", metadata={"help": "TorchScript input: imagenet or unit"}
     )
@@ -63,8 +65,8 @@ class ClassifierConfig:
             raise ValueError(f"normalize must be one of {tuple(NORMALIZE)}")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError("min_score must be in [0, 1]")
-        if min(self.imgsz, self.batch_size, self.actors) < 1:
-            raise ValueError("imgsz, batch_size and actors must be >= 1")
+        if min(self.image_size, self.batch_size, self.actors) < 1:
+            raise ValueError("image_size, batch_size and actors must be >= 1")
         if not 0.0 < self.gpu_fraction <= 1.0 or self.cpus_per_actor <= 0:
             raise ValueError("gpu_fraction must be in (0, 1] and cpus_per_actor > 0")
         self.drop_labels = tuple(self.drop_labels)
@@ -106,7 +108,7 @@ class _TorchScriptModel:
 
     def top1(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
-        array = np.stack([squash(im, self.config.imgsz) for im in images])  # [N, S, S, 3]
+        array = np.stack([squash(im, self.config.image_size) for im in images])  # [N, S, S, 3]
         x = torch.from_numpy(array).to(self.device).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std  # [N, 3, S, S]
         with torch.inference_mode():
@@ -130,10 +132,10 @@ class _UltralyticsModel:
         self.names = [self.model.names[i] for i in range(len(self.model.names))]
 
     def top1(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        bgr = [np.ascontiguousarray(squash(im, self.config.imgsz)[..., ::-1]) for im in images]
+        bgr = [np.ascontiguousarray(squash(im, self.config.image_size)[..., ::-1]) for im in images]
         results = self.model.predict(
             bgr,
-            imgsz=self.config.imgsz,
+            imgsz=self.config.image_size,
             device=self.device,
             quantize=16 if self.config.half and self.device.startswith("cuda") else None,
             verbose=False,

@@ -41,8 +41,8 @@ def writable_objects(batch: Batch, names: tuple[str, ...]) -> None:
             batch[name] = object_column(values)
 
 
-def detector_input(image: Image.Image, imgsz: int) -> np.ndarray:
-    """HxWx3 uint8 RGB array of an oriented image, its long side scaled down to ``imgsz``.
+def detector_input(image: Image.Image, image_size: int) -> np.ndarray:
+    """HxWx3 uint8 RGB array of an oriented image, its long side scaled down to ``image_size``.
 
     Smaller images are not upscaled: the detector letterboxes them itself. ``reducing_gap``
     lets Pillow shrink by an integer factor first (``Image.reduce``), which is most of the cost.
@@ -50,7 +50,7 @@ def detector_input(image: Image.Image, imgsz: int) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
-    scale = imgsz / max(width, height)
+    scale = image_size / max(width, height)
     if scale < 1:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -134,7 +134,10 @@ class DetectorConfig:
             "(yolo11n.pt for CPU smoke tests); 'none' disables"
         },
     )
-    imgsz: int = field(default=640, metadata={"help": "detector input size (long side, pixels)"})
+    image_size: int = field(
+        default=640,
+        metadata={"help": "detector input size (long side, pixels)", "aliases": ["imgsz"]},
+    )
     batch_size: int = field(default=32, metadata={"help": "images per inference batch"})
     device: str = field(
         default="auto", metadata={"help": "'auto' (cuda when present), 'cpu', 'cuda:0'"}
@@ -182,11 +185,11 @@ class DetectorConfig:
     actors: int = field(default=1, metadata={"help": "detector actor pool size"})
 
     def __post_init__(self) -> None:
-        for name in ("imgsz", "batch_size", "max_det", "actors"):
+        for name in ("image_size", "batch_size", "max_det", "actors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"detector {name} must be >= 1")
-        if self.imgsz % 32:
-            raise ValueError(f"detector imgsz must be a multiple of 32, got {self.imgsz}")
+        if self.image_size % 32:
+            raise ValueError(f"detector image_size must be a multiple of 32, got {self.image_size}")
         if not 0.0 < self.conf < 1.0 or not 0.0 < self.iou <= 1.0:
             raise ValueError("detector conf must be in (0, 1) and iou in (0, 1]")
         if not 0.0 < self.gpu_fraction <= 1.0 or self.cpus_per_actor <= 0:
@@ -255,7 +258,7 @@ class PersonDetector:
             "model": config.weights,
             "weights_sha256": file_sha256(path),
             "ultralytics": ultralytics.__version__,
-            "imgsz": config.imgsz,
+            "imgsz": config.image_size,  # under Ultralytics' name, as manifests record it
             "conf": config.conf,
             "iou": config.iou,
             "half": self.half,
@@ -301,7 +304,7 @@ class PersonDetector:
     def _predict(self, images: list[np.ndarray]) -> list:
         return self.model.predict(
             images,
-            imgsz=self.config.imgsz,
+            imgsz=self.config.image_size,
             conf=self.config.conf,
             iou=self.config.iou,
             max_det=self.config.max_det,

@@ -21,12 +21,12 @@ dataset (img2dataset's parquet also lists failed downloads; here there are none 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from curation.manifest import DatasetError, check_dataset, manifest_files
 from curation.writer import iter_shard, sample_image, table_to_parquet_bytes, webdataset
+from runtime import config as cli
 from runtime.storage import Location, list_files, locate, publish_file_atomic, write_bytes_atomic
 from schemas import SAMPLE_SCHEMA, SchemaError
 from schemas.layout import shard_file, shard_of
@@ -121,21 +122,24 @@ def _record(row: dict[str, Any], key: str) -> dict[str, Any]:
     return record
 
 
+@dataclass(kw_only=True)
+class ExportConfig:
+    dataset: str = field(metadata={"help": "dataset folder or s3://bucket/prefix"})
+    output: str = field(metadata={"help": "an empty folder or s3:// prefix"})
+
+
+@cli.entry_point(DatasetError, SchemaError, OSError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.command(
+        ExportConfig,
         prog="python -m curation.export",
         description="Export a dataset to img2dataset's layout: {shard:05d}.tar, .parquet and "
         "_stats.json side by side, with url and caption columns.",
     )
-    parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
-    parser.add_argument("--output", required=True, help="an empty folder or s3:// prefix")
-    args = parser.parse_args(argv)
-    try:
-        counts = export_img2dataset(args.dataset, args.output)
-    except (DatasetError, SchemaError, ValueError, OSError) as err:
-        print(f"curation.export: {err}", file=sys.stderr)
-        return 2
-    print(f"exported {counts['samples']:,} samples in {counts['shards']} shards to {args.output}")
+    config = cli.parse(ExportConfig, parser, argv)
+    counts = export_img2dataset(config.dataset, config.output)
+    print(f"exported {counts['samples']:,} samples in {counts['shards']} shards to "
+          f"{config.output}")  # fmt: skip
     return 0
 
 

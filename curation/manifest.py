@@ -69,7 +69,11 @@ def manifest_files(dataset_uri: str, folder: str = MANIFESTS_DIR) -> list[Locati
     """
     files = list_files(locate(dataset_uri).join(folder), ".parquet")
     for file in files[:1]:
-        check_version(pq.read_schema(file.path, filesystem=file.fs), file.uri)
+        try:
+            schema = pq.read_schema(file.path, filesystem=file.fs)
+        except pa.ArrowInvalid as exc:  # its message does not name the file
+            raise DatasetError(f"{file.uri}: not a readable Parquet manifest ({exc})") from None
+        check_version(schema, file.uri)
     return files
 
 

@@ -12,7 +12,7 @@ Command line::
     python -m curation.query "SELECT num_persons, count(*) FROM samples GROUP BY 1 ORDER BY 1" \\
         --dataset s3://bucket/humans-v1
     python -m curation.query "SELECT * FROM persons WHERE passes" --dataset data/humans-v1 \\
-        --format parquet --out boxes.parquet
+        --format parquet --output boxes.parquet
 
 S3 is read by DuckDB's httpfs extension loaded from the ``duckdb-extension-httpfs`` package
 (never downloaded at run time). Credentials are resolved by boto3's usual chain (environment,
@@ -22,18 +22,19 @@ shared profile, instance role) and handed to DuckDB as a secret; ``AWS_ENDPOINT_
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
 
 from curation.manifest import PERSON_COLUMNS, DatasetError, check_dataset, manifest_files
-from runtime.storage import s3_endpoint
+from runtime import config as cli
+from runtime.storage import is_s3, s3_endpoint
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, SchemaError
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR
 
@@ -161,15 +162,25 @@ def connect(dataset_uri: str, *, threads: int | None = None) -> duckdb.DuckDBPyC
 
 def query(dataset_uri: str, sql: str) -> pa.Table:
     """Run one SQL statement over the dataset's views and return its result."""
-    relation = connect(dataset_uri).sql(sql)
+    con = connect(dataset_uri)
+    relation = con.sql(one_statement(con, sql))
     return relation.to_arrow_table() if relation is not None else pa.table({})
 
 
-def one_line(err: BaseException) -> str:
-    """An error as one line: DuckDB's caret diagrams and blank lines dropped."""
-    lines = [line.strip() for line in str(err).splitlines()]
-    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
-    return " ".join(kept) or type(err).__name__
+def one_statement(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """``sql`` when it holds exactly one statement; ValueError otherwise.
+
+    DuckDB runs every statement of a string and returns the last one's result only, so
+    ``SELECT 1; SELECT 2`` would silently answer the second question.
+    """
+    count = len(con.extract_statements(sql))  # duckdb.ParserError for bad syntax
+    if count != 1:
+        raise ValueError(
+            f"one SQL statement only, got {count}: run the statements one by one"
+            if count
+            else "no SQL statement given"
+        )
+    return sql
 
 
 def write_result(
@@ -179,6 +190,8 @@ def write_result(
 
     JSON is newline-delimited (one object per row), which stays streamable at any size.
     """
+    if is_s3(out):  # the connection knows S3 only when the dataset is there
+        _configure_s3(con)
     relation.create_view("_result", replace=True)
     options = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet",
                "json": "FORMAT json"}[fmt]  # fmt: skip
@@ -192,42 +205,56 @@ def print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
     relation.show(max_rows=max_rows, max_width=width, max_col_width=60, null_value="NULL")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class QueryConfig:
+    sql: str = field(
+        metadata={
+            "help": 'one SQL statement, e.g. "SELECT count(*) FROM samples"',
+            "positional": True,
+        }  # fmt: skip
+    )
+    dataset: str = field(metadata={"help": "dataset folder or s3://bucket/prefix"})
+    format: str = field(
+        default="table",
+        metadata={"help": "table: print to the terminal; csv, parquet, json (newline-"
+                  "delimited): write the full result to --output", "choices": FORMATS},
+    )  # fmt: skip
+    output: str | None = field(
+        default=None,
+        metadata={"help": "result file (local or s3://) for csv, parquet, json",
+                  "aliases": ["out"]},
+    )  # fmt: skip
+    max_rows: int = field(default=50, metadata={"help": "rows printed in table format"})
+    threads: int | None = field(
+        default=None, metadata={"help": "DuckDB threads; None: one per core"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.format != "table" and not self.output:
+            raise ValueError(f"--format {self.format} needs --output FILE")
+        if self.format == "table" and self.output:
+            raise ValueError("--output needs --format csv, parquet or json (table prints)")
+        if self.max_rows < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("--max-rows and --threads must be at least 1")
+
+
+@cli.entry_point(duckdb.Error, DatasetError, SchemaError, OSError)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.command(
+        QueryConfig,
         prog="python -m curation.query",
         description="Run DuckDB SQL over a dataset's views: samples, rejections, persons.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    parser.add_argument("sql", help='one SQL statement, e.g. "SELECT count(*) FROM samples"')
-    parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
-    parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="table: print to the terminal (default); csv, parquet, json "
-                        "(newline-delimited): write the full result to --out")  # fmt: skip
-    parser.add_argument("--out", help="output file (local or s3://) for csv, parquet, json")
-    parser.add_argument("--max-rows", type=int, default=50,
-                        help="rows printed in table format (default 50)")  # fmt: skip
-    parser.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.format != "table" and not args.out:
-        parser.error(f"--format {args.format} needs --out FILE")
-    try:
-        con = connect(args.dataset, threads=args.threads)
-        relation = con.sql(args.sql)
-        if relation is None:
-            print("OK (the statement returned no rows)")
-        elif args.format == "table":
-            print_table(relation, args.max_rows)
-        else:
-            write_result(con, relation, args.format, args.out)
-    except (duckdb.Error, DatasetError, SchemaError, OSError) as err:
-        print(f"curation.query: {one_line(err)}", file=sys.stderr)
-        return 2
+    config = cli.parse(QueryConfig, parser, argv)
+    con = connect(config.dataset, threads=config.threads)
+    relation = con.sql(one_statement(con, config.sql))
+    if relation is None:
+        print("OK (the statement returned no rows)")
+    elif config.format == "table":
+        print_table(relation, config.max_rows)
+    else:
+        write_result(con, relation, config.format, config.output)
     return 0
 
 

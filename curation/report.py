@@ -1,30 +1,31 @@
 """The dataset report: ``index.html`` with plots, ``stats.json`` and a Markdown data card.
 
-    python -m curation.report --dataset s3://bucket/humans-v1 --out report/
+    python -m curation.report --dataset s3://bucket/humans-v1 --output report/
 
 Every number is computed by DuckDB over the manifests and rejections (aggregates and binned
 histograms, never a full load into memory), written to ``stats.json``, and the figures and
 the data card are drawn from that file's content. The HTML embeds its figures as data URIs,
-so the page is one self-contained file; the PNGs are also written beside it.
+so the page is one self-contained file; the PNGs are also written beside it. The report
+goes to a local folder or an ``s3://`` prefix.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import math
 import sys
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
 from curation import report_gallery, report_plots
 from curation.manifest import DatasetError, read_summary
-from curation.query import connect, one_line
+from curation.query import connect
 from curation.report_render import render_card, render_html
-from runtime.storage import locate
+from runtime import config as cli
+from runtime.storage import locate, write_bytes_atomic
 from schemas import SCHEMA_VERSION, SchemaError
 from schemas.summary import SummaryConfig, config_of
 
@@ -265,35 +266,39 @@ def _thumbnails(dataset_uri: str, stats: dict[str, Any]) -> dict[str, bytes]:
     }
 
 
-def write_report(dataset_uri: str, out: str | Path) -> Path:
-    """Write index.html, stats.json, datacard.md and the figures' PNGs into ``out``."""
-    out = Path(out)
+def write_report(dataset_uri: str, output: str) -> str:
+    """Write index.html, stats.json, datacard.md and the figures' PNGs into ``output`` (a
+    local folder or an s3:// prefix); returns the page's location."""
+    out = locate(output)
     stats = compute_stats(dataset_uri)
     figures = _figures(stats)
     thumbnails = _thumbnails(dataset_uri, stats)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
-    for name, png in figures.items():
-        (out / f"{name}.png").write_bytes(png)
-    (out / "datacard.md").write_text(render_card(stats))
-    (out / "index.html").write_text(render_html(stats, figures, thumbnails))
-    return out / "index.html"
+    files = {"stats.json": (json.dumps(stats, indent=2, default=str) + "\n").encode()}
+    files |= {f"{name}.png": png for name, png in figures.items()}
+    files["datacard.md"] = render_card(stats).encode()
+    files["index.html"] = render_html(stats, figures, thumbnails).encode()  # last: the entry
+    for name, data in files.items():
+        write_bytes_atomic(out.join(name), data)
+    return out.join("index.html").uri
 
 
+@dataclass(kw_only=True)
+class ReportConfig:
+    dataset: str = field(metadata={"help": "dataset folder or s3://bucket/prefix"})
+    output: str = field(
+        metadata={"help": "folder or s3:// prefix for the report files", "aliases": ["out"]}
+    )
+
+
+@cli.entry_point(duckdb.Error, DatasetError, SchemaError, OSError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.command(
+        ReportConfig,
         prog="python -m curation.report",
         description="Write a dataset report: index.html (plots), stats.json, datacard.md.",
     )
-    parser.add_argument("--dataset", required=True, help="dataset folder or s3://bucket/prefix")
-    parser.add_argument("--out", required=True, help="local folder for the report files")
-    args = parser.parse_args(argv)
-    try:
-        page = write_report(args.dataset, args.out)
-    except (duckdb.Error, DatasetError, SchemaError, OSError) as err:
-        print(f"curation.report: {one_line(err)}", file=sys.stderr)
-        return 2
-    print(f"report written: {page}")
+    config = cli.parse(ReportConfig, parser, argv)
+    print(f"report written: {write_report(config.dataset, config.output)}")
     return 0
 
 

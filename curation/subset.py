@@ -16,21 +16,21 @@ without its canonical sample only if the parent did, which curated datasets neve
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
 
 from curation.manifest import DatasetError, read_summary
-from curation.query import connect, one_line
+from curation.query import connect, one_statement
 from curation.writer import ShardBuilder, iter_shard
+from runtime import config as cli
 from runtime.storage import Location, exists, list_files, locate, write_bytes_atomic
 from schemas import SCHEMA_VERSION, SchemaError
 from schemas.layout import MANIFESTS_DIR, SHARDS_DIR, SUMMARY_FILE, manifest_file, shard_file
@@ -40,15 +40,24 @@ from schemas.version import code_version
 
 @dataclass(kw_only=True)
 class SubsetConfig:
-    dataset: str  # parent dataset: folder or s3:// prefix
-    where: str  # DuckDB SQL predicate over the samples view
-    output: str  # where the subset goes: folder or s3:// prefix
-    samples_per_shard: int = 1000  # samples per output tar
-    overwrite: bool = False  # replace an existing dataset at ``output``
+    dataset: str = field(metadata={"help": "parent dataset folder or s3:// prefix"})
+    where: str = field(
+        metadata={
+            "help": "DuckDB SQL predicate over the samples view, e.g. "
+            "\"num_persons >= 2 AND license = 'cc0-1.0'\""
+        }  # fmt: skip
+    )
+    output: str = field(metadata={"help": "subset folder or s3:// prefix"})
+    max_shard_samples: int = field(
+        default=1000, metadata={"help": "samples per output tar", "aliases": ["samples_per_shard"]}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace a dataset already at --output"}
+    )
 
     def __post_init__(self) -> None:
-        if self.samples_per_shard < 1:
-            raise ValueError("samples_per_shard must be at least 1")
+        if self.max_shard_samples < 1:
+            raise ValueError("--max-shard-samples must be at least 1")
         if not self.where.strip():
             raise ValueError("the predicate is empty")
         if locate(self.dataset).uri == locate(self.output).uri:
@@ -58,12 +67,12 @@ class SubsetConfig:
 def select_keys(config: SubsetConfig) -> tuple[dict[int, set[str]], int]:
     """Selected sample keys by parent shard, and the parent's sample count.
 
-    Raises duckdb.Error for a bad predicate (syntax, unknown column, wrong type).
+    Raises duckdb.Error for a bad predicate (syntax, unknown column, wrong type) and
+    ValueError for one that smuggles in a second statement.
     """
     con = connect(config.dataset)
-    rows = con.sql(
-        f"SELECT shard, list(key) FROM samples WHERE ({config.where}) GROUP BY shard"
-    ).fetchall()
+    sql = f"SELECT shard, list(key) FROM samples WHERE ({config.where}) GROUP BY shard"
+    rows = con.sql(one_statement(con, sql)).fetchall()  # "x; DROP VIEW ..." is refused
     total = con.sql("SELECT count(*) FROM samples").fetchone()[0]
     return {int(shard): set(keys) for shard, keys in rows}, int(total)
 
@@ -114,7 +123,7 @@ def write_subset(config: SubsetConfig) -> dict[str, Any]:
                 builder = builder or ShardBuilder(output, shards)
                 builder.add(row, image)
                 count, num_bytes = count + 1, num_bytes + len(image)
-                if len(builder) == config.samples_per_shard:
+                if len(builder) == config.max_shard_samples:
                     builder.publish()
                     builder, shards = None, shards + 1
         if builder is not None:
@@ -156,32 +165,18 @@ def _summary(
     }
 
 
+@cli.entry_point(duckdb.Error, DatasetError, SchemaError, OSError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.command(
+        SubsetConfig,
         prog="python -m curation.subset",
         description="Write a new dataset holding only the samples that match a SQL predicate.",
     )
-    parser.add_argument("--dataset", required=True, help="parent dataset folder or s3:// prefix")
-    parser.add_argument("--where", required=True,
-                        help="DuckDB SQL predicate over the samples view, e.g. "
-                        "\"num_persons >= 2 AND license = 'cc0-1.0'\"")  # fmt: skip
-    parser.add_argument("--output", required=True, help="subset folder or s3:// prefix")
-    parser.add_argument("--samples-per-shard", type=int, default=1000,
-                        help="samples per output tar (default 1000)")  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset already at --output")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        config = SubsetConfig(dataset=args.dataset, where=args.where, output=args.output,
-                              samples_per_shard=args.samples_per_shard,
-                              overwrite=args.overwrite)  # fmt: skip
-        summary = write_subset(config)
-    except (duckdb.Error, DatasetError, SchemaError, OSError, ValueError) as err:
-        print(f"curation.subset: {one_line(err)}", file=sys.stderr)
-        return 2
+    config = cli.parse(SubsetConfig, parser, argv)
+    summary = write_subset(config)
     sub = summary["subset"]
     print(f"{sub['selected']} of {sub['parent_samples']} samples in {summary['shards']} shards "
-          f"-> {locate(args.output).uri}")  # fmt: skip
+          f"-> {locate(config.output).uri}")  # fmt: skip
     return 0
 
 

@@ -39,7 +39,7 @@ from pipeline.resume import (
 )
 from pipeline.stages import StageConfig, fetch_and_validate
 from runtime import config as cli
-from runtime.ray_env import check_submitted_job
+from runtime.ray_env import check_address, check_submitted_job
 from runtime.storage import Location, locate
 from schemas.version import version_line
 
@@ -67,8 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=version_line())
     p.add_argument(
         "--config",
-        help="YAML or JSON file with one mapping per section "
-        "(source, fetch, validate, detector, classifiers, dedup, output, run)",
+        metavar="FILE",
+        help="YAML or JSON file (local or s3://) with one mapping per section "
+        "(source, fetch, validate, detector, classifiers, dedup, output, run); flags given win",
     )
     p.add_argument(
         "--classifier",
@@ -90,15 +91,10 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     file = cli.load_file(args.config)
-    unknown = set(file) - {s[0] for s in SECTIONS} - {"classifiers"}
-    if unknown:
-        raise cli.ConfigError(
-            f"{args.config}: unknown sections {sorted(map(str, unknown))} "
-            f"(known: {', '.join([s[0] for s in SECTIONS] + ['classifiers'])})"
-        )
+    cli.check_sections(file, [s[0] for s in SECTIONS] + ["classifiers"], args.config)
     built = {
-        section: cli.build(cls, section, file.get(section), args)
-        for section, _, cls, _, _ in SECTIONS
+        section: cli.build(cls, section, file.get(section), args, prefix=prefix)
+        for section, prefix, cls, _, _ in SECTIONS
     }
     return JobConfig(
         classifiers=classifiers_from(file.get("classifiers"), args.classifier), **built
@@ -125,7 +121,7 @@ def run(config: JobConfig) -> dict:
 
     started = time.time()
     if not config.source.inputs:
-        raise ValueError("no inputs: pass --input (a URL list, folder, s3:// prefix or .tar)")
+        raise ValueError("no inputs: pass --inputs (a URL list, folder, s3:// prefix or .tar)")
     # inputs may be relative: --working-dir ships them with the job; the output must not be
     check_submitted_job({"--output": config.output.output})
     dataset = locate(config.output.output)
@@ -133,6 +129,7 @@ def run(config: JobConfig) -> dict:
     if not plan_is_done(dataset, config.source):  # before Ray: a typo fails in a second
         for spec in config.source.inputs:
             input_kind(spec)
+    check_address(config.run.ray_address)  # ray.init would wait minutes for a wrong one
     phases = Phases()
     with phases("check filters"):
         check_filters_ready(config.detector, config.classifiers)  # weights fail here, not mid-run
@@ -313,21 +310,29 @@ def run_line(summary: dict) -> str:
     )
 
 
+@cli.entry_point(FileNotFoundError, PermissionError, WeightsError, OutputBusy)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists CPU variants it skips
     args = parser().parse_args(argv)
-    try:
-        if args.demo:
-            from pipeline.demo import run_demo
-
-            return run_demo(args, config_from_args)
-        config = config_from_args(args)
-        summary = run(config)
-    except (ValueError, FileNotFoundError, PermissionError, WeightsError, OutputBusy) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.demo:
+        return run_demo(args)
+    config = config_from_args(args)
+    summary = run(config)
     print_summary(summary, config.output.output)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The job over the demo corpus (pipeline.demo prepares its arguments and config)."""
+    from pipeline import demo
+
+    with demo.served_corpus() as corpus:
+        demo.fill_arguments(args, corpus)
+        config = demo.without_missing_detector(config_from_args(args))
+        summary = run(config)
+    print_summary(summary, config.output.output)
+    demo.print_outcomes(config.output.output, corpus)
     return 0
 
 

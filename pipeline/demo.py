@@ -5,17 +5,21 @@ of people that the installed Ultralytics package ships, as shipped and enlarged 
 people exceed the keep rule's 300 px; and the things a crawl meets: a byte copy, a re-encode,
 an HTML page, a truncated file, an image too small, a dead link and a line that is not a URL.
 With detector weights the summary shows people kept and scenes without people rejected.
+
+The demo prepares the job's arguments and configuration; the job (``pipeline.build_humans300m
+--demo``) runs them. Nothing here imports the job back.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +31,9 @@ from curation.synthetic import (
     photo_jpeg,
     photo_like,
 )
+from curation.weights import WeightsError
+from pipeline.detect_stage import check_filters_ready
+from pipeline.job import JobConfig
 
 log = logging.getLogger("humans300m")
 DEMO_ROOT = Path("demo_out")
@@ -105,11 +112,16 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
-    from curation.weights import WeightsError
-    from pipeline.build_humans300m import print_summary, run
-    from pipeline.detect_stage import check_filters_ready
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    url_list: str  # CSV of url, caption, license, attribution (and a line that is not a URL)
+    people: list[str]  # file names of the photographs of people
 
+
+@contextlib.contextmanager
+def served_corpus() -> Iterator[Corpus]:
+    """Write the corpus and its URL list under ./demo_out, served on 127.0.0.1 while the
+    block runs."""
     corpus = DEMO_ROOT / "corpus"
     rows = make_corpus(corpus)
     server, base = serve(corpus)
@@ -120,36 +132,49 @@ def run_demo(args: argparse.Namespace, config_from_args: Callable) -> int:
             writer.writerow(["url", "caption", "license", "attribution"])
             writer.writerows([f"{base}/{name}", *rest] for name, *rest in rows)
             writer.writerow(["not a url", "", "", ""])
-        if not getattr(args, "source__inputs", None):
-            args.source__inputs = [str(url_list)]
-        if not getattr(args, "output__output", None):
-            args.output__output = str(DEMO_ROOT / "dataset")
-        args.fetch__allow_private_addresses = True  # the corpus is served on loopback
-        if not hasattr(args, "detector__weights"):
-            # A smoke test on whatever machine runs it: the nano model runs on a CPU in
-            # seconds; the job's default (yolo11x.pt) is sized for GPU workers.
-            args.detector__weights = "yolo11n.pt"
-        config = config_from_args(args)
-        try:
-            check_filters_ready(config.detector, config.classifiers)
-        except WeightsError as exc:
-            print(
-                f"\nNo person-detector weights available ({exc}).\n"
-                "The demo runs WITHOUT the person filter: every valid image is kept. "
-                "Online, Ultralytics downloads the weights; or pass --detector-weights PATH.\n"
-            )
-            config = dataclasses.replace(
-                config, detector=dataclasses.replace(config.detector, weights="none")
-            )
-        summary = run(config)
+        people = [name for name, _, _, attribution in rows if attribution == PEOPLE_ATTRIBUTION]
+        yield Corpus(str(url_list), people)
     finally:
         server.shutdown()
-    print_summary(summary, config.output.output)
-    people = [name for name, _, _, attribution in rows if attribution == PEOPLE_ATTRIBUTION]
-    for line in people_outcomes(config.output.output, people):
+
+
+def fill_arguments(args: argparse.Namespace, corpus: Corpus) -> None:
+    """The job's parsed flags completed for the demo: the corpus as input, ./demo_out/dataset
+    as output and the nano detector unless given, and loopback addresses allowed (the corpus
+    is served there)."""
+    if not getattr(args, "source__inputs", None):
+        args.source__inputs = [corpus.url_list]
+    if not getattr(args, "output__output", None):
+        args.output__output = str(DEMO_ROOT / "dataset")
+    args.fetch__allow_private_addresses = True
+    if not hasattr(args, "detector__weights"):
+        # A smoke test on whatever machine runs it: the nano model runs on a CPU in
+        # seconds; the job's default (yolo11x.pt) is sized for GPU workers.
+        args.detector__weights = "yolo11n.pt"
+
+
+def without_missing_detector(config: JobConfig) -> JobConfig:
+    """``config``, or with the person detector off and a note saying why when its weights
+    are not available (offline, no --detector-weights)."""
+    try:
+        check_filters_ready(config.detector, config.classifiers)
+    except WeightsError as exc:
+        print(
+            f"\nNo person-detector weights available ({exc}).\n"
+            "The demo runs WITHOUT the person filter: every valid image is kept. "
+            "Online, Ultralytics downloads the weights; or pass --detector-weights PATH.\n"
+        )
+        return dataclasses.replace(
+            config, detector=dataclasses.replace(config.detector, weights="none")
+        )
+    return config
+
+
+def print_outcomes(dataset_uri: str, corpus: Corpus) -> None:
+    """What became of each photograph of people, and a first query to try."""
+    for line in people_outcomes(dataset_uri, corpus.people):
         print(line)
     print(
         f'\nQuery it:  python -m curation.query "SELECT format, count(*) FROM samples GROUP BY 1" '
-        f"--dataset {config.output.output}"
+        f"--dataset {dataset_uri}"
     )
-    return 0

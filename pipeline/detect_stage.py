@@ -36,8 +36,8 @@ def filter_input_size(detector: DetectorConfig | None, classifiers: list[Classif
     """Long side of ``det_input`` the validate stage must produce; 0: no stage reads it."""
     detector = active(detector)
     if detector is not None:
-        return detector.imgsz
-    return max((c.imgsz for c in classifiers), default=0)
+        return detector.image_size
+    return max((c.image_size for c in classifiers), default=0)
 
 
 def check_filters_ready(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,20 +74,74 @@ def use_this_environment_for_workers() -> None:
     ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 
+# A client's HTTP/2 connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS,
+# the Ray Client server) answers at once with a SETTINGS frame of its own.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4  # HTTP/2 frame type
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse within about ``timeout`` seconds a Ray address (``host:port``,
+    ``ray://host:port``; None: ``RAY_ADDRESS``) where no gRPC server answers: ``ray.init``
+    retries for minutes where nothing listens, and forever where something listens but
+    never speaks.
+
+    'auto', 'local' and other schemes are left to Ray, as are TLS clusters (RAY_USE_TLS).
+    """
+    given = "--ray-address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local") or "://" in address.removeprefix("ray://"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{given} {address!r}: expected host:port, ray://host:port or auto")
+    if os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+        return  # the server would wait for a TLS handshake, not HTTP/2
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(_HTTP2_HELLO)
+            head = _read(sock, 9)  # the frame header: length (3), type (1), flags, stream
+    except OSError as exc:  # refused, no route, unknown host, timed out
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ValueError(
+            f"{given} {address}: no Ray cluster answers there ({reason}); start one "
+            "(ray start --head) or leave the address out for an embedded local Ray"
+        ) from None
+    if len(head) < 9 or head[3] != _SETTINGS:
+        raise ValueError(f"{given} {address}: what answers there is not a Ray cluster (no gRPC)")
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray.
 
     The local Ray's workers import this project from its checkout through the inherited
     environment rather than a runtime_env, so the workers Ray prestarts take tasks at once
     (a runtime_env makes Ray start fresh ones, seconds each, for the first tasks).
+    Raises ValueError at once when nothing listens at the address (``check_address``), and
+    when what answers there is not a Ray cluster Ray accepts.
     """
+    check_address(address)
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         pass  # a caller (a test, a notebook) started it
     elif address:
-        ray.init(address=address)  # the code comes with `ray job submit --working-dir`
+        try:
+            ray.init(address=address)  # the code comes with `ray job submit --working-dir`
+        except ConnectionError as exc:  # something answered, but no Ray (or 'auto', none)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"cannot join the Ray cluster at {address}: {first}") from None
     else:
         log.info("no Ray cluster given: starting an embedded local Ray")
         add_to_pythonpath(str(ROOT))

@@ -54,7 +54,13 @@ class Location:
 
 
 def locate(uri: str) -> Location:
+    """Raises ValueError for an empty path (``os.path.abspath`` would make it the current
+    folder: a job or report would write there) and an ``s3://`` URI without a bucket."""
+    if not uri.strip():
+        raise ValueError("an empty path: give a local path or an s3:// URI")
     if is_s3(uri):
+        if not uri[len("s3://") :].strip("/"):
+            raise ValueError(f"{uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
         return Location(s3_filesystem(), uri[len("s3://") :].rstrip("/"), uri.rstrip("/"))
     if uri.startswith("file://"):
         uri = urlparse(uri).path

@@ -27,7 +27,7 @@ def config_for(red_vs_blue, **kwargs) -> ClassifierConfig:
         "format": "torchscript",
         "labels": str(labels),
         "drop_labels": ("reddish",),
-        "imgsz": 32,
+        "image_size": 32,
         "batch_size": 2,
     }
     return ClassifierConfig(**{**defaults, **kwargs})
@@ -124,7 +124,9 @@ def test_ultralytics_classification_model(tmp_path_factory):
         model = YOLO("yolo11n-cls.yaml")
         model.model.names = {0: "photo", 1: "watermark"} | {i: f"c{i}" for i in range(2, 1000)}
         model.save(str(path))
-    config = ClassifierConfig(name="wm", weights=str(path), drop_labels=("watermark",), imgsz=64)
+    config = ClassifierConfig(
+        name="wm", weights=str(path), drop_labels=("watermark",), image_size=64
+    )
     stage = ImageClassifier(config)
     out = stage(make_batch([tinted(200, 50), tinted(50, 200)]))
     model = YOLO(str(path))

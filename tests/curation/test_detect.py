@@ -140,8 +140,8 @@ def test_crop_box_is_four_by_three_and_covers_the_padded_box():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"imgsz": 0},
-        {"imgsz": 650},
+        {"image_size": 0},
+        {"image_size": 650},
         {"conf": 0.0},
         {"gpu_fraction": 0.0},
         {"min_score": 1.5},
@@ -244,7 +244,7 @@ def exif_rotated(width: int, height: int, seed: int) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(out.getvalue())))
 
 
-def make_batch(images: list[Image.Image], imgsz: int = 640) -> dict[str, np.ndarray]:
+def make_batch(images: list[Image.Image], image_size: int = 640) -> dict[str, np.ndarray]:
     n = len(images)
     return {
         "key": object_column([f"k{i}" for i in range(n)]),
@@ -254,7 +254,7 @@ def make_batch(images: list[Image.Image], imgsz: int = 640) -> dict[str, np.ndar
         "detail": object_column([None] * n),
         "width": np.array([im.width for im in images], dtype=np.int32),
         "height": np.array([im.height for im in images], dtype=np.int32),
-        "det_input": object_column([detector_input(im, imgsz) for im in images]),
+        "det_input": object_column([detector_input(im, image_size) for im in images]),
     }
 
 
@@ -266,7 +266,7 @@ def direct_boxes(model, arrays: list[np.ndarray], sizes: list[tuple[int, int]], 
     """
     bgr = [np.ascontiguousarray(a[..., ::-1]) for a in arrays]
     results = model.predict(
-        bgr, imgsz=config.imgsz, conf=config.conf, iou=config.iou, classes=[0], verbose=False
+        bgr, imgsz=config.image_size, conf=config.conf, iou=config.iou, classes=[0], verbose=False
     )
     found = []
     for array, (width, height), result in zip(arrays, sizes, results, strict=True):

@@ -60,7 +60,7 @@ def test_persons_view_has_one_row_per_box(built):
 def test_file_formats(built, tmp_path, fmt):
     out = tmp_path / f"licenses.{fmt}"
     sql = "SELECT coalesce(license, '(none)') AS license, count(*) AS n FROM samples GROUP BY 1"
-    assert query.main([sql, "--dataset", built.uri, "--format", fmt, "--out", str(out)]) == 0
+    assert query.main([sql, "--dataset", built.uri, "--format", fmt, "--output", str(out)]) == 0
     if fmt == "csv":
         got = pd.read_csv(out)
     elif fmt == "parquet":
@@ -90,7 +90,7 @@ def test_s3_dataset_offline(s3_bucket, tmp_path):
     # and the result can go back to S3
     out = f"s3://{s3_bucket}/results/rej.parquet"
     assert query.main(["SELECT * FROM rejections", "--dataset", uri,
-                       "--format", "parquet", "--out", out]) == 0  # fmt: skip
+                       "--format", "parquet", "--output", out]) == 0  # fmt: skip
     loc = locate(out)
     with loc.fs.open_input_file(loc.path) as f:
         assert pq.read_table(f).num_rows == len(remote.rejections)

@@ -77,7 +77,7 @@ def _near(pixel, colour, tolerance=60) -> bool:
 
 
 def test_report_renders_and_numbers_match_the_manifests(built, tmp_path, browser):
-    assert report.main(["--dataset", built.uri, "--out", str(tmp_path)]) == 0
+    assert report.main(["--dataset", built.uri, "--output", str(tmp_path)]) == 0
     widths = _loaded_images(browser, tmp_path / "index.html")
     assert set(widths) == {f"fig-{n}" for n in FIGURES_WITH_DETECTOR}
     assert all(width > 0 for width in widths.values()), widths
@@ -128,7 +128,7 @@ def test_report_renders_and_numbers_match_the_manifests(built, tmp_path, browser
 
 
 def test_gallery_shows_strata_with_person_boxes_drawn(built, tmp_path, browser):
-    assert report.main(["--dataset", built.uri, "--out", str(tmp_path)]) == 0
+    assert report.main(["--dataset", built.uri, "--output", str(tmp_path)]) == 0
     browser.get((tmp_path / "index.html").as_uri())
     thumbs = _thumbnails(browser)
     stats = json.loads((tmp_path / "stats.json").read_text())
@@ -173,7 +173,7 @@ def test_gallery_shows_strata_with_person_boxes_drawn(built, tmp_path, browser):
 
 
 def test_duplicates_are_shown_side_by_side_or_named_when_removed(built, tmp_path, browser):
-    assert report.main(["--dataset", built.uri, "--out", str(tmp_path)]) == 0
+    assert report.main(["--dataset", built.uri, "--output", str(tmp_path)]) == 0
     browser.get((tmp_path / "index.html").as_uri())
     thumbs = _thumbnails(browser)
     groups = json.loads((tmp_path / "stats.json").read_text())["duplicate_groups"]
@@ -200,7 +200,7 @@ def test_report_without_detector_says_so(tmp_path, browser):
     built = build_dataset(str(tmp_path / "nodet"), num_samples=20, detector=False)
     shutil.rmtree(Path(built.uri) / REJECTIONS_DIR)  # and a dataset that rejected nothing
     out = tmp_path / "report"
-    assert report.main(["--dataset", built.uri, "--out", str(out)]) == 0
+    assert report.main(["--dataset", built.uri, "--output", str(out)]) == 0
     widths = _loaded_images(browser, out / "index.html")
     assert set(widths) == {"fig-resolution", "fig-funnel", "fig-sources", "fig-duplicates"}
     assert all(width > 0 for width in widths.values())
@@ -243,7 +243,9 @@ def test_keep_rule_is_read_from_the_typed_config_the_job_writes(tmp_path):
 
 
 def test_report_errors_are_clear(tmp_path, capsys):
-    assert report.main(["--dataset", str(tmp_path / "absent"), "--out", str(tmp_path / "r")]) == 2
+    assert (
+        report.main(["--dataset", str(tmp_path / "absent"), "--output", str(tmp_path / "r")]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such dataset" in err
     assert not (tmp_path / "r").exists()

@@ -30,7 +30,7 @@ def test_round_trip(built, tmp_path):
     out = tmp_path / "multi"
     where = "num_persons >= 2 AND license IS NOT NULL"
     args = ["--dataset", built.uri, "--where", where, "--output", str(out)]
-    assert subset.main([*args, "--samples-per-shard", "4"]) == 0
+    assert subset.main([*args, "--max-shard-samples", "4"]) == 0
     parent = built.samples
     chosen = parent[(parent.num_persons >= 2) & parent.license.notna()]
     assert len(chosen) > 4  # several output shards

@@ -55,3 +55,17 @@ def test_demo_offline_keeps_the_people_photos_and_says_the_detector_is_off(
         "bus_x3.jpg": "kept",
         "zidane_x3.jpg": "kept",
     }
+
+
+def test_the_demo_does_not_import_the_job_back():
+    """The job imports the demo (to prepare its arguments); the demo never imports the job."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    def imported(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    assert "pipeline.build_humans300m" not in imported(ROOT / "pipeline" / "demo.py")

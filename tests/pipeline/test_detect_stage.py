@@ -35,7 +35,7 @@ def tint_classifier(tmp_path_factory) -> ClassifierConfig:
         format="torchscript",
         labels=str(labels),
         drop_labels=("reddish",),
-        imgsz=32,
+        image_size=32,
         batch_size=4,
         cpus_per_actor=0.5,
     )
@@ -73,7 +73,7 @@ def row(key: str, image: Image.Image, status: str = "ok") -> dict:
 def direct(model, array: np.ndarray, width: int, height: int, config: DetectorConfig):
     result = model.predict(
         np.ascontiguousarray(array[..., ::-1]),
-        imgsz=config.imgsz,
+        imgsz=config.image_size,
         conf=config.conf,
         iou=config.iou,
         classes=[0],
@@ -178,7 +178,7 @@ def test_no_filters_leave_the_dataset_alone(ray_cluster, tint_classifier):
     assert add_filter_stages(ds, DetectorConfig(weights="none"), []) is ds
     assert filter_input_size(None, []) == 0
     assert filter_input_size(DetectorConfig(weights="none"), [tint_classifier]) == 32
-    assert filter_input_size(DetectorConfig(imgsz=1024), [tint_classifier]) == 1024
+    assert filter_input_size(DetectorConfig(image_size=1024), [tint_classifier]) == 1024
 
 
 def test_classifiers_alone_clear_the_input(ray_cluster, tint_classifier):
