@@ -34,6 +34,7 @@ from curation.synthetic import (
 from curation.weights import WeightsError
 from pipeline.detect_stage import check_filters_ready
 from pipeline.job import JobConfig
+from runtime import config as cli
 
 log = logging.getLogger("humans300m")
 DEMO_ROOT = Path("demo_out")
@@ -147,7 +148,9 @@ def fill_arguments(args: argparse.Namespace, corpus: Corpus) -> None:
     if not getattr(args, "output__output", None):
         args.output__output = str(DEMO_ROOT / "dataset")
     args.fetch__allow_private_addresses = True
-    if not hasattr(args, "detector__weights"):
+    in_file = cli.load_file(args.config).get("detector")  # the job refuses a bad one later
+    weights_in_file = isinstance(in_file, dict) and "weights" in in_file
+    if not hasattr(args, "detector__weights") and not weights_in_file:
         # A smoke test on whatever machine runs it: the nano model runs on a CPU in
         # seconds; the job's default (yolo11x.pt) is sized for GPU workers.
         args.detector__weights = "yolo11n.pt"

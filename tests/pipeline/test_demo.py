@@ -69,3 +69,20 @@ def test_the_demo_does_not_import_the_job_back():
         return names | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
 
     assert "pipeline.build_humans300m" not in imported(ROOT / "pipeline" / "demo.py")
+
+
+def test_the_demo_runs_the_nano_detector_unless_weights_are_given(tmp_path):
+    from pipeline.build_humans300m import config_from_args, parser
+
+    corpus = demo.Corpus(str(tmp_path / "urls.csv"), [])
+
+    def weights(argv: list[str]) -> str:
+        args = parser().parse_args(argv)
+        demo.fill_arguments(args, corpus)
+        return config_from_args(args).detector.weights
+
+    assert weights(["--demo"]) == "yolo11n.pt"
+    assert weights(["--demo", "--detector-weights", "mine.pt"]) == "mine.pt"
+    config = tmp_path / "job.yaml"
+    config.write_text("detector:\n  weights: from-file.pt\n")
+    assert weights(["--demo", "--config", str(config)]) == "from-file.pt"
