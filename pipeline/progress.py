@@ -22,6 +22,7 @@ import numpy as np
 import ray
 
 from curation.record import OK, Batch
+from runtime.progress import duration
 
 TOP_REASONS = 3  # rejection reasons named in a line; the rest are summed as "other"
 BAR_REFRESH_S = 0.5  # how often a terminal bar is redrawn
@@ -71,15 +72,6 @@ class Reports:
         out = super().__call__(batch)  # type: ignore[misc]
         report(self._counter, out)
         return out
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def rejected_text(rejected: dict[str, int]) -> str:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from models.flops import peak_flops
+from runtime.progress import duration
 from runtime.storage import locate, write_bytes_atomic
 from training import checkpoint
 from training.metrics_log import MetricsLog, device_name, throughput
@@ -293,13 +294,3 @@ def progress(line: str) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     logger.info(line)
-
-
-def duration(seconds: float) -> str:
-    """``4m12s``, ``1h05m``, ``9s``."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
