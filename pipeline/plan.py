@@ -27,7 +27,8 @@ own row group (on S3: two or three range GETs per part and partition).
 The plan is marked done (``DONE.json``) last: a rerun with the same inputs skips every step,
 and a rerun after a crash clears what the crashed build left (its partitions, staged rows and
 rejection files) and builds again. The driver holds the parts, a count row per part and per
-partition: nothing per URL.
+partition: nothing per URL (a folder's files are listed a part at a time, each part's paths
+written to ``stage/listing/`` for its task).
 
 Below ``ray_above`` bytes of input (estimated) the same steps run one after another in the
 driver: Ray's fixed costs (a few seconds for tasks and a shuffle) outweigh the work there.
@@ -64,6 +65,7 @@ from curation.sources import (
     iter_part,
     number_parts,
     split_input,
+    write_listing,
 )
 from curation.writer import table_to_parquet_bytes, write_rejections
 from runtime.storage import (
@@ -181,11 +183,13 @@ class _Build:
 
     def run(self) -> Plan:
         self._clear()  # whatever a crashed build of this plan left
-        parts = [
-            p
-            for spec in self.config.inputs
-            for p in split_input(spec, self.config, self.part_bytes)
-        ]
+        listing = self.folder.join("stage", "listing")
+        parts = []
+        for spec in self.config.inputs:
+            for part in split_input(spec, self.config, self.part_bytes):
+                if part.files:  # a folder's files go to their task in a file, not kept here
+                    part = write_listing(part, listing.join(f"{len(parts):06d}.parquet"))
+                parts.append(part)
         on_ray = sum(p.size for p in parts) >= self.ray_above
         parts, lines = self._number(parts, on_ray)
         estimate = sum(_estimated_rows(p, n) for p, n in zip(parts, lines, strict=True))
@@ -363,6 +367,8 @@ def write_by_partition(writer: pq.ParquetWriter, table: pa.Table, partitions: in
     """Append ``table``'s rows to ``writer`` sorted by their key's plan partition, a row group
     per partition, in a ``partition`` column (its statistics are what ``read_partition`` reads).
     Rows keep their order within a partition."""
+    if not table.num_rows:
+        return
     partition = partition_of(table["key"], partitions)
     by_partition = np.argsort(partition, kind="stable")
     table = table.take(pa.array(by_partition)).append_column(

@@ -71,9 +71,12 @@ def _expected(config: SourceConfig):
 
 
 @pytest.mark.parametrize("on_ray", [False, True])
-def test_plan_matches_a_plain_reading_of_the_inputs(tmp_path, on_ray):
+def test_plan_matches_a_plain_reading_of_the_inputs(tmp_path, on_ray, monkeypatch):
     config = SourceConfig(inputs=tuple(_inputs(tmp_path)))
     first, malformed, repeats = _expected(config)
+    # the folder's 5 files listed in 3 parts, handed to their tasks in listing files
+    monkeypatch.setattr("curation.sources.FILES_PER_PART", 2)
+    assert sorted(len(p.files) for p in split_input(config.inputs[4], config)) == [0, 1, 2, 2]
     # small parts: the txt list is cut into line-aligned ranges, the Parquet list by row groups
     parts = [p for s in config.inputs for p in split_input(s, config, part_bytes=16384)]
     assert sum(p.uri.endswith("big.txt") for p in parts) > 4
