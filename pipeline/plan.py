@@ -94,7 +94,7 @@ PLAN_SCHEMA = pa.schema(
 PART_BYTES = 32 << 20  # a read task's share of a large list (its memory is a few times this)
 ROWS_PER_PARTITION = 1_000_000  # about, per plan partition (a resolve or resume task's rows)
 ROW_BYTES = 32  # bytes of a list per row, at least (a short URL and its newline): to size plans
-TAR_MEMBER_BYTES = 1024  # a tar member's header and first block: at most one row per KiB
+TAR_MEMBER_BYTES = 1024  # a tar member with data: a header and a block, so a row per KiB at most
 STAGE_RUN_ROWS = 1_000_000  # rows a read task sorts into partitions at once (its memory)
 REJECTIONS_CHUNK = 100_000  # malformed rows per rejections file of a part
 RAY_ABOVE_BYTES = 8 << 20  # estimated input bytes from which the plan runs on Ray (bench)
@@ -192,7 +192,8 @@ class _Build:
                 parts.append(part)
         on_ray = sum(p.size for p in parts) >= self.ray_above
         parts, lines = self._number(parts, on_ray)
-        estimate = sum(_estimated_rows(p, n) for p, n in zip(parts, lines, strict=True))
+        footers: dict[str, tuple[int, ...]] = {}  # a Parquet list's parts share its footer
+        estimate = sum(_estimated_rows(p, n, footers) for p, n in zip(parts, lines, strict=True))
         # fixed before any row is read: the read tasks sort their rows into these partitions
         partitions = max(self.partitions, -(-estimate // ROWS_PER_PARTITION))
         context = {
@@ -259,8 +260,9 @@ class _Build:
             self.folder.fs.delete_dir(self.folder.join("stage").path)
 
 
-def _estimated_rows(part: InputPart, lines: int | None) -> int:
-    """At least the rows of a part, about: counted lines, listed files, else from its bytes.
+def _estimated_rows(part: InputPart, lines: int | None, footers: dict) -> int:
+    """At least the rows of a part, about: counted lines, listed files, a Parquet list's row
+    groups, else from its bytes.
 
     An overestimate only makes more, smaller partitions; lists of URLs shorter than
     ``ROW_BYTES`` make fewer, larger ones.
@@ -269,7 +271,18 @@ def _estimated_rows(part: InputPart, lines: int | None) -> int:
         return lines
     if part.kind == "files":
         return part.size
+    if part.kind == "list" and part.uri.lower().removesuffix(".gz").endswith(".parquet"):
+        if part.uri not in footers:  # a LAION row is ~10x ROW_BYTES: count, not guess
+            footers[part.uri] = _row_group_rows(part.uri)
+        return sum(footers[part.uri][part.start : part.end])
     return part.size // (TAR_MEMBER_BYTES if part.kind == "tar" else ROW_BYTES) + 1
+
+
+def _row_group_rows(uri: str) -> tuple[int, ...]:
+    """Rows of each row group of a Parquet list (read from its footer)."""
+    file = locate(uri)
+    meta = pq.read_metadata(file.path, filesystem=file.fs)
+    return tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
 
 
 def _dump(part: InputPart) -> str:

@@ -192,3 +192,22 @@ def test_plan_id_changes_with_the_caption_column_and_not_for_its_default():
     assert plan_id(config) == hashlib.sha256(before.encode()).hexdigest()[:12]
     other = SourceConfig(inputs=("urls.parquet",), url_column="URL", caption_column="TEXT")
     assert plan_id(other) != plan_id(config)
+
+
+def test_partitions_are_sized_before_the_reads_from_counted_lines_and_row_groups(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipeline.plan.ROWS_PER_PARTITION", 1000)
+    urls = tmp_path / "urls.txt"  # cut into line-aligned ranges: their lines are counted
+    urls.write_text("".join(f"http://a.example/{i}.jpg\n" for i in range(5000)))
+    listed = pa.table({"url": [f"http://b.example/{i}.jpg" for i in range(3000)],
+                       "caption": ["a long caption " * 20] * 3000})  # fmt: skip
+    pq.write_table(listed, tmp_path / "list.parquet", row_group_size=500)
+    config = SourceConfig(inputs=(str(urls), str(tmp_path / "list.parquet")))
+    plan = load_or_build_plan(
+        locate(str(tmp_path / "out")), config, partitions=2, ray_above=1 << 40, part_bytes=4096
+    )
+    # 8000 rows, not the ~8x more that the Parquet list's bytes would suggest
+    assert (plan.rows, plan.partitions, len(plan.files)) == (8000, 8, 8)
+    sizes = [pq.read_metadata(f.path).num_rows for f in plan.files]
+    assert sum(sizes) == 8000 and max(sizes) < 1300
