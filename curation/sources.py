@@ -276,17 +276,20 @@ def _walk(root: Location) -> Iterator[tuple[str, int]]:
     folders, seen = [root.path], set()
     while folders:
         folder = folders.pop()
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in seen:
-            continue  # a link back up the tree: followed once, as pyarrow's listing did
-        seen.add((info.st_dev, info.st_ino))
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir():
-                    folders.append(entry.path)
-                elif entry.is_file():
-                    size = entry.stat().st_size if entry.name.lower().endswith(".tar") else 0
-                    yield entry.path, size
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue  # a link back up the tree: followed once, as pyarrow's listing did
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        folders.append(entry.path)
+                    elif entry.is_file():
+                        tar = entry.name.lower().endswith(".tar")
+                        yield entry.path, entry.stat().st_size if tar else 0
+        except OSError as exc:  # an unreadable subfolder, a link to nowhere
+            raise ValueError(f"cannot list {folder}: {exc.strerror or exc}") from None
 
 
 def _walk_s3(root: Location) -> Iterator[tuple[str, int]]:
