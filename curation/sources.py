@@ -16,6 +16,9 @@ An input that cannot be read at all (a truncated ``.gz``, a file that is not a t
 For a distributed plan an input is first cut into ``InputPart``s (``split_input``) that tasks
 read independently (``iter_part``) with the same rules: a folder's files in chunks, each tar
 whole, a Parquet list by row groups, an uncompressed txt/jsonl list by line-aligned byte ranges.
+A folder or prefix is listed as a stream (local: ``os.scandir``; S3: ``ListObjectsV2`` pages of
+1,000 keys) and its parts come one at a time: whoever splits it holds one part's paths, never the
+whole listing, and can hand each part's paths to its task in a file (``write_listing``).
 A gzipped list cannot be split (a deflate stream has no entry points) and neither can a csv/tsv
 list (a quoted field may hold a newline, so a line boundary need not be a record boundary): each
 is one part, read by one task.
@@ -28,6 +31,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import os
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -39,7 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.redact import redact_text, redact_uri
-from runtime.storage import Location, locate
+from runtime.storage import Location, locate, s3_endpoint
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")
@@ -49,7 +53,8 @@ RAW_LIMIT = 1000  # characters of an unusable row's raw value kept in its reject
 MAX_LINE_BYTES = 1 << 20  # a longer line of a list is an unusable row, never read into memory
 MAX_META_BYTES = 1 << 20  # a tar's {key}.json larger than this is not read (nor held in memory)
 BATCH_ROWS = 10_000
-FILES_PER_PART = 100_000  # a folder's files per part (the driver lists them anyway)
+FILES_PER_PART = 100_000  # a folder's files per part (what the lister holds at a time)
+S3_PAGE_KEYS = 1000  # keys per ListObjectsV2 call (S3's most)
 SPLITTABLE_TEXT = (".txt", ".jsonl", ".json", ".ndjson")  # one record per line
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
 BYTE_RANGE = "byte_range"
@@ -125,7 +130,8 @@ class InputPart:
     ``start``/``end``: a byte range of a txt/jsonl list or a range of Parquet row groups
     (``end`` None: to the end). ``first_number``: the row number of the part's first line or
     row in its file, for malformed-row messages; 0 until ``count_lines`` has been summed over
-    the earlier ranges of the file (``number_parts``). ``files``: a folder's image files.
+    the earlier ranges of the file (``number_parts``). ``files``: a folder's image files, or
+    ``listing``: the file holding them (``write_listing``).
     """
 
     kind: str  # "list", "tar" or "files"
@@ -135,6 +141,7 @@ class InputPart:
     first_number: int = 1
     files: tuple[str, ...] = ()
     size: int = 0  # bytes to read (files: their number), to size the work
+    listing: str = ""  # URI of a Parquet file of the part's files (a "path" column)
 
 
 def iter_inputs(spec: str, config: SourceConfig) -> Iterator[InputBatch]:
@@ -167,11 +174,15 @@ def input_kind(spec: str) -> tuple[Location, str]:
     )
 
 
-def split_input(spec: str, config: SourceConfig, part_bytes: int | None = None) -> list[InputPart]:
+def split_input(
+    spec: str, config: SourceConfig, part_bytes: int | None = None
+) -> Iterator[InputPart] | list[InputPart]:
     """The parts of one user-named input, in input order (see the module docstring).
 
     Without ``part_bytes`` lists stay whole. A text list cut into byte ranges gets parts whose
     ``first_number`` is 0: count their lines (``count_lines``) and call ``number_parts``.
+    A folder's parts come as they are listed (an iterator): keep ``write_listing``'s parts,
+    not the listed ones, to keep memory flat.
     """
     loc, kind = input_kind(spec)
     if kind == "folder":
@@ -192,7 +203,7 @@ def iter_part(part: InputPart, config: SourceConfig) -> Iterator[InputBatch]:
     """Batches of input rows of one part, as ``iter_inputs`` reads them from the whole input."""
     loc = locate(part.uri)
     if part.kind == "files":
-        yield from _iter_files(loc, part.files)
+        yield from _iter_files(loc, part.files or _read_listing(part.listing))
     elif part.kind == "tar":
         yield from _iter_tar(loc)
     elif _base(loc.path).endswith(".parquet"):
@@ -231,34 +242,94 @@ def _base(path: str) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
-def _split_tree(root: Location) -> list[InputPart]:
-    """Every file under a folder or prefix: images in chunks, each .tar file its own part."""
-    selector = pafs.FileSelector(root.path, recursive=True)
-    infos = sorted(
-        (i for i in root.fs.get_file_info(selector) if i.type == pafs.FileType.File),
-        key=lambda i: i.path,
-    )
-    parts: list[InputPart] = []
+def _split_tree(root: Location) -> Iterator[InputPart]:
+    """Every file under a folder or prefix: images in chunks, each .tar file its own part.
+
+    Parts come as the listing streams (``_walk``). Local folders come in directory order
+    (``os.scandir``, stable for an unchanged folder; sorting would mean holding a whole
+    directory's names), S3 prefixes in key order.
+    """
     files: list[str] = []
-
-    def flush() -> None:
-        if files:
-            parts.append(InputPart("files", root.uri, files=tuple(files), size=len(files)))
-            files.clear()
-
-    for info in infos:
-        name = info.path.rsplit("/", 1)[-1]
+    for path, size in _walk(root):
+        name = path.rsplit("/", 1)[-1]
         if name.startswith("."):
             continue  # hidden files: editor droppings, our own temporaries
         if name.lower().endswith(".tar"):
-            flush()
-            parts.append(InputPart("tar", _sibling(root, info.path).uri, size=info.size))
+            if files:
+                yield InputPart("files", root.uri, files=tuple(files), size=len(files))
+                files = []
+            yield InputPart("tar", _sibling(root, path).uri, size=size)
             continue
-        files.append(info.path)
+        files.append(path)
         if len(files) >= FILES_PER_PART:
-            flush()
-    flush()
-    return parts
+            yield InputPart("files", root.uri, files=tuple(files), size=len(files))
+            files = []
+    if files:
+        yield InputPart("files", root.uri, files=tuple(files), size=len(files))
+
+
+def _walk(root: Location) -> Iterator[tuple[str, int]]:
+    """(path, size) of every file under ``root``, streamed; a tar's size is what is used."""
+    if root.is_s3:
+        yield from _walk_s3(root)
+        return
+    folders, seen = [root.path], set()
+    while folders:
+        folder = folders.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue  # a link back up the tree: followed once, as pyarrow's listing did
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        folders.append(entry.path)
+                    elif entry.is_file():
+                        tar = entry.name.lower().endswith(".tar")
+                        yield entry.path, entry.stat().st_size if tar else 0
+        except OSError as exc:  # an unreadable subfolder, a link to nowhere
+            raise ValueError(f"cannot list {folder}: {exc.strerror or exc}") from None
+
+
+def _walk_s3(root: Location) -> Iterator[tuple[str, int]]:
+    """The keys under an S3 prefix, a ``ListObjectsV2`` page (1,000 keys) at a time.
+
+    pyarrow's S3 listing returns a whole recursive listing as one list; boto3 pages it.
+    """
+    import boto3
+    import botocore.exceptions
+
+    bucket, _, prefix = root.path.partition("/")
+    client = boto3.client("s3", endpoint_url=s3_endpoint())
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket,
+        Prefix=f"{prefix}/" if prefix else "",
+        PaginationConfig={"PageSize": S3_PAGE_KEYS},
+    )
+    try:
+        for page in pages:
+            for item in page.get("Contents", ()):
+                if not item["Key"].endswith("/"):  # "folder" marker objects
+                    yield f"{bucket}/{item['Key']}", item["Size"]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise ValueError(f"cannot list {root.uri}: {str(exc).splitlines()[0]}") from None
+
+
+def write_listing(part: InputPart, file: Location) -> InputPart:
+    """``part`` with its files moved to ``file``: a folder's listing goes to the tasks that
+    read it through files, not through the memory of the process that lists it."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"path": list(part.files)}), buffer, compression="zstd")
+    file.fs.create_dir(file.path.rsplit("/", 1)[0])
+    with file.fs.open_output_stream(file.path) as out:
+        out.write(buffer.getvalue())
+    return replace(part, files=(), listing=file.uri)
+
+
+def _read_listing(uri: str) -> tuple[str, ...]:
+    file = locate(uri)
+    return tuple(pq.read_table(file.path, filesystem=file.fs)["path"].to_pylist())
 
 
 def _iter_files(root: Location, files: tuple[str, ...]) -> Iterator[InputBatch]:

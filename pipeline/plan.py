@@ -4,18 +4,31 @@
    files in chunks, each tar, a Parquet list by row groups, a txt/jsonl list by line-aligned
    byte ranges (a gzipped or csv/tsv list stays whole). Byte ranges get their first line number
    from a count of the newlines of the ranges before them (one task per range).
+   The number of plan partitions is fixed here, from those counts and the parts' sizes
+   (``_estimated_rows``): the read tasks sort their rows into partitions.
 2. Read (a task per part): the part is read with ``curation.sources``' rules, keys are
-   computed, the good rows are staged under ``_work/plan-<id>/stage/`` and the malformed rows
-   (row number and value) become a ``malformed_input`` rejections file. It returns counts.
-3. Resolve: a groupby on the key's hash partition (a Ray Data hash shuffle); per partition
-   the first listing of a source in input order wins (each row carries its part and its place
-   in the part), the survivors are written as ``inputs-<p>.parquet`` and the repeats as
+   computed, the good rows are staged under ``_work/plan-<id>/stage/<part>.parquet``, sorted
+   by the key's partition with one Parquet row group per partition (``write_by_partition``),
+   and the malformed rows (row number and value) become a ``malformed_input`` rejections file.
+   It returns counts.
+3. Resolve (a task per partition): reads its row groups of every staged file
+   (``read_partition``: row-group statistics pick them, the others are not read); the first
+   listing of a source in input order wins (each row carries its part and its place in the
+   part), the survivors are written as ``inputs-<p>.parquet`` and the repeats as
    ``duplicate_input`` rejections.
+
+Steps 2-3 are a file-based shuffle: rows cross from read to resolve tasks through files under
+``_work/``, not Ray's object store. Ray Data's hash-shuffle groupby did this before: at 16M URLs
+on 2 cores it once kept the job waiting 10 minutes after every reduce task had finished (the
+executor's operator shutdown never returned). A part's file holds one row group per partition:
+files = parts (not parts x partitions), and a resolve task reads each part's footer and its
+own row group (on S3: two or three range GETs per part and partition).
 
 The plan is marked done (``DONE.json``) last: a rerun with the same inputs skips every step,
 and a rerun after a crash clears what the crashed build left (its partitions, staged rows and
 rejection files) and builds again. The driver holds the parts, a count row per part and per
-partition: nothing per URL.
+partition: nothing per URL (a folder's files are listed a part at a time, each part's paths
+written to ``stage/listing/`` for its task).
 
 Below ``ray_above`` bytes of input (estimated) the same steps run one after another in the
 driver: Ray's fixed costs (a few seconds for tasks and a shuffle) outweigh the work there.
@@ -35,12 +48,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curation.redact import redact_uri
@@ -52,6 +65,7 @@ from curation.sources import (
     iter_part,
     number_parts,
     split_input,
+    write_listing,
 )
 from curation.writer import table_to_parquet_bytes, write_rejections
 from runtime.storage import (
@@ -78,11 +92,14 @@ PLAN_SCHEMA = pa.schema(
     ]
 )
 PART_BYTES = 32 << 20  # a read task's share of a large list (its memory is a few times this)
-ROWS_PER_PARTITION = 1_000_000  # at most, per plan partition (a resolve or resume task's rows)
-STAGED_BATCH_ROWS = 262_144  # rows per block from a staged part into the shuffle
+ROWS_PER_PARTITION = 1_000_000  # about, per plan partition (a resolve or resume task's rows)
+ROW_BYTES = 32  # bytes of a list per row, at least (a short URL and its newline): to size plans
+TAR_MEMBER_BYTES = 1024  # a tar member with data: a header and a block, so a row per KiB at most
+STAGE_RUN_ROWS = 1_000_000  # rows a read task sorts into partitions at once (its memory)
 REJECTIONS_CHUNK = 100_000  # malformed rows per rejections file of a part
 RAY_ABOVE_BYTES = 8 << 20  # estimated input bytes from which the plan runs on Ray (bench)
 ROW_BITS = 32  # rows per part < 2**32: a part is at most PART_BYTES of text or a few row groups
+STAGE_SCHEMA = PLAN_SCHEMA.append(pa.field("partition", pa.int32()))
 
 
 @dataclass
@@ -166,26 +183,32 @@ class _Build:
 
     def run(self) -> Plan:
         self._clear()  # whatever a crashed build of this plan left
-        parts = [
-            p
-            for spec in self.config.inputs
-            for p in split_input(spec, self.config, self.part_bytes)
-        ]
+        listing = self.folder.join("stage", "listing")
+        parts = []
+        for spec in self.config.inputs:
+            for part in split_input(spec, self.config, self.part_bytes):
+                if part.files:  # a folder's files go to their task in a file, not kept here
+                    part = write_listing(part, listing.join(f"{len(parts):06d}.parquet"))
+                parts.append(part)
         on_ray = sum(p.size for p in parts) >= self.ray_above
-        parts = self._number(parts, on_ray)
+        parts, lines = self._number(parts, on_ray)
+        footers: dict[str, tuple[int, ...]] = {}  # a Parquet list's parts share its footer
+        estimate = sum(_estimated_rows(p, n, footers) for p, n in zip(parts, lines, strict=True))
+        # fixed before any row is read: the read tasks sort their rows into these partitions
+        partitions = max(self.partitions, -(-estimate // ROWS_PER_PARTITION))
         context = {
             "dataset": self.dataset.uri,
             "stage": self.folder.join("stage").uri,
             "pid": self.pid,
             "config": self.config,
+            "partitions": partitions,
         }
         read = _read_on_ray(parts, context) if on_ray else _read_here(parts, context)
-        rows = sum(r["rows"] for r in read)
-        partitions = max(self.partitions, -(-rows // ROWS_PER_PARTITION))
         offsets = np.concatenate([[0], np.cumsum([r["rows"] for r in read])[:-1]]).tolist()
-        context.update(folder=self.folder.uri, partitions=partitions, offsets=offsets)
         staged = [r["file"] for r in read if r["rows"]]
-        resolved = _resolve_on_ray(staged, context) if on_ray else _resolve_here(staged, context)
+        context.update(folder=self.folder.uri, offsets=offsets, staged=staged)
+        resolve = _resolve_on_ray if on_ray else _resolve_here
+        resolved = resolve(partitions, context) if staged else []
         summary = {
             "rows": sum(r["rows"] for r in resolved),
             "malformed": sum(r["malformed"] for r in read),
@@ -200,10 +223,14 @@ class _Build:
         )
         return Plan(self.pid, list_files(self.folder, ".parquet"), **summary)
 
-    def _number(self, parts: list[InputPart], on_ray: bool) -> list[InputPart]:
+    def _number(
+        self, parts: list[InputPart], on_ray: bool
+    ) -> tuple[list[InputPart], list[int | None]]:
+        """The parts with their first line numbers, and each part's lines where counted."""
         ranges = [i for i, p in enumerate(parts) if not p.first_number]
+        lines: list[int | None] = [None] * len(parts)
         if not ranges:
-            return parts
+            return parts, lines
         if on_ray:
             import ray.data
 
@@ -216,10 +243,9 @@ class _Build:
             counts = [r["lines"] for r in sorted(counted, key=lambda r: r["index"])]
         else:
             counts = [count_lines(parts[i]) for i in ranges]
-        lines = [0] * len(parts)
         for i, count in zip(ranges, counts, strict=True):
             lines[i] = count
-        return number_parts(parts, lines)
+        return number_parts(parts, [n or 0 for n in lines]), lines
 
     def _clear(self) -> None:
         self._clear_stage()
@@ -232,6 +258,31 @@ class _Build:
     def _clear_stage(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.folder.fs.delete_dir(self.folder.join("stage").path)
+
+
+def _estimated_rows(part: InputPart, lines: int | None, footers: dict) -> int:
+    """At least the rows of a part, about: counted lines, listed files, a Parquet list's row
+    groups, else from its bytes.
+
+    An overestimate only makes more, smaller partitions; lists of URLs shorter than
+    ``ROW_BYTES`` make fewer, larger ones.
+    """
+    if lines is not None:
+        return lines
+    if part.kind == "files":
+        return part.size
+    if part.kind == "list" and part.uri.lower().removesuffix(".gz").endswith(".parquet"):
+        if part.uri not in footers:  # a LAION row is ~10x ROW_BYTES: count, not guess
+            footers[part.uri] = _row_group_rows(part.uri)
+        return sum(footers[part.uri][part.start : part.end])
+    return part.size // (TAR_MEMBER_BYTES if part.kind == "tar" else ROW_BYTES) + 1
+
+
+def _row_group_rows(uri: str) -> tuple[int, ...]:
+    """Rows of each row group of a Parquet list (read from its footer)."""
+    file = locate(uri)
+    meta = pq.read_metadata(file.path, filesystem=file.fs)
+    return tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
 
 
 def _dump(part: InputPart) -> str:
@@ -274,12 +325,14 @@ def read_part(index: int, part: InputPart, context: dict) -> dict:
     """Read one part: stage its keyed rows, publish its malformed rows; returns its counts.
 
     Streams: a part that cannot be split (a gzipped list) may hold any number of rows, so
-    rows go to the staged Parquet file batch by batch and malformed rows out in chunks.
+    rows are staged in runs of ``STAGE_RUN_ROWS`` (each sorted into the plan's partitions)
+    and malformed rows published in chunks.
     """
     config = context["config"]
     dataset = locate(context["dataset"])
     file = locate(context["stage"]).join(f"{index:06d}.parquet")
     malformed: list[dict] = []
+    run: list[pa.Table] = []
     rows = chunks = bad = secrets = 0
     # Staged in place, never in a temporary folder outside the dataset: the rows hold full URLs
     # (secrets included), and the rebuild after a kill -9 clears the stage folder. Locally a
@@ -289,7 +342,7 @@ def read_part(index: int, part: InputPart, context: dict) -> dict:
     file.fs.create_dir(folder)
     with (
         file.fs.open_output_stream(partial) as out,
-        pq.ParquetWriter(out, PLAN_SCHEMA, compression="zstd") as writer,
+        pq.ParquetWriter(out, STAGE_SCHEMA, compression="zstd") as writer,
     ):
         for batch in iter_part(part, config):
             malformed.extend(item.rejection() for item in batch.malformed)
@@ -299,10 +352,15 @@ def read_part(index: int, part: InputPart, context: dict) -> dict:
                 row["order"] = (index << ROW_BITS) | rows
                 rows += 1
             if batch.rows:
-                writer.write_table(pa.Table.from_pylist(batch.rows, schema=PLAN_SCHEMA))
+                run.append(pa.Table.from_pylist(batch.rows, schema=PLAN_SCHEMA))
+            if sum(t.num_rows for t in run) >= STAGE_RUN_ROWS:
+                write_by_partition(writer, pa.concat_tables(run), context["partitions"])
+                run = []
             if len(malformed) >= REJECTIONS_CHUNK:
                 _publish_malformed(dataset, context, index, chunks, malformed)
                 bad, chunks, malformed = bad + len(malformed), chunks + 1, []
+        if run:
+            write_by_partition(writer, pa.concat_tables(run), context["partitions"])
     if rows >= 1 << ROW_BITS:
         raise ValueError(f"{part.uri}: over {1 << ROW_BITS} rows in one part")
     if partial != file.path:
@@ -318,64 +376,77 @@ def read_part(index: int, part: InputPart, context: dict) -> dict:
     }
 
 
+def write_by_partition(writer: pq.ParquetWriter, table: pa.Table, partitions: int) -> None:
+    """Append ``table``'s rows to ``writer`` sorted by their key's plan partition, a row group
+    per partition, in a ``partition`` column (its statistics are what ``read_partition`` reads).
+    Rows keep their order within a partition."""
+    if not table.num_rows:
+        return
+    partition = partition_of(table["key"], partitions)
+    by_partition = np.argsort(partition, kind="stable")
+    table = table.take(pa.array(by_partition)).append_column(
+        "partition", pa.array(partition[by_partition], pa.int32())
+    )
+    numbers = table["partition"].to_numpy()
+    starts = np.flatnonzero(np.diff(numbers, prepend=-1))
+    for start, end in zip(starts, [*starts[1:], len(numbers)], strict=True):
+        writer.write_table(table.slice(start, end - start), row_group_size=end - start)
+
+
+def read_partition(files: list[str], partition: int, columns: list[str] | None = None) -> pa.Table:
+    """The rows of plan partition ``partition`` in files written by ``write_by_partition``.
+
+    Arrow's dataset reader skips row groups whose ``partition`` statistics exclude it: a task
+    reads each file's footer and its own row groups, not the other partitions' rows.
+    """
+    if not files:
+        return pa.table({})
+    fs = locate(files[0]).fs
+    paths = [uri.removeprefix("s3://") for uri in files]  # Location.path of each (one fs)
+    data = pads.dataset(paths, filesystem=fs, format="parquet")
+    table = data.to_table(columns=columns, filter=pc.field("partition") == partition)
+    return table.drop_columns([c for c in ["partition"] if c in table.column_names])
+
+
 def _publish_malformed(
     dataset: Location, context: dict, index: int, chunk: int, rows: list[dict]
 ) -> None:
     write_rejections(dataset, f"source-{context['pid']}-malformed-{index:06d}-{chunk:04d}", rows)
 
 
-# -- resolve: a groupby on the key's partition ----------------------------------------------
+# -- resolve: one task per partition -------------------------------------------------------
 
 
-def _resolve_here(staged: list[str], context: dict) -> list[dict]:
-    if not staged:
-        return []
-    table = pa.concat_tables(_read_staged(pa.table({"file": staged}), context["partitions"]))
-    out = []
-    for p in np.unique(table["partition"].to_numpy()):
-        group = table.filter(pc.equal(table["partition"], int(p)))
-        out += _resolve_group(group, context).to_pylist()
-    return out
+def _resolve_here(partitions: int, context: dict) -> list[dict]:
+    return [resolve_partition(p, context) for p in range(partitions)]
 
 
-def _resolve_on_ray(staged: list[str], context: dict) -> list[dict]:
-    if not staged:
-        return []
+def _resolve_on_ray(partitions: int, context: dict) -> list[dict]:
     import ray.data
 
-    partitions = context["partitions"]
+    items = [{"partition": p} for p in range(partitions)]
     return (
-        ray.data.from_items([{"file": uri} for uri in staged], override_num_blocks=len(staged))
-        .map_batches(_read_staged, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
-        .groupby("partition", num_partitions=partitions)
-        .map_groups(_resolve_group, fn_kwargs={"context": context}, batch_format="pyarrow")
+        ray.data.from_items(items, override_num_blocks=partitions)  # a task per partition
+        .map(_resolve_row, fn_kwargs={"context": context})
         .take_all()
     )
 
 
-def _read_staged(item: pa.Table, partitions: int) -> Iterator[pa.Table]:
-    """The staged rows of the files named in ``item``, in batches, with their partition.
-
-    Read here rather than by ``ray.data.read_parquet``, whose V2 reader starts actors for
-    every read (see runtime.ray_env) and may cut a file into many small blocks.
-    """
-    for uri in item["file"].to_pylist():
-        file = locate(uri)
-        with file.fs.open_input_file(file.path) as stream:
-            for batch in pq.ParquetFile(stream).iter_batches(batch_size=STAGED_BATCH_ROWS):
-                yield _with_partition(pa.Table.from_batches([batch]), partitions)
+def _resolve_row(row: dict, context: dict) -> dict:
+    return resolve_partition(row["partition"], context)
 
 
-def _with_partition(table: pa.Table, partitions: int) -> pa.Table:
-    return table.append_column("partition", pa.array(partition_of(table["key"], partitions)))
+def resolve_partition(partition: int, context: dict) -> dict:
+    """One plan partition from the staged files: its counts (nothing written if empty)."""
+    table = read_partition(context["staged"], partition)
+    if not table.num_rows:
+        return {"partition": partition, "rows": 0, "duplicates": 0}
+    return _resolve_group(table, partition, context)
 
 
-def _resolve_group(table: pa.Table, context: dict) -> pa.Table:
+def _resolve_group(table: pa.Table, partition: int, context: dict) -> dict:
     """One plan partition: keep each key's first listing, write it and the repeats' rejections."""
-    partition = table["partition"][0].as_py()
-    table = table.drop_columns(["partition"]).sort_by(
-        [("key", "ascending"), ("order", "ascending")]
-    )
+    table = table.select(PLAN_SCHEMA.names).sort_by([("key", "ascending"), ("order", "ascending")])
     keys = table["key"].combine_chunks()
     first = np.ones(len(keys), bool)
     if len(keys) > 1:
@@ -402,9 +473,7 @@ def _resolve_group(table: pa.Table, context: dict) -> pa.Table:
         ]  # fmt: skip
         name = f"source-{context['pid']}-duplicates-{partition:04d}"
         write_rejections(locate(context["dataset"]), name, rows)
-    return pa.table(
-        {"partition": [partition], "rows": [unique.num_rows], "duplicates": [len(repeats)]}
-    )
+    return {"partition": partition, "rows": unique.num_rows, "duplicates": len(repeats)}
 
 
 def forget_secrets(dataset: Location, plan: Plan) -> bool:

@@ -6,8 +6,9 @@ else a killed run left behind (a tar whose manifest never appeared, temporary fi
 and its samples are processed again; a dedup rewrite it had decided is published first.
 
 Finished keys are never gathered in one place: they are spread over the plan's partitions
-(``finished_by_partition``, a groupby on the same hash partition as the plan's, on Ray from
-``ray_above`` finished rows) into ``finished-<p>.parquet`` files, and the task that reads plan
+(``finished_by_partition``; on Ray from ``ray_above`` finished rows, through the plan's
+file-based shuffle: ``pipeline.plan.write_by_partition`` and ``read_partition``) into
+``finished-<p>.parquet`` files, and the task that reads plan
 partition ``p`` drops the keys of ``finished-<p>`` only (``unfinished_inputs``): its time and
 memory follow its own partition, not the dataset.
 """
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from curation.dedup.apply import finish_commits
 from curation.writer import table_to_parquet_bytes
-from pipeline.plan import Plan, partition_of
+from pipeline.plan import Plan, partition_of, read_partition, write_by_partition
 from runtime.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
 from schemas import Reason
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SHARDS_DIR, WORK_DIR, shard_of
@@ -97,7 +98,8 @@ def finished_by_partition(
 
     Recomputed on every run (the dataset changed since the last one). Below ``ray_above``
     manifest and rejection rows (counted from Parquet footers) the driver does it; from there
-    a Ray Data groupby on the partition does.
+    a task per manifest or rejections file stages its keys sorted by partition and a task per
+    partition reads its row groups of them (as the plan's read and resolve tasks do).
     """
     folder = dataset.join(WORK_DIR, f"plan-{plan.plan_id}", "finished")
     with contextlib.suppress(FileNotFoundError):
@@ -113,33 +115,60 @@ def finished_by_partition(
         tables = [_read_keys(fs, manifests, None), _read_keys(fs, rejections, _REDONE)]
         keys = _keyed(pa.concat_tables(tables), plan.partitions)
         counts = [
-            _write_finished(keys.filter(pc.equal(keys["partition"], int(p))), context)
+            _write_finished(
+                keys.filter(pc.equal(keys["partition"], int(p)))["key"], int(p), context
+            )
             for p in np.unique(keys["partition"].to_numpy())
         ]
-        return Finished(folder, sum(c["keys"][0].as_py() for c in counts))
+        return Finished(folder, sum(counts))
     import ray.data
 
     files = [{"file": path, "rejections": False} for path in manifests]
     files += [{"file": path, "rejections": True} for path in rejections]
+    context["stage"] = folder.join("stage").uri
+    staged = (
+        ray.data.from_items([{"index": i, **f} for i, f in enumerate(files)],
+                            override_num_blocks=len(files))  # a task per file
+        .map(_stage_finished, fn_kwargs={"context": context})
+        .take_all()
+    )  # fmt: skip
+    context["staged"] = [r["file"] for r in staged if r["keys"]]
+    partitions = [{"partition": p} for p in range(plan.partitions)]
     counts = (
-        ray.data.from_items(files, override_num_blocks=len(files))  # a task per file
-        .map_batches(_read_finished, fn_kwargs=context, batch_format="pyarrow")
-        .groupby("partition", num_partitions=plan.partitions)
-        .map_groups(_write_finished, fn_kwargs={"context": context}, batch_format="pyarrow")
+        ray.data.from_items(partitions, override_num_blocks=len(partitions))  # a task each
+        .map(_finish_partition, fn_kwargs={"context": context})
         .take_all()
     )
+    with contextlib.suppress(FileNotFoundError):
+        folder.fs.delete_dir(folder.join("stage").path)
     return Finished(folder, sum(c["keys"] for c in counts))
 
 
-def _read_finished(items: pa.Table, folder: str, partitions: int) -> pa.Table:
-    fs = locate(folder).fs
-    tables = [
-        _read_keys(fs, [path], _REDONE if rejections else None)
-        for path, rejections in zip(
-            items["file"].to_pylist(), items["rejections"].to_pylist(), strict=True
-        )
-    ]
-    return _keyed(pa.concat_tables(tables), partitions)
+_STAGE_SCHEMA = pa.schema([("key", pa.string()), ("partition", pa.int32())])
+
+
+def _stage_finished(item: dict, context: dict) -> dict:
+    """The keys of one manifest or rejections file, staged sorted by plan partition."""
+    fs = locate(context["folder"]).fs
+    keys = _read_keys(fs, [item["file"]], _REDONE if item["rejections"] else None)
+    keys = pa.table({"key": pc.drop_null(keys["key"])})
+    file = locate(context["stage"]).join(f"{item['index']:06d}.parquet")
+    file.fs.create_dir(file.path.rsplit("/", 1)[0])
+    with (
+        file.fs.open_output_stream(file.path) as out,
+        pq.ParquetWriter(out, _STAGE_SCHEMA) as writer,
+    ):
+        write_by_partition(writer, keys, context["partitions"])
+    return {"file": file.uri, "keys": keys.num_rows}
+
+
+def _finish_partition(item: dict, context: dict) -> dict:
+    """finished-<p> from partition p's row groups of the staged keys (none written if empty)."""
+    partition = item["partition"]
+    if not context["staged"]:
+        return {"partition": partition, "keys": 0}
+    keys = read_partition(context["staged"], partition, ["key"])["key"]
+    return {"partition": partition, "keys": _write_finished(keys, partition, context)}
 
 
 # a rejection finishes its sample, but a duplicate_input row's key belongs to the first listing
@@ -160,12 +189,14 @@ def _keyed(batch: pa.Table, partitions: int) -> pa.Table:
     return pa.table({"key": keys, "partition": partition_of(keys, partitions)})
 
 
-def _write_finished(group: pa.Table, context: dict) -> pa.Table:
-    partition = group["partition"][0].as_py()
-    keys = pa.table({"key": pc.unique(group["key"].combine_chunks())})
+def _write_finished(keys: pa.ChunkedArray, partition: int, context: dict) -> int:
+    """Write partition ``partition``'s unique finished keys (nothing if none); their number."""
+    if not len(keys):
+        return 0
+    keys = pa.table({"key": pc.unique(keys.combine_chunks())})
     file = locate(context["folder"]).join(f"finished-{partition:04d}.parquet")
     write_bytes_atomic(file, table_to_parquet_bytes(keys))
-    return pa.table({"partition": [partition], "keys": [keys.num_rows]})
+    return keys.num_rows
 
 
 def unfinished_inputs(dataset: Location, plan: Plan, finished: Finished) -> ray.data.Dataset:

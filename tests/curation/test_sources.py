@@ -527,3 +527,63 @@ def test_parts_read_what_the_whole_input_reads(tmp_path, name):
     assert sorted(r["source_uri"] for r in rows) == sorted(r["source_uri"] for r in whole_rows)
     assert sorted(malformed) == sorted((m.where, m.detail, m.raw) for m in whole_malformed)
     assert len(malformed) == 55
+
+
+def test_a_folder_is_listed_a_part_at_a_time(tmp_path, monkeypatch):
+    """Parts come while the folder is still being listed, each of FILES_PER_PART files at most;
+    every file once, tars their own parts, a link back up the tree followed once."""
+    import curation.sources as sources
+
+    monkeypatch.setattr(sources, "FILES_PER_PART", 3)
+    names = [f"d{i % 3}/s{i % 2}/{i}.jpg" for i in range(20)]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    with tarfile.open(tmp_path / "d1" / "shard.tar", "w") as tf:
+        info = tarfile.TarInfo("k.jpg")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"k"))
+    (tmp_path / "d2" / "up").symlink_to(tmp_path)  # a loop
+    listed = []
+    walk = sources._walk
+
+    def counting(root):
+        for item in walk(root):
+            listed.append(item[0])
+            yield item
+
+    monkeypatch.setattr(sources, "_walk", counting)
+    parts = sources.split_input(str(tmp_path), SourceConfig())
+    first = next(parts)
+    assert len(listed) <= 4  # three files (or a tar) listed, not the whole folder
+    parts = [first, *parts]
+    files = [f for p in parts if p.kind == "files" for f in p.files]
+    assert all(len(p.files) <= 3 for p in parts)
+    assert sorted(files) == sorted(str(tmp_path / n) for n in names)
+    assert [p.uri for p in parts if p.kind == "tar"] == [str(tmp_path / "d1" / "shard.tar")]
+
+
+def test_an_s3_prefix_is_listed_in_pages_and_parts_go_through_listing_files(
+    s3_bucket, tmp_path, monkeypatch
+):
+    import boto3
+
+    import curation.sources as sources
+    from runtime.storage import locate
+
+    monkeypatch.setattr(sources, "S3_PAGE_KEYS", 2)
+    monkeypatch.setattr(sources, "FILES_PER_PART", 3)
+    s3 = boto3.client("s3")
+    keys = [f"raw/{i % 2}/{i}.jpg" for i in range(7)]
+    for key in [*keys, "raw/folder/", "other/9.jpg"]:
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    parts = list(sources.split_input(f"s3://{s3_bucket}/raw", SourceConfig()))
+    assert [len(p.files) for p in parts] == [3, 3, 1]
+    # a part handed over in a file reads the same rows as the part itself
+    moved = [
+        sources.write_listing(p, locate(str(tmp_path / f"{i}.parquet")))
+        for i, p in enumerate(parts)
+    ]
+    assert all(not p.files and p.listing for p in moved)
+    rows = [r for p in moved for b in sources.iter_part(p, SourceConfig()) for r in b.rows]
+    assert sorted(r["source_uri"] for r in rows) == sorted(f"s3://{s3_bucket}/{k}" for k in keys)

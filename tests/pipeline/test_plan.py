@@ -71,9 +71,12 @@ def _expected(config: SourceConfig):
 
 
 @pytest.mark.parametrize("on_ray", [False, True])
-def test_plan_matches_a_plain_reading_of_the_inputs(tmp_path, on_ray):
+def test_plan_matches_a_plain_reading_of_the_inputs(tmp_path, on_ray, monkeypatch):
     config = SourceConfig(inputs=tuple(_inputs(tmp_path)))
     first, malformed, repeats = _expected(config)
+    # the folder's 5 files listed in 3 parts, handed to their tasks in listing files
+    monkeypatch.setattr("curation.sources.FILES_PER_PART", 2)
+    assert sorted(len(p.files) for p in split_input(config.inputs[4], config)) == [0, 1, 2, 2]
     # small parts: the txt list is cut into line-aligned ranges, the Parquet list by row groups
     parts = [p for s in config.inputs for p in split_input(s, config, part_bytes=16384)]
     assert sum(p.uri.endswith("big.txt") for p in parts) > 4
@@ -189,3 +192,22 @@ def test_plan_id_changes_with_the_caption_column_and_not_for_its_default():
     assert plan_id(config) == hashlib.sha256(before.encode()).hexdigest()[:12]
     other = SourceConfig(inputs=("urls.parquet",), url_column="URL", caption_column="TEXT")
     assert plan_id(other) != plan_id(config)
+
+
+def test_partitions_are_sized_before_the_reads_from_counted_lines_and_row_groups(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipeline.plan.ROWS_PER_PARTITION", 1000)
+    urls = tmp_path / "urls.txt"  # cut into line-aligned ranges: their lines are counted
+    urls.write_text("".join(f"http://a.example/{i}.jpg\n" for i in range(5000)))
+    listed = pa.table({"url": [f"http://b.example/{i}.jpg" for i in range(3000)],
+                       "caption": ["a long caption " * 20] * 3000})  # fmt: skip
+    pq.write_table(listed, tmp_path / "list.parquet", row_group_size=500)
+    config = SourceConfig(inputs=(str(urls), str(tmp_path / "list.parquet")))
+    plan = load_or_build_plan(
+        locate(str(tmp_path / "out")), config, partitions=2, ray_above=1 << 40, part_bytes=4096
+    )
+    # 8000 rows, not the ~8x more that the Parquet list's bytes would suggest
+    assert (plan.rows, plan.partitions, len(plan.files)) == (8000, 8, 8)
+    sizes = [pq.read_metadata(f.path).num_rows for f in plan.files]
+    assert sum(sizes) == 8000 and max(sizes) < 1300
