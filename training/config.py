@@ -137,7 +137,7 @@ class PretrainConfig:
             raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
         if not self.ray and self.num_workers != 1:
             raise ValueError("--no-ray runs a single worker; set --num-workers 1")
-        if self.log_dir is None:
+        if self.log_dir is None and self.output:  # "": a model read back, not a run
             self.log_dir = _default_log_dir(self.output, self.name, "pretrain")
 
     @property
@@ -234,7 +234,7 @@ class FinetuneConfig:
             raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
         if not self.ray and self.num_workers != 1:
             raise ValueError("--no-ray runs a single worker; set --num-workers 1")
-        if self.log_dir is None:
+        if self.log_dir is None and self.output:  # "": a model read back, not a run
             self.log_dir = _default_log_dir(self.output, self.name, "finetune")
 
     @classmethod

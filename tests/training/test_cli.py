@@ -128,6 +128,7 @@ PRETRAIN = [
     (["--num-workers", "2", "--no-ray"], "--no-ray runs a single worker"),
     (["--output", "{a_file}"], "--output {a_file}: is a file, expected a folder"),
     (["--log-dir", "{a_file}"], "--log-dir {a_file}: is a file, expected a folder"),
+    (["--output", ""], "an empty path"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
     (["--ray-address", "ray://:x"], "--ray-address 'ray://:x': expected host:port"),
 ]  # fmt: skip
