@@ -54,11 +54,11 @@ def _time(step, steps: int, device: str) -> float:
 
 def bench_task(task: str | None, args) -> float:
     """Images/s of ``task`` (None: the backbone alone)."""
-    cfg = FinetuneConfig(task=task or "seg", data="-", output="-", preset=args.preset,
-                         input_size=tuple(args.size), head_channels=args.head_channels)  # fmt: skip
+    cfg = FinetuneConfig(task=task or "seg", dataset="-", output="-", preset=args.preset,
+                         image_size=tuple(args.size), head_channels=args.head_channels)  # fmt: skip
     model = build_model(cfg).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = _batch(task or "seg", cfg.input_size, args.batch, args.device)
+    batch = _batch(task or "seg", cfg.image_size, args.batch, args.device)
 
     def step() -> None:
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):

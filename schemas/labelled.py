@@ -160,6 +160,11 @@ def dataset_description(tasks: list[str]) -> dict[str, Any]:
 
 
 def check_description(body: dict[str, Any]) -> None:
+    if not isinstance(body, dict):
+        raise LabelError(f"not a labelled dataset (its description is a {type(body).__name__})")
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list) or not all(t in TASKS for t in tasks):
+        raise LabelError(f"not a labelled dataset (tasks {tasks!r}, expected a list of {TASKS})")
     if body.get("format") != LABELLED_FORMAT:
         raise LabelError(f"not a labelled dataset (format {body.get('format')!r})")
     version = body.get("version")

@@ -51,6 +51,26 @@ def load_file(uri: str) -> Any:
     return torch.load(io.BytesIO(read_bytes(locate(uri))), map_location="cpu", weights_only=True)
 
 
+def load_checked(uri: str, named: str) -> Any:
+    """``load_file(uri)``, with a missing, damaged or foreign file refused as a one-line
+    ValueError that names ``named`` (the path the user gave)."""
+    try:
+        return load_file(uri)
+    except FileNotFoundError:
+        raise ValueError(f"{named}: no such checkpoint file {uri}") from None
+    except Exception as exc:  # torch raises several kinds for a damaged or foreign pickle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{named}: not a readable checkpoint file {uri} ({first})") from None
+
+
+def latest_checked(output: str) -> str | None:
+    """``latest(output)``, with a damaged ``latest.json`` refused as a one-line ValueError."""
+    try:
+        return latest(output)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{output}: unreadable checkpoints/{LATEST} ({exc})") from None
+
+
 def save(
     output: str,
     *,
@@ -128,18 +148,33 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def export_encoder(folder: str, out: str) -> int:
     """Write the encoder of a pretraining checkpoint folder as an encoder file
     (``models.encoder_file``: its tensors, config and lineage); returns the number
-    of tensors."""
+    of tensors. ValueError (one line) for a folder that is not a pretraining checkpoint."""
     from models.encoder_file import EncoderFile
     from models.vit import preset
+    from training.config import stored_pretrain
 
-    state = encoder_state(load_file(f"{folder}/model.pt"))
+    extra = load_checked(f"{folder}/state.pt", folder)
+    extra = extra.get("extra") if isinstance(extra, dict) else None
+    extra = extra if isinstance(extra, dict) else {}
+    run = extra.get("config") if isinstance(extra.get("config"), dict) else {}
+    if "task" in run:
+        raise ValueError(
+            f"{folder} is a fine-tuning ({run['task']}) checkpoint: the encoder to export comes "
+            "from a pretraining run (python -m training.pretrain)"
+        )
+    run = stored_pretrain(run)
+    if "preset" not in run or "image_size" not in run:
+        raise ValueError(f"{folder}/state.pt records no pretraining config (preset, image_size)")
+    model = load_checked(f"{folder}/model.pt", folder)
+    state = encoder_state(model) if isinstance(model, dict) else {}
     if not state:
         raise ValueError(f"{folder}/model.pt holds no encoder.* tensors; is it an MAE checkpoint?")
-    extra = load_file(f"{folder}/state.pt").get("extra", {})
-    run = extra.get("config") or {}
-    if "preset" not in run or "img_size" not in run:
-        raise ValueError(f"{folder}/state.pt records no pretraining config (preset, img_size)")
-    config = preset(run["preset"], img_size=run["img_size"], drop_path=run.get("drop_path", 0.0))
+    try:
+        config = preset(
+            run["preset"], img_size=run["image_size"], drop_path=run.get("drop_path", 0.0)
+        )
+    except (TypeError, ValueError) as exc:  # a damaged or hand-made record
+        raise ValueError(f"{folder}/state.pt records an unusable config: {exc}") from None
     file = EncoderFile(config=config, preset=run["preset"], lineage=extra.get("lineage") or {},
                        state=state)  # fmt: skip
     write_bytes_atomic(locate(out), file.to_bytes())
@@ -147,20 +182,27 @@ def export_encoder(folder: str, out: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.checkpoint RUN_OR_CHECKPOINT OUT``: export an encoder."""
-    import argparse
+    """``python -m training.checkpoint --source RUN_OR_CHECKPOINT --output OUT``: export an
+    encoder."""
+    from training import cli
+    from training.config import CheckpointConfig
 
-    parser = argparse.ArgumentParser(
-        prog="python -m training.checkpoint",
-        description="Export the encoder of a pretraining checkpoint for fine-tuning.",
-    )
-    parser.add_argument("source", help="run folder (its latest checkpoint) or a step_* folder")
-    parser.add_argument("out", help="file to write (local or s3://), e.g. encoder.pt")
-    args = parser.parse_args(argv)
-    folder = latest(args.source) or args.source.rstrip("/")
-    count = export_encoder(folder, args.out)
-    print(f"{count} encoder tensors from {folder} written to {args.out}")
-    return 0
+    def body() -> None:
+        about = "Export the encoder of a pretraining checkpoint for fine-tuning."
+        parser = cli.parser(CheckpointConfig, "python -m training.checkpoint", about,
+                            positional=("source", "output"))  # fmt: skip
+        cfg = cli.config(parser.parse_args(argv))
+        cli.require(cfg.source, "--source", "folder")
+        cli.refuse_folder(cfg.output, "--output")
+        folder = latest_checked(cfg.source) or cfg.source.rstrip("/")
+        if not exists(locate(folder).join("model.pt")):
+            raise cli.InputError(
+                f"--source {cfg.source}: no checkpoint (neither checkpoints/{LATEST} nor model.pt)"
+            )
+        count = export_encoder(folder, cfg.output)
+        print(f"{count} encoder tensors from {folder} written to {cfg.output}")
+
+    return cli.run_main(body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Bring your own labels: convert COCO keypoint JSON or image/label folders to labelled shards.
+r"""Bring your own labels: convert COCO keypoint JSON or image/label folders to labelled shards.
 
     python -m training.convert coco --json person_keypoints.json --images imgs/ --output out/
     python -m training.convert folders --images imgs/ --seg masks/ --output out/
@@ -15,13 +15,14 @@ Folders: labels are matched to images by file stem. Seg: 8-bit PNG of class ids.
 ``.npy`` float [H, W] or 16-bit PNG. Normals: ``.npy`` float [H, W, 3] or 8-bit RGB PNG
 holding (n + 1) / 2 * 255. Mask: 8-bit PNG, non-zero = person; without --mask, depth > 0.
 Images are stored as PNG so that labels and pixels stay aligned (no re-encoding loss).
+Inputs are checked before anything is written (every image and label file present), and
+``--output`` must be new: a converter that finds nothing to convert writes nothing.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from schemas.keypoints import COCO_INDEX, NUM_KEYPOINTS
-from schemas.labelled import LabelError, SampleMeta
+from schemas.labelled import DATASET_FILE, LabelError, SampleMeta
+from schemas.layout import SHARDS_DIR
+from training.config import CocoConvertConfig, FoldersConvertConfig
 from training.tasks.shards import Sample, write_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -45,8 +48,29 @@ def _image(path: Path) -> np.ndarray:
     return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
 
 
-def coco_samples(json_path: str, image_dir: str) -> Iterator[Sample]:
-    body = json.loads(Path(json_path).read_text())
+def read_coco(json_path: str) -> dict:
+    """A COCO keypoint JSON, checked for the keys the converter reads (LabelError)."""
+    try:
+        body = json.loads(Path(json_path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LabelError(f"--json {json_path}: not valid JSON ({exc})") from None
+    ok = isinstance(body, dict) and isinstance(body.get("images"), list)
+    ok = ok and isinstance(body.get("annotations", []), list)
+    if not ok or not all(
+        isinstance(i, dict) and {"id", "file_name"} <= set(i) for i in body["images"]
+    ):
+        raise LabelError(
+            f"--json {json_path}: not COCO (needs images [{{id, file_name}}] and annotations)"
+        )
+    for ann in body.get("annotations", []):
+        if not (isinstance(ann, dict) and {"image_id", "bbox"} <= set(ann)):
+            raise LabelError(f"--json {json_path}: annotation {ann!r:.60} needs image_id and bbox")
+    return body
+
+
+def coco_samples(source: str | dict, image_dir: str) -> Iterator[Sample]:
+    """Samples of a COCO keypoint JSON (a path, or its body from ``read_coco``)."""
+    body = read_coco(source) if isinstance(source, str) else source
     by_image: dict[int, list[dict]] = {}
     for ann in body.get("annotations", []):
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -94,12 +118,16 @@ def _array(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
+def image_files(images: str) -> list[Path]:
+    return sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def folder_samples(images: str, seg: str | None, depth: str | None, normal: str | None,
                    mask: str | None) -> Iterator[Sample]:  # fmt: skip
     tasks = [t for t, d in (("seg", seg), ("depth", depth), ("normal", normal)) if d]
     if not tasks:
         raise LabelError("give at least one of --seg, --depth, --normal")
-    for path in sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in image_files(images):
         image, stem = _image(path), path.stem
         sample = Sample(meta=SampleMeta(key=_key(path.name), width=image.shape[1],
                         height=image.shape[0], tasks=tasks, source=path.name), image=image)  # fmt: skip
@@ -121,30 +149,88 @@ def folder_samples(images: str, seg: str | None, depth: str | None, normal: str 
         yield sample
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="kind", required=True)
-    coco = sub.add_parser("coco", help="COCO-style keypoint JSON")
-    coco.add_argument("--json", required=True)
-    folders = sub.add_parser("folders", help="image folder plus label folders")
-    for name in ("seg", "depth", "normal", "mask"):
-        folders.add_argument(f"--{name}")
-    for p in (coco, folders):
-        p.add_argument("--images", required=True, help="image folder")
-        p.add_argument("--output", required=True, help="dataset folder or s3:// URI")
-        p.add_argument("--per-shard", type=int, default=256)
-    args = parser.parse_args(argv)
-    if args.kind == "coco":
-        samples, tasks = coco_samples(args.json, args.images), ["pose"]
-    else:
-        tasks = [t for t in ("seg", "depth", "normal") if getattr(args, t)]
-        samples = folder_samples(args.images, args.seg, args.depth, args.normal, args.mask)
-    try:
-        count = write_dataset(os.fspath(args.output), samples, tasks, args.per_shard)
-    except (LabelError, OSError, KeyError, json.JSONDecodeError) as err:
-        parser.exit(2, f"error: {type(err).__name__}: {err}\n")
-    print(f"wrote {count} samples to {args.output}")
+CONVERTERS = {  # subcommand: (config, help)
+    "coco": (CocoConvertConfig, "COCO-style keypoint JSON"),
+    "folders": (FoldersConvertConfig, "image folder plus label folders"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from argparse import RawDescriptionHelpFormatter
+
+    from runtime import config as config_layer
+    from schemas.version import version_line
+    from training import cli
+
+    def body() -> None:
+        parser = config_layer.Parser(prog="python -m training.convert", description=__doc__,
+                                     allow_abbrev=False, formatter_class=RawDescriptionHelpFormatter)  # fmt: skip
+        parser.add_argument("--version", action="version", version=version_line())
+        sub = parser.add_subparsers(dest="kind", required=True, metavar="{coco,folders}")
+        for name, (cls, about) in CONVERTERS.items():
+            p = sub.add_parser(name, help=about, description=about, allow_abbrev=False)
+            p.add_argument("--config", metavar="FILE", help="YAML or JSON file of these settings")
+            config_layer.add_flags(p, cls, "", "", None)
+            cli.extend(p, cls)
+        cfg = cli.config(parser.parse_args(argv))
+        samples, tasks = check(cfg)
+        first = next(samples, None)
+        if first is None:  # webdataset would publish an empty shards/000000.tar
+            raise cli.InputError(f"nothing to convert: no labelled image in --images {cfg.images}")
+        count = write_dataset(cfg.output, itertools.chain([first], samples), tasks,
+                              cfg.max_shard_samples)  # fmt: skip
+        print(f"wrote {count} samples to {cfg.output}")
+
+    return cli.run_main(body)
+
+
+def check(cfg: CocoConvertConfig | FoldersConvertConfig) -> tuple[Iterator[Sample], list[str]]:
+    """The samples to write and their tasks, once every input file is known to be there
+    (InputError, LabelError) and ``--output`` holds no dataset yet."""
+    from runtime import storage
+    from training import cli
+
+    cli.require(cfg.images, "--images", "folder")
+    out = storage.locate(cfg.output)
+    if storage.exists(out.join(DATASET_FILE)) or storage.list_files(out.join(SHARDS_DIR)):
+        raise cli.InputError(f"--output {cfg.output} already holds a dataset; give a new folder")
+    cli.refuse_file(cfg.output, "--output")
+    if isinstance(cfg, CocoConvertConfig):
+        cli.require(cfg.json, "--json", "file")
+        body = read_coco(cfg.json)
+        labelled = set()
+        for ann in body.get("annotations", []):  # malformed points fail now, not mid-write
+            if _coco_person(ann):
+                labelled.add(ann["image_id"])
+        root, keys = Path(cfg.images).resolve(), {}
+        for info in body["images"]:
+            if info["id"] not in labelled:
+                continue
+            name = str(info["file_name"])
+            path = (root / name).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                raise cli.InputError(f"--json names {name!r}, not a file in --images {cfg.images}")
+            if keys.setdefault(_key(name), name) != name:  # keys must be unique in a dataset
+                raise cli.InputError(
+                    f"--json: {keys[_key(name)]!r} and {name!r} share key {_key(name)!r}"
+                )
+        return coco_samples(body, cfg.images), ["pose"]
+    folders = {"--seg": cfg.seg, "--depth": cfg.depth, "--normal": cfg.normal, "--mask": cfg.mask}
+    for flag, folder in folders.items():
+        if folder:
+            cli.require(folder, flag, "folder")
+    keys: dict[str, Path] = {}
+    for path in image_files(cfg.images):  # every label there before anything is written
+        if keys.setdefault(_key(path.name), path) != path:  # keys must be unique in a dataset
+            raise cli.InputError(
+                f"--images: {keys[_key(path.name)].name} and {path.name} share a key"
+            )
+        for folder, suffixes in ((cfg.seg, (".png",)), (cfg.depth, (".npy", ".png")),
+                                 (cfg.normal, (".npy", ".png")), (cfg.mask, (".png",))):  # fmt: skip
+            _find(folder, path.stem, suffixes)
+    samples = folder_samples(cfg.images, cfg.seg, cfg.depth, cfg.normal, cfg.mask)
+    return samples, cfg.tasks
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

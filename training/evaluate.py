@@ -1,7 +1,7 @@
 """Measure a fine-tuned checkpoint on labelled shards with the metrics of its task.
 
     python -m training.evaluate --checkpoint runs/pose \
-        --data s3://bucket/labelled-val --output metrics.json
+        --dataset s3://bucket/labelled-val --output metrics.json
 
 Each task scores itself (``Task.evaluate``): pose top-down on the ground-truth boxes with
 OKS AP and Sapiens' flip test (``training.tasks.pose``); the dense tasks in the network's
@@ -11,7 +11,6 @@ IoU per class by name.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterable
@@ -42,27 +41,30 @@ def evaluate(
         return TASKS_BY_NAME[task].evaluate(predict, loader, flip_test)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a fine-tuned checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="run folder, step folder or .pt")
-    parser.add_argument("--data", required=True, help="labelled dataset (local or s3://)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--output", help="write the metrics here as JSON")
-    parser.add_argument(
-        "--no-flip-test", action="store_true", help="pose: score crops without their mirror"
-    )
-    args = parser.parse_args(argv)
-    model, config = load_checkpoint(args.checkpoint)
-    result = evaluate(
-        model, args.data, config["task"], tuple(config["input_size"]), args.batch_size,
-        flip_test=not args.no_flip_test,
-    )  # fmt: skip
-    result = {"task": config["task"], "checkpoint": args.checkpoint, "data": args.data, **result}
-    text = json.dumps(result, indent=1)
-    if args.output:
-        storage.write_bytes_atomic(storage.locate(os.fspath(args.output)), text.encode())
-    print(text)
+def main(argv: list[str] | None = None) -> int:
+    from training import cli
+    from training.config import EvaluateConfig
+
+    def body() -> None:
+        parser = cli.parser(EvaluateConfig, "python -m training.evaluate", __doc__)
+        cfg = cli.config(parser.parse_args(argv))
+        if not storage.exists(storage.locate(cfg.checkpoint)):
+            raise cli.InputError(f"--checkpoint {cfg.checkpoint}: no such file or folder")
+        cli.require(cfg.dataset, "--dataset", "folder")
+        if cfg.output:
+            cli.refuse_folder(cfg.output, "--output")
+        model, config = load_checkpoint(cfg.checkpoint)
+        task, size = config["task"], tuple(config["image_size"])
+        cli.require_labelled(cfg.dataset, task, size)
+        result = evaluate(model, cfg.dataset, task, size, cfg.batch_size, flip_test=cfg.flip_test)
+        result = {"task": task, "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, **result}
+        text = json.dumps(result, indent=1)
+        if cfg.output:
+            storage.write_bytes_atomic(storage.locate(os.fspath(cfg.output)), text.encode())
+        print(text)
+
+    return cli.run_main(body)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

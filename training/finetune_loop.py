@@ -32,11 +32,11 @@ def train_loop(values: dict) -> None:
     model = build_model(cfg).to(ctx.device)
     strategy = resolve_strategy(cfg.strategy, model.encoder.config.depth)
     wrapped = parallelize(model, blocks=[model.encoder.blocks], strategy=strategy,
-                          device=ctx.device, bf16=cfg.gpu,
+                          device=ctx.device, bf16=cfg.use_gpu,
                           activation_checkpointing=cfg.activation_checkpointing, compile=False)  # fmt: skip
     # Fine-tuning keeps Adam's usual beta2 (0.999); pretraining's 0.95 suits its huge batches.
     optimizer = adamw(param_groups(unwrap(wrapped), cfg), lr=cfg.lr, betas=(0.9, 0.999))
-    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
                               min_ratio=cfg.min_lr_ratio)  # fmt: skip
     state, saved = resume(cfg.output, model=wrapped, optimizer=optimizer, scheduler=scheduler,
                           ctx=ctx)  # fmt: skip
@@ -45,7 +45,7 @@ def train_loop(values: dict) -> None:
     stored = saved.get("extra", {}).get("lineage")
     # the first run's record of the pretrained weights, kept across resumes
     pretrained = stored.get("pretrained") if stored is not None else model.pretrained_lineage
-    made_of = {**dataset_lineage(cfg.data), "pretrained": pretrained} if ctx.is_main else {}
+    made_of = {**dataset_lineage(cfg.dataset), "pretrained": pretrained} if ctx.is_main else {}
     images_per_step = cfg.batch_size * ctx.world_size
 
     def lineage(step: int) -> dict:
@@ -53,14 +53,14 @@ def train_loop(values: dict) -> None:
         return {**made_of, "samples_seen": step * images_per_step, "samples_skipped": None}
 
     def finish(state: LoopState) -> dict:
-        return {"task": cfg.task, "preset": cfg.preset, "input_size": list(cfg.input_size),
+        return {"task": cfg.task, "preset": cfg.preset, "input_size": list(cfg.image_size),
                 "lineage": lineage(state.step)}  # fmt: skip
 
     job = Job(
         loop=LoopConfig(kind="fine-tuning", output=cfg.output, log_dir=cfg.log_dir,
-                        total_steps=cfg.steps, log_every=cfg.log_every,
-                        checkpoint_every=cfg.checkpoint_every, clip_grad=cfg.grad_clip,
-                        bf16=cfg.gpu, lr_flag="--lr", config=dataclasses.asdict(cfg)),
+                        total_steps=cfg.total_steps, log_every=cfg.log_every,
+                        checkpoint_every=cfg.checkpoint_every, clip_grad=cfg.clip_grad,
+                        bf16=cfg.use_gpu, lr_flag="--lr", config=dataclasses.asdict(cfg)),
         ctx=ctx, model=wrapped, optimizer=optimizer, scheduler=scheduler,
         batches=batches(cfg, ctx, state.start_step), forward=task_forward(wrapped, cfg, ctx),
         images_per_step=images_per_step,
@@ -72,9 +72,11 @@ def train_loop(values: dict) -> None:
 
 def batches(cfg: FinetuneConfig, ctx: WorkerContext, step: int):
     """Training batches of this rank; a resumed run reseeds the stream with its step."""
-    prep = PrepareConfig(task=cfg.task, input_hw=cfg.input_size, train=True,
+    prep = PrepareConfig(task=cfg.task, input_hw=cfg.image_size, train=True,
                          heatmap_sigma=cfg.heatmap_sigma)  # fmt: skip
-    stream = TaskStream(cfg.data, prep, rank=ctx.rank, world=ctx.world_size, seed=cfg.seed + step)
+    stream = TaskStream(
+        cfg.dataset, prep, rank=ctx.rank, world=ctx.world_size, seed=cfg.seed + step
+    )
     yield from torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size,
                                            num_workers=cfg.loader_workers)  # fmt: skip
 

@@ -1,17 +1,17 @@
-"""MAE pretraining of a Sapiens backbone on curated shards, on Ray Train.
+r"""MAE pretraining of a Sapiens backbone on curated shards, on Ray Train.
 
     python -m training.pretrain --dataset s3://bucket/humans300m --output s3://bucket/runs/a \
-        --preset sapiens_0.3b --num-workers 8 --use-gpu true
+        --preset sapiens_0.3b --num-workers 8 --use-gpu
     ray job submit --working-dir . -- python -m training.pretrain --config pretrain.yaml
 
 Without a cluster address (``--ray-address`` or RAY_ADDRESS) it starts an embedded local Ray;
-``--no-ray true`` runs the same loop in this process. Rerunning with the same ``--output``
-resumes from its latest checkpoint.
+``--no-ray`` runs the same loop in this process. Rerunning with the same ``--output``
+resumes from its latest checkpoint. The dataset, the ``--where`` predicate and the paths are
+checked before Ray starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -19,20 +19,32 @@ import os
 import sys
 
 from runtime.storage import locate
+from training import cli
 from training.config import PretrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:
-    from training.config_cli import add_flags, build, read_file
+    """The run's config from flags and ``--config``; ConfigError/ValueError (one line)."""
+    parser = cli.parser(PretrainConfig, "python -m training.pretrain", __doc__)
+    return cli.config(parser.parse_args(argv))
 
-    parser = argparse.ArgumentParser(
-        prog="python -m training.pretrain",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--config", help="YAML or JSON file of PretrainConfig fields (flags win)")
-    add_flags(parser, PretrainConfig)
-    args = parser.parse_args(argv)
-    return build(PretrainConfig, args, read_file(args.config) if args.config else None)
+
+def check(config: PretrainConfig) -> None:
+    """Refuse, before Ray starts, what would fail inside it: no dataset (or not one the
+    curation job wrote), a ``--where`` that does not parse or names no manifest column, a
+    file where the run folder goes, relative paths under ``ray job submit``."""
+    from runtime.ray_env import check_address
+    from training.data.shards import check_predicate, list_shards
+
+    cli.require(config.dataset, "--dataset", "folder")
+    shards = list_shards(config.dataset)
+    if config.where is not None:
+        check_predicate(shards[0].manifest, config.where)
+    cli.refuse_file(config.output, "--output")
+    cli.refuse_file(config.log_dir, "--log-dir")
+    check_job_paths(config)
+    if config.ray:
+        check_address(config.ray_address)
 
 
 def check_job_paths(config: PretrainConfig) -> None:
@@ -63,9 +75,8 @@ def run(config: PretrainConfig) -> dict:
     from training.pretrain_loop import train_loop
     from training.ray_train import RayScaling, launch
 
-    check_job_paths(config)
     values = dataclasses.asdict(config)
-    if config.no_ray:
+    if not config.ray:
         train_loop(values)
     else:
         scaling = RayScaling(
@@ -83,10 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = parse_args(argv)
-    summary = run(config)
-    print(json.dumps(summary, indent=2))
-    return 0
+
+    def body() -> None:
+        config = parse_args(argv)
+        check(config)
+        print(json.dumps(run(config), indent=2))
+
+    return cli.run_main(body)
 
 
 if __name__ == "__main__":

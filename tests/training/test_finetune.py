@@ -50,8 +50,8 @@ TASK_KW = {"pose": {"lr": 1e-2, "heatmap_sigma": 1.5}, "seg": {"head": "light"}}
 
 
 def _config(task: str, data: dict, output: str, **kw) -> FinetuneConfig:
-    base = dict(task=task, data=data["train"], output=output, preset="vit_test",
-                input_size=INPUT, pretrained=data["mae"], head_channels=32, steps=120,
+    base = dict(task=task, dataset=data["train"], output=output, preset="vit_test",
+                image_size=INPUT, pretrained=data["mae"], head_channels=32, total_steps=120,
                 batch_size=8, lr=2e-3, warmup_steps=10, checkpoint_every=1000,
                 log_every=20)  # fmt: skip
     return FinetuneConfig(**{**base, **TASK_KW.get(task, {}), **kw})
@@ -60,8 +60,8 @@ def _config(task: str, data: dict, output: str, **kw) -> FinetuneConfig:
 def test_config_groups_and_schedule(data, tmp_path):
     with pytest.raises(ValueError, match="task"):
         _config("bogus", data, str(tmp_path))
-    with pytest.raises(ValueError, match="multiples of 16"):
-        _config("seg", data, str(tmp_path), input_size=(60, 48))
+    with pytest.raises(ValueError, match="patch size 16"):
+        _config("seg", data, str(tmp_path), image_size=(60, 48))
     cfg = _config("seg", data, str(tmp_path), lr=1.0, head_lr_scale=3.0, head="sapiens")
     model = build_model(cfg)
     groups = param_groups(model, cfg)
@@ -75,10 +75,10 @@ def test_config_groups_and_schedule(data, tmp_path):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable
     opt = adamw(groups, lr=1.0, betas=(0.9, 0.999))
-    sched = warmup_cosine(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+    sched = warmup_cosine(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps)
     head = next(g for g in opt.param_groups if g["lr_scale"] == 3.0)
     assert head["lr"] == pytest.approx(3.0 / cfg.warmup_steps)
-    for _ in range(cfg.steps - 1):
+    for _ in range(cfg.total_steps - 1):
         opt.step()
         sched.step()
     assert head["lr"] < 0.01
@@ -98,9 +98,9 @@ def test_checkpoint_resume_and_metrics_log(data, tmp_path, capsys):
     """In process (--no-ray): 4 steps, then a rerun to 6 resumes from step 4; a progress
     line on stdout at every logged step."""
     out = str(tmp_path / "run")
-    first = FinetuneConfig(**{**_config("normal", data, out).__dict__, "steps": 4,
+    first = FinetuneConfig(**{**_config("normal", data, out).__dict__, "total_steps": 4,
                               "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2,
-                              "no_ray": True, "log_dir": None})  # fmt: skip
+                              "ray": False, "log_dir": None})  # fmt: skip
     from training.finetune import run
 
     summary = run(first)
@@ -111,7 +111,7 @@ def test_checkpoint_resume_and_metrics_log(data, tmp_path, capsys):
     assert done["step"] == 4 and done["excludes_startup"]
     assert done["rate"] == pytest.approx(summary["images_per_s"], abs=0.051)
     assert summary["seconds_first_step"] < summary["seconds_this_run"]
-    again = run(FinetuneConfig(**{**first.__dict__, "steps": 6, "log_dir": None}))
+    again = run(FinetuneConfig(**{**first.__dict__, "total_steps": 6, "log_dir": None}))
     assert again["start_step"] == 4 and again["resumed_from"].endswith("step_00000004")
     assert again["checkpoint"].endswith("step_00000006")
     lines = (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()
@@ -153,7 +153,7 @@ def _fit_and_compare(task: str, data: dict, output: str, **kw) -> tuple[dict, di
 
     summary = run(_config(task, data, output, **kw))
     model, config = load_checkpoint(summary["checkpoint"])
-    assert config["task"] == task and summary["final_step"] == config["steps"]
+    assert config["task"] == task and summary["final_step"] == config["total_steps"]
     ours = evaluate(model, data["val"], task, INPUT)
     base = evaluate(_baseline(task, data["train"]), data["val"], task, INPUT)
     return ours, base
@@ -172,7 +172,7 @@ SHORT = {"pose": 300, "seg": 160, "depth": 40, "normal": 40}
 def test_four_tasks_beat_baselines_on_ray(ray_cluster, data, tmp_path):
     margins = {}
     for task, steps in SHORT.items():
-        ours, base = _fit_and_compare(task, data, str(tmp_path / task), steps=steps,
+        ours, base = _fit_and_compare(task, data, str(tmp_path / task), total_steps=steps,
                                       warmup_steps=min(10, steps // 4))  # fmt: skip
         margins[task] = _margin(task, ours, base)
         name = GOAL[task][0]
@@ -187,7 +187,7 @@ LONG = {"pose": 600, "seg": 240, "depth": 240, "normal": 240}
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_finetune_beats_baseline_on_ray_long(ray_cluster, data, task, tmp_path):
-    ours, base = _fit_and_compare(task, data, str(tmp_path / "run"), steps=LONG[task])
+    ours, base = _fit_and_compare(task, data, str(tmp_path / "run"), total_steps=LONG[task])
     (tmp_path / "result.json").write_text(json.dumps({"ours": ours, "baseline": base}))
     print(f"\n{task}: {json.dumps({'ours': ours, 'baseline': base})}")
     assert _margin(task, ours, base) > 0.1

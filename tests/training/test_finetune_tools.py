@@ -85,22 +85,21 @@ def test_convert_coco(tmp_path):
     (tmp_path / "kp.json").write_text(json.dumps(body))
     with pytest.raises(LabelError, match="expected 17 or 308"):
         list(convert.coco_samples(str(tmp_path / "kp.json"), str(tmp_path / "img")))
-    with pytest.raises(SystemExit) as exit_info:  # a one-line error, not a traceback
-        convert.main(["coco", "--json", str(tmp_path / "kp.json"), "--images",
-                      str(tmp_path / "img"), "--output", str(tmp_path / "ds2")])  # fmt: skip
-    assert exit_info.value.code == 2
+    assert convert.main(["coco", "--json", str(tmp_path / "kp.json"), "--images",
+                         str(tmp_path / "img"), "--output", str(tmp_path / "ds2")]) == 2  # fmt: skip
+    assert not (tmp_path / "ds2").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("task", ["pose", "seg", "depth", "normal"])
 def test_predict_writes_overlays(tmp_path, task):
-    cfg = FinetuneConfig(task=task, data="unused", output="unused", preset="vit_test",
-                         input_size=(64, 48), head_channels=16)  # fmt: skip
+    cfg = FinetuneConfig(task=task, dataset="unused", output="unused", preset="vit_test",
+                         image_size=(64, 48), head_channels=16)  # fmt: skip
     model = build_model(cfg)
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg)},
                tmp_path / "checkpoint.pt")  # fmt: skip
     loaded, config = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert config["task"] == task and not loaded.training
-    with pytest.raises(FileNotFoundError, match="no fine-tuning checkpoint"):
+    with pytest.raises(ValueError, match="no fine-tuning checkpoint"):
         load_checkpoint(str(tmp_path / "nowhere"))
     figures = _figure_files(tmp_path, n=1)
     predict.main(["--task", task, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--images",
@@ -109,8 +108,7 @@ def test_predict_writes_overlays(tmp_path, task):
     h, w = figures[0].image.shape[:2]
     assert overlay.shape[0] == h and overlay.shape[1] in (w, 2 * w)
     assert not np.array_equal(overlay[:, :w], figures[0].image) or overlay.shape[1] == 2 * w
-    with pytest.raises(SystemExit):
-        other = "seg" if task != "seg" else "depth"
-        predict.main(
-            ["--task", other, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--images", "x.png"]
-        )
+    other = "seg" if task != "seg" else "depth"
+    image = str(tmp_path / "img" / "p0.png")
+    argv = ["--task", other, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--images", image]
+    assert predict.main(argv) == 2

@@ -35,7 +35,7 @@ def _worker(rank: int, out: str, port: int) -> None:
                           activation_checkpointing=True, compile=False)  # fmt: skip
     opt = adamw(param_groups(wrapped, lr=1e-3, weight_decay=0.05), lr=1e-3)
     sched = warmup_cosine(opt, warmup_steps=1, total_steps=10)
-    cfg = PretrainConfig(dataset="-", output=out, preset="vit_test", img_size=32, bf16=False,
+    cfg = PretrainConfig(dataset="-", output=out, preset="vit_test", image_size=32, bf16=False,
                          accum_steps=2)  # fmt: skip
     torch.manual_seed(rank)  # different data per rank
     stream = iter([torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8) for _ in range(4)])

@@ -84,7 +84,7 @@ def test_ray_job_submit_runs_pretraining(tmp_path) -> None:
         submit = subprocess.run(
             [ray, "job", "submit", "--address", address, "--working-dir", ".", "--",
              "python", "-m", "training.pretrain", "--dataset", str(tmp_path / "ds"),
-             "--output", str(output), "--preset", "vit_test", "--img-size", "32",
+             "--output", str(output), "--preset", "vit_test", "--image-size", "32",
              "--batch-size", "4", "--total-steps", "2", "--warmup-steps", "1",
              "--num-workers", "1", "--loader-workers", "1", "--log-every", "1",
              "--picture-every", "0"],

@@ -74,8 +74,27 @@ def selected_keys(manifest_uri: str, where: str | None = None) -> set[str]:
 
 
 def check_predicate(manifest_uri: str, where: str) -> int:
-    """Run the predicate once at start-up so a typo fails before any worker starts."""
-    return len(selected_keys(manifest_uri, where))
+    """Run ``where`` on one manifest at start-up, so that a typo or an unknown column fails
+    before any worker starts (ValueError, one line); returns the rows it selects there."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(f"SELECT key FROM manifest WHERE {where}")
+    except duckdb.Error as exc:
+        raise ValueError(f"--where {where!r} is not a SQL predicate: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise ValueError(f"--where {where!r} must be one SQL expression, not several statements")
+    try:
+        return len(selected_keys(manifest_uri, where))
+    except ValueError as exc:
+        cause = exc.__cause__ or exc
+        raise ValueError(
+            f"--where {where!r} does not run on the manifest {manifest_uri}: {_first_line(cause)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _open(loc: Location):

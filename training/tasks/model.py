@@ -29,7 +29,7 @@ def build_model(cfg: FinetuneConfig) -> TaskModel:
     ``pretrained_lineage`` says what the pretrained weights were made from (None from
     scratch), for the run's lineage."""
     task = TASKS_BY_NAME[cfg.task]
-    config = preset(cfg.preset, img_size=cfg.input_size, cls_token=False,
+    config = preset(cfg.preset, img_size=cfg.image_size, cls_token=False,
                     patch_padding=cfg.patch_padding)  # fmt: skip
     encoder = VisionTransformer(config)
     lineage = None
@@ -125,8 +125,8 @@ def from_sapiens(
             f"Sapiens' (and ours) has {spec.num_deconv} and {spec.num_conv}"
         )
     # Sapiens' depth head regresses depth directly: no softplus on an imported one
-    cfg = FinetuneConfig(task=imported.task, data="", output="", preset=imported.preset,
-                         input_size=input_size, head="sapiens",
+    cfg = FinetuneConfig(task=imported.task, dataset="", output="", preset=imported.preset,
+                         image_size=input_size, head="sapiens",
                          head_channels=imported.head_channels,
                          depth_output="linear")  # fmt: skip
     model = build_model(cfg)
@@ -146,21 +146,39 @@ def from_sapiens(
 def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
     """Model (eval mode, CPU) and its FinetuneConfig fields from a fine-tuning run folder (its
     latest checkpoint), a ``checkpoints/step_*`` folder, or a single ``.pt`` file holding
-    ``{"model": state dict, "config": fields}`` (local or S3)."""
+    ``{"model": state dict, "config": fields}`` (local or S3).
+
+    ValueError (one line) for anything else: a missing path, a pretraining run, a damaged or
+    foreign file, a record that is not a config, weights that do not fit their config."""
     uri = uri.rstrip("/")
     if uri.endswith(".pt"):
-        state = checkpoint.load_file(uri)
-        weights, config = state["model"], state["config"]
+        state = checkpoint.load_checked(uri, uri)
+        if not (isinstance(state, dict) and isinstance(state.get("config"), dict)):
+            raise ValueError(f"{uri}: not a task model file ({{'model', 'config'}})")
+        weights, config = state.get("model"), state["config"]
     else:
-        folder = checkpoint.latest(uri) or uri
+        folder = checkpoint.latest_checked(uri) or uri
         if not storage.exists(storage.locate(f"{folder}/model.pt")):
-            raise FileNotFoundError(f"no fine-tuning checkpoint at {uri}")
-        weights = checkpoint.load_file(f"{folder}/model.pt")
-        config = checkpoint.load_file(f"{folder}/state.pt")["extra"]["config"]
-    config = {**config, "pretrained": None}
-    model = build_model(FinetuneConfig(**config))
-    model.load_state_dict(weights)
-    return model.eval(), config
+            raise ValueError(f"no fine-tuning checkpoint at {uri} (no model.pt)")
+        weights = checkpoint.load_checked(f"{folder}/model.pt", uri)
+        state = checkpoint.load_checked(f"{folder}/state.pt", uri)
+        extra = state.get("extra") if isinstance(state, dict) else None
+        config = extra.get("config") if isinstance(extra, dict) else None
+        if not isinstance(config, dict):
+            raise ValueError(f"{uri}: its checkpoint records no config")
+    if "task" not in config:
+        raise ValueError(
+            f"{uri} is a pretraining run, not a fine-tuned one: export its encoder "
+            "(python -m training.checkpoint) and fine-tune it (python -m training.finetune)"
+        )
+    cfg = FinetuneConfig.from_record({**config, "pretrained": None})
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{uri}: weights do not fit its config ({first})") from None
+    return model.eval(), dataclasses.asdict(cfg)
 
 
 def load_model(uri: str, input_size: tuple[int, int]) -> tuple[TaskModel, dict]:

@@ -282,20 +282,21 @@ def synthetic_samples(
                      mask=r.mask > 0)  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+def main(argv: list[str] | None = None) -> int:
+    from training import cli
+    from training.config import SyntheticConfig
 
-    parser = argparse.ArgumentParser(description="Write synthetic labelled shards.")
-    parser.add_argument("output", help="dataset folder or s3:// URI")
-    parser.add_argument("--num", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("H", "W"))
-    parser.add_argument("--per-shard", type=int, default=64)
-    args = parser.parse_args(argv)
-    n = write_dataset(args.output, synthetic_samples(args.num, args.seed, *args.size),
-                      list(TASKS), args.per_shard)  # fmt: skip
-    print(f"wrote {n} synthetic samples to {args.output}")
+    def body() -> None:
+        parser = cli.parser(SyntheticConfig, "python -m training.tasks.synthetic",
+                            "Write synthetic labelled shards.", positional=("output",))  # fmt: skip
+        cfg = cli.config(parser.parse_args(argv))
+        cli.refuse_file(cfg.output, "--output")
+        n = write_dataset(cfg.output, synthetic_samples(cfg.num, cfg.seed, *cfg.image_size),
+                          list(TASKS), cfg.max_shard_samples)  # fmt: skip
+        print(f"wrote {n} synthetic samples to {cfg.output}")
+
+    return cli.run_main(body)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
