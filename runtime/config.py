@@ -175,7 +175,9 @@ def _add_field(
     if choices:
         metavar = "{" + ",".join(map(str, choices)) + "}"
     common |= {"type": _flag_parser(item, key, choices), "metavar": metavar}
-    append = item is not kind  # a tuple field: the flag is repeated, once per item
+    append = item is not kind  # a tuple field: several values a flag, the flag repeatable
+    if append:  # --image-size 1024 768, --image-size 1024,768, --inputs a --inputs b
+        common |= {"type": _several(common["type"], item), "nargs": "+"}
     group.add_argument(flag, *extra, action="append" if append else "store", help=help_text,
                        **common)  # fmt: skip
     for old in old_flags:
@@ -229,6 +231,23 @@ class _DeprecatedBool(argparse.BooleanOptionalAction):
         negative = str(option_string).startswith("--no-")
         deprecated(str(option_string), "--no-" + self.use[2:] if negative else self.use)
         super().__call__(parser, namespace, values, option_string)
+
+
+def _several(one: Any, item: Any):
+    """A tuple flag's value parser: numbers may also come separated by commas."""
+
+    def several(text: str) -> list[Any]:
+        return [one(part) for part in (text.split(",") if item in (int, float) else [text])]
+
+    several.__name__ = one.__name__  # argparse's "invalid <name> value" fallback
+    return several
+
+
+def _flatten(value: Any) -> list[Any]:
+    """The items of a tuple flag: argparse nests them (each use of the flag, each value)."""
+    if not isinstance(value, list):
+        return [value]
+    return [item for part in value for item in _flatten(part)]
 
 
 def _flag_parser(kind: Any, key: str, choices: Any = None):
@@ -287,7 +306,7 @@ def build(
         dest = f"{section}__{name}"
         if args is not None and hasattr(args, dest):
             flag = getattr(args, dest)  # already parsed by convert (see add_flags)
-            values[name] = tuple(flag) if isinstance(flag, list) else flag
+            values[name] = tuple(_flatten(flag)) if isinstance(flag, list) else flag
     missing = [
         n for n, f in fields.items() if n not in values and _default(f) is dataclasses.MISSING
     ]

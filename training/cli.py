@@ -3,12 +3,9 @@
 ``runtime.config.command``, and bad input reported as one line (``error: ...``, exit code 2)
 before anything runs (``run_main`` and the path checks below).
 
-Two things ``runtime.config`` does not do (yet) are done here, kept small so they can move
-there: tuple flags that take several values at once (``--image-size 1024 768``,
-``--image-size 1024,768``, ``--images photos/*.jpg``; ``runtime.config`` repeats the flag per
-item), and the positional arguments older versions took (``training.checkpoint SOURCE OUT``),
-still read with a deprecation warning; plus ``no_ray`` in old config files, read as ``ray``
-inverted.
+What older versions of these commands took is still read here, with a deprecation warning:
+positional arguments (``training.checkpoint SOURCE OUT``) and ``no_ray`` in config files,
+read as ``ray`` inverted.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ import argparse
 import dataclasses
 import os
 import tarfile
-import types
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,37 +36,11 @@ def parser(cls: type, prog: str, doc: str, positional: Sequence[str] = ()) -> cl
 
 
 def extend(p: argparse.ArgumentParser, cls: type, positional: Sequence[str] = ()) -> None:
-    """Let ``cls``'s tuple flags on ``p`` take several values, and accept the fields named in
-    ``positional`` as the positional arguments of older versions (with a warning)."""
+    """Accept the fields named in ``positional`` as the positional arguments of older versions
+    (with a warning)."""
     if positional:
         p.add_argument("legacy_positional", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(_config=(cls, tuple(positional)))
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if _tuple_item(hints[f.name]):  # the flag and any old spelling of it
-            for action in p._actions:  # argparse keeps no public list of them
-                if action.dest == f"__{f.name}":
-                    _take_several(action, _tuple_item(hints[f.name]))
-
-
-def _tuple_item(hint: Any) -> Any:
-    """The item type of a ``tuple[X, ...]`` (or ``| None``) field, else None."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
-
-
-def _take_several(action: argparse.Action, item: type) -> None:
-    """Let a tuple flag take several values at once, and numbers separated by commas too."""
-    one = action.type
-    action.nargs = "+"
-
-    def several(text: str) -> list[Any]:
-        parts = text.split(",") if item in (int, float) else [text]
-        return [one(part) for part in parts]
-
-    several.__name__ = one.__name__  # argparse's "invalid <name> value" fallback
-    action.type = several
 
 
 def config(args: argparse.Namespace) -> Any:
@@ -82,10 +51,6 @@ def config(args: argparse.Namespace) -> Any:
     cls, positional = args._config
     _take_positional(args, positional)
     file = _no_ray(cls, cli.load_file(args.config))
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f"__{f.name}", None)
-        if isinstance(value, list):  # [[[1024, 768]]]: append of nargs="+" of lists
-            setattr(args, f"__{f.name}", [v for flag in value for token in flag for v in token])
     return cli.build(cls, "", file, args)
 
 
