@@ -357,3 +357,27 @@ class SyntheticConfig:
             raise ValueError(
                 f"--image-size takes height and width of at least 16, got {self.image_size}"
             )
+
+
+@dataclass(kw_only=True)
+class ImportSapiensConfig:
+    source: str = dataclasses.field(
+        metadata={"help": "Sapiens .pth or TorchScript .pt2 (local or s3://)", "positional": True}
+    )
+    output: str = dataclasses.field(
+        metadata={"help": "file to write (local or s3://)", "positional": True}
+    )
+    task: str | None = _opt("expected task (default: the one its head is for)", None)
+    preset: str | None = _opt("expected backbone preset (default: from its shapes)", None)
+    image_size: tuple[int, int] = _opt(
+        "task models: input height and width (H W or H,W)", (1024, 768), "--input-size"
+    )
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(self.image_size)
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"unknown --task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.preset is not None:
+            _check_preset(self.preset, self.image_size)
+        elif len(self.image_size) != 2 or any(s <= 0 or s % 16 for s in self.image_size):
+            raise ValueError(f"--image-size {self.image_size} must be positive multiples of 16")

@@ -3,7 +3,7 @@
     python -m training.import_sapiens sapiens_0.3b_epoch_1600_clean.pth encoder.pt
     python -m training.import_sapiens sapiens_1b_goliath_best_goliath_AP_640.pth pose.pt
     python -m training.import_sapiens sapiens_0.3b_seg_..._torchscript.pt2 seg.pt \
-        --input-size 1024 768
+        --image-size 1024 768
 
 A pretrained backbone (0.3B-2B, 1024x1024) becomes an encoder file
 (``models.encoder_file``) for ``training.finetune --pretrained``; a task model
@@ -26,14 +26,13 @@ import sys
 
 import torch
 
-from models.vit import PRESETS, preset
+from models.vit import preset
 from runtime import storage
 from training.sapiens_format import (
     Imported,
     SapiensFormatError,
     check_keys,
     convert,
-    first_line,
     read_state_dict,
     sapiens_name,
 )
@@ -84,33 +83,25 @@ def run(source: str, out: str, *, task: str | None = None, preset_name: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m training.import_sapiens SOURCE OUTPUT``: one line of JSON saying what was
+    written, or one ``error:`` line and exit code 2."""
     import json
 
-    from schemas.labelled import TASKS
+    from training import cli
+    from training.config import ImportSapiensConfig
 
-    parser = argparse.ArgumentParser(
-        prog="python -m training.import_sapiens",
-        description="Import a released Sapiens checkpoint (.pth or TorchScript) into this "
-        "project's format: a backbone as an encoder file, a task model as a task .pt.",
-    )
-    parser.add_argument("source", help="Sapiens .pth / .pt2 (local or s3://)")
-    parser.add_argument("out", help="file to write (local or s3://)")
-    parser.add_argument("--task", choices=TASKS, help="expected task (default: from the head)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="expected backbone preset")
-    parser.add_argument("--input-size", type=int, nargs=2, default=(1024, 768),
-                        metavar=("H", "W"), help="task models: input height and width")  # fmt: skip
-    args = parser.parse_args(argv)
-    if any(s <= 0 or s % 16 for s in args.input_size):
-        parser.error(f"--input-size {args.input_size} must be positive multiples of 16")
-    try:
-        result = run(args.source, args.out, task=args.task, preset_name=args.preset,
-                     input_size=tuple(args.input_size))  # fmt: skip
-    except (SapiensFormatError, OSError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    def body() -> None:
+        about = ("Import a released Sapiens checkpoint (.pth or TorchScript) into this "
+                 "project's format: a backbone as an encoder file, a task model as a task .pt.")  # fmt: skip
+        parser = cli.parser(ImportSapiensConfig, "python -m training.import_sapiens", about)
+        cfg = cli.config(parser.parse_args(argv))
+        cli.require(cfg.source, "SOURCE")
+        cli.refuse_folder(cfg.output, "OUTPUT")
+        result = run(cfg.source, cfg.output, task=cfg.task, preset_name=cfg.preset,
+                     input_size=cfg.image_size)  # fmt: skip
+        print(json.dumps(result))
+
+    return cli.run_main(body)
 
 
 if __name__ == "__main__":

@@ -395,6 +395,27 @@ def test_synthetic_refuses(capsys, tmp_path):
     assert "at least 16" in _refused(capsys, synthetic.main, ["--output", "x", "--size", "8", "8"])
 
 
+IMPORT_SAPIENS = [
+    ([], "missing SOURCE: required"),
+    (["{missing}", "{out}"], "SOURCE {missing}: no such file"),
+    (["{folder}", "{out}"], "SOURCE {folder}: is a folder, expected a file"),
+    (["{a_file}", "{folder}"], "OUTPUT {folder}: is a folder, expected a file name"),
+    (["{a_file}", "{out}", "--task", "keypoints"], "unknown --task 'keypoints'"),
+    (["{a_file}", "{out}", "--preset", "vit_huge"], "unknown --preset 'vit_huge'"),
+    (["{a_file}", "{out}", "--image-size", "60", "48"], "must be positive multiples of 16"),
+    (["{a_file}", "{out}"], "not a torch checkpoint"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), IMPORT_SAPIENS)
+def test_import_sapiens_refuses(capsys, files, tmp_path, argv, message):
+    from training import import_sapiens
+
+    argv = _fill(argv, files, tmp_path)
+    assert _fill([message], files, tmp_path)[0] in _refused(capsys, import_sapiens.main, argv)
+    assert not (tmp_path / "out").exists()  # nothing written on refusal
+
+
 def test_deprecated_spellings_still_work_with_a_warning(capsys, files, tmp_path):
     argv = ["--task", "seg", "--data", files["labelled"], "--output", str(tmp_path / "o"),
             "--input-size", "64", "48", "--steps", "7", "--warmup-steps", "1", "--grad-clip", "0.5", "--workers", "2",
@@ -445,7 +466,8 @@ def predict_config(flags: list[str]) -> config.PredictConfig:
 
 CONFIGS = [config.PretrainConfig, config.FinetuneConfig, config.EvaluateConfig,
            config.PredictConfig, config.CocoConvertConfig, config.FoldersConvertConfig,
-           config.CheckpointConfig, config.SyntheticConfig]  # fmt: skip
+           config.CheckpointConfig, config.SyntheticConfig,
+           config.ImportSapiensConfig]  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
