@@ -26,6 +26,7 @@ COMMANDS = {
     "predict": ("training.predict", "run a fine-tuned checkpoint on images"),
     "convert": ("training.convert", "convert COCO or image/label folders to labelled shards"),
     "checkpoint": ("training.checkpoint", "export a pretraining run's encoder"),
+    "import-sapiens": ("training.import_sapiens", "import Meta's released Sapiens checkpoints"),
     "synthetic-labels": ("training.tasks.synthetic", "write synthetic labelled shards"),
 }
 
