@@ -200,38 +200,27 @@ def _write_finished(keys: pa.ChunkedArray, partition: int, context: dict) -> int
 
 
 def unfinished_inputs(dataset: Location, plan: Plan, finished: Finished) -> ray.data.Dataset:
-    """The plan's inputs without the finished ones, as a Ray Dataset.
-
-    Tasks read the partition files themselves, also on a first run: ``ray.data.read_parquet``
-    would first sample the files in Ray tasks to estimate their in-memory size (10-15 s before
-    a small job's first row on a busy 2-core node) for files the plan wrote with known rows.
-    A task takes several partitions when they are small (about ``UNFINISHED_BATCH_ROWS`` rows
-    a task, one partition at least): 16 tasks for a 100-input plan had Ray start a worker
-    process for each (a minute and a half before the first fetch at load 60).
-    """
+    """The plan's inputs without the finished ones, as a Ray Dataset (one task a partition)."""
     import ray.data
 
-    tasks = min(len(plan.files), max(1, -(-plan.rows // UNFINISHED_BATCH_ROWS)))
+    paths = [f.path for f in plan.files]
+    if not finished.keys:
+        return ray.data.read_parquet(paths, filesystem=dataset.fs)
     return ray.data.from_items(
-        [{"file": f.uri} for f in plan.files], override_num_blocks=tasks
+        [{"file": f.uri} for f in plan.files], override_num_blocks=len(plan.files)
     ).map_batches(
         _unfinished,
-        batch_size=None,  # a block's files, in one task
+        batch_size=1,
         fn_kwargs={"finished": finished.folder.uri},
         batch_format="pyarrow",
     )
 
 
-def _unfinished(files: pa.Table, finished: str) -> Iterator[pa.Table]:
-    """The rows of each plan partition file in ``files`` whose key is not in the same
-    partition's finished keys."""
-    for uri in files["file"].to_pylist():
-        yield from _unfinished_of(locate(uri), locate(finished))
-
-
-def _unfinished_of(plan_file: Location, finished: Location) -> Iterator[pa.Table]:
+def _unfinished(item: pa.Table, finished: str) -> Iterator[pa.Table]:
+    """The rows of one plan partition file whose key is not in the same partition's finished."""
+    plan_file = locate(item["file"][0].as_py())
     partition = plan_file.path.rsplit("-", 1)[1].split(".")[0]
-    done = finished.join(f"finished-{partition}.parquet")
+    done = locate(finished).join(f"finished-{partition}.parquet")
     table = pq.read_table(plan_file.path, filesystem=plan_file.fs)
     if exists(done):
         keys = pq.read_table(done.path, filesystem=done.fs)["key"].combine_chunks()
