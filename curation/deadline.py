@@ -54,6 +54,8 @@ class Watchdog:
         self._cond = threading.Condition()
         self._watches: set[Watch] = set()
         self._thread: threading.Thread | None = None
+        # when the watchdog thread wakes next (monotonic; None: when notified)
+        self._wakes_at: float | None = None
 
     @contextlib.contextmanager
     def watch(self, deadline: float) -> Iterator[Watch]:
@@ -66,7 +68,11 @@ class Watchdog:
                     target=self._run, name="fetch-deadline", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            # Woken only when this deadline comes before its next wake-up: a fetch's deadlines
+            # are all about total_timeout ahead, and waking it for every request made it look
+            # at every open watch once per request.
+            if self._wakes_at is None or deadline < self._wakes_at:
+                self._cond.notify()
         _CURRENT.watch = watch
         try:
             yield watch
@@ -89,7 +95,8 @@ class Watchdog:
                         watch._shutdown()
                     else:
                         pending.append(watch.deadline)
-                self._cond.wait(timeout=min(pending) - now if pending else None)
+                self._wakes_at = min(pending) if pending else None
+                self._cond.wait(timeout=self._wakes_at - now if pending else None)
 
 
 WATCHDOG = Watchdog()

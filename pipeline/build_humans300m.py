@@ -223,7 +223,7 @@ def stream(
     from pipeline.progress import ProgressDisplay
 
     with phases("stream setup"):
-        ds, limiters, progress, shards, sink = _build_stream(dataset, plan, done, config, run_id)
+        ds, limiters, progress, sink = _build_stream(dataset, plan, done, config, run_id)
     todo = max(plan.rows - done.keys, 0)
     try:
         with phases("stream"), ProgressDisplay(progress, todo, config.run.progress_interval):
@@ -232,22 +232,22 @@ def stream(
     finally:
         # Ray Data keeps a reference to the sink, so the actor would outlive the job: one
         # idle process (~70 MB) per job run from the same driver
-        for actor in (shards, progress, *limiters):
+        for actor in (progress, *limiters):
             ray.kill(actor)
     return sum(s.kept + s.rejected for s in sink.stats)
 
 
 def _build_stream(dataset: Location, plan: Plan, done: Finished, config: JobConfig, run_id: str):
-    """The stream's dataset, its actors (limiters, progress and shard counters) and its sink."""
+    """The stream's dataset, its actors (limiters; progress and shard numbers) and its sink."""
     import ray
 
     from pipeline.detect_stage import add_filter_stages, filter_input_size, has_filters
     from pipeline.politeness import start_limiters
     from pipeline.progress import ProgressCounter
-    from pipeline.sink import ShardCounter, ShardDatasink
+    from pipeline.sink import ShardDatasink
 
     limiters = start_limiters(config.fetch)
-    progress = ProgressCounter.remote()
+    progress = ProgressCounter.remote(next_shard_number(dataset))
     filters = has_filters(config.detector, config.classifiers)
     stage = StageConfig(
         fetch=config.fetch,
@@ -272,15 +272,14 @@ def _build_stream(dataset: Location, plan: Plan, done: Finished, config: JobConf
         batch_format="numpy",
     )
     ds = add_filter_stages(ds, config.detector, config.classifiers, progress)
-    shards = ShardCounter.remote(next_shard_number(dataset))
     sink = ShardDatasink(
         dataset.uri,
         config.output.max_shard_samples,
         config.output.max_shard_bytes,
-        shards,
+        progress,
         run_id,
     )
-    return ds, limiters, progress, shards, sink
+    return ds, limiters, progress, sink
 
 
 def print_summary(summary: dict, output: str) -> None:

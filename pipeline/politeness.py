@@ -37,13 +37,18 @@ class HostLimiter:
 
 
 def start_limiters(config: FetchConfig) -> tuple:
-    """The job's limiter actors (kill them when the stream ends); none when the limits are
-    per process."""
+    """The job's limiter actors, running (kill them when the stream ends); none when the
+    limits are per process."""
     if not config.cluster_wide_limits:
         return ()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     count = 1 + cpus // CPUS_PER_LIMITER
-    return tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
+    limiters = tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
+    # A fetch's deadline counts its wait for a slot, not the limiters' start: a stream that
+    # began at once asked them while their processes were still starting, and on a busy node
+    # fetches with a short total_timeout ran out "waiting for a connection slot".
+    ray.get([limiter.busy.remote("") for limiter in limiters])
+    return limiters
 
 
 def _owner(limiters: tuple, host: str):

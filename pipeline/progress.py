@@ -30,11 +30,25 @@ BAR_REFRESH_S = 0.5  # how often a terminal bar is redrawn
 
 @ray.remote(num_cpus=0)
 class ProgressCounter:
-    """Outcomes of the inputs the stream has finished: kept, and rejected by reason."""
+    """The job's counters: outcomes of the inputs the stream has finished (kept, and rejected
+    by reason), and the numbers of the shards its writers publish.
 
-    def __init__(self) -> None:
+    One actor for both: an actor is a worker process of its own, which Ray starts (importing
+    Ray, seconds of CPU on a busy node) in a queue of a few at a time, ahead of the stream's
+    first task when the actors are made first; a small job felt each one.
+    """
+
+    def __init__(self, first_shard: int = 0) -> None:
         self._kept = 0
         self._rejected: Counter[str] = Counter()
+        self._next_shard = first_shard
+
+    def next_shard(self) -> int:
+        """A shard number no writer of this dataset has used: counted up from ``first_shard``,
+        which the job sets above the highest number already published."""
+        number = self._next_shard
+        self._next_shard += 1
+        return number
 
     def add(self, kept: int, rejected: dict[str, int]) -> None:
         self._kept += kept

@@ -2,8 +2,8 @@
 
 Each write task receives a bundle of at least one shard's worth of bytes (Ray Data bundles
 blocks for us), streams kept samples into shards capped by count and bytes, and writes the
-rejected rows of its bundle as one rejections file. Shard numbers come from one counter actor,
-so they are unique across tasks and runs. Write tasks are not retried by Ray: a retry would
+rejected rows of its bundle as one rejections file. Shard numbers come from the job's counter
+actor (``pipeline.progress.ProgressCounter``), so they are unique across tasks and runs. Write tasks are not retried by Ray: a retry would
 write the same samples twice; a rerun of the job resumes instead.
 """
 
@@ -27,19 +27,6 @@ from schemas import PASSTHROUGH_COLUMNS
 _UTC = dt.UTC
 
 
-@ray.remote(num_cpus=0)
-class ShardCounter:
-    """Hands out shard numbers; started above the highest number already in the dataset."""
-
-    def __init__(self, start: int) -> None:
-        self._next = start
-
-    def next(self) -> int:
-        number = self._next
-        self._next += 1
-        return number
-
-
 @dataclass
 class WriteStats:
     shards: list[int]
@@ -49,6 +36,8 @@ class WriteStats:
 
 
 class ShardDatasink(ray.data.Datasink[WriteStats]):
+    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers)."""
+
     def __init__(
         self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, run_id: str
     ) -> None:
@@ -75,7 +64,7 @@ class ShardDatasink(ray.data.Datasink[WriteStats]):
                         rejections.append(rejection_row(row))
                         continue
                     if builder is None:
-                        builder = ShardBuilder(dataset, ray.get(self.counter.next.remote()))
+                        builder = ShardBuilder(dataset, ray.get(self.counter.next_shard.remote()))
                     builder.add(manifest_row(row), row["image"])
                     if len(builder) >= self.max_samples or builder.num_bytes >= self.max_bytes:
                         self._publish(builder, stats)

@@ -125,7 +125,9 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     height, width = rgb.shape[:2]
     if min(height, width) < 16:
         return None
-    gray = rgb.mean(axis=2)
+    # the same float32 values as rgb.mean(axis=2), whose reduction over a last axis of three
+    # cost more than the rest of the pHash together (~10% of a fetch task's CPU)
+    gray = (rgb[..., 0] + rgb[..., 1] + rgb[..., 2]) / np.float32(3)
     across, gray_across = rgb.transpose(1, 0, 2), gray.T
     top, bottom = _band(rgb, gray), _band(rgb[::-1], gray[::-1])
     left, right = _band(across, gray_across), _band(across[::-1], gray_across[::-1])

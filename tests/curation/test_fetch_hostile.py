@@ -298,6 +298,16 @@ def test_public_looking_names_of_internal_addresses_are_refused(server, dns, nam
     assert sum(server.hits.values()) == before
 
 
+def test_an_address_needs_no_lookup_but_other_spellings_of_it_are_resolved(dns):
+    from curation.addresses import resolve
+
+    assert resolve("127.0.0.1", 80, 1.0) == ["127.0.0.1"]
+    assert resolve("::ffff:7f00:1", 80, 1.0) == ["::ffff:7f00:1"]
+    assert dns.lookups == {}
+    assert resolve("127.1", 80, 1.0) == ["127.0.0.1"]  # what the resolver makes of it
+    assert dns.lookups == {"127.1": 1}
+
+
 def test_slow_name_resolution_ends_at_the_deadline(server, dns):
     dns["tarpit-dns.example"] = lambda: time.sleep(5) or ["127.0.0.1"]
     start = time.monotonic()

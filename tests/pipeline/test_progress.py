@@ -5,10 +5,11 @@ import re
 
 import numpy as np
 import pytest
+import ray
 
 from curation.record import OK, REJECTED, object_column
 from pipeline import build_humans300m
-from pipeline.progress import outcomes, rejected_text, status_line
+from pipeline.progress import ProgressCounter, outcomes, rejected_text, status_line
 from tests.pipeline.test_build import check_dataset, job_args
 from tests.support.corpus import build_corpus
 from tests.support.httpserver import CrawlServer
@@ -45,6 +46,20 @@ def test_status_line_names_the_top_reasons_and_estimates_the_rest():
     assert found["done"] == "1,000" and found["total"] == "10,000" and found["kept"] == "640"
     assert found["rate"] == "50.0" and found["eta"] == "3m00s"  # 9,000 left at 50/s
     assert status_line(0, {}, 5, elapsed=1.0).endswith("0.0 images/s, ETA ?, elapsed 1s")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_job_counter_counts_outcomes_and_hands_out_each_shard_number_once():
+    counter = ProgressCounter.remote(7)  # 0-6 published by earlier runs
+    try:
+        numbers = ray.get([counter.next_shard.remote() for _ in range(3)])
+        counter.add.remote(2, {"http_error": 1})
+        counter.add.remote(1, {"http_error": 1, "too_small": 2})
+        assert sorted(numbers) == [7, 8, 9]
+        assert ray.get(counter.snapshot.remote()) == (3, {"http_error": 2, "too_small": 2})
+        assert ray.get(counter.next_shard.remote()) == 10
+    finally:
+        ray.kill(counter)
 
 
 @pytest.mark.usefixtures("ray_cluster")
