@@ -145,8 +145,9 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
 
 
 # The Ray path costs minutes on a loaded 2-CPU machine (each Ray Data groupby, sort or join
-# starts its own workers): the default run compares it once (above), these run with -m slow,
-# with room beyond the default 600 s test timeout.
+# starts its own workers): the default run compares it on every pass but the semantic one
+# (above and test_against_previous_release; the semantic plan in test_semantic_plan_on_ray),
+# these run with -m slow, with room beyond the default 600 s test timeout.
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Path) -> None:
