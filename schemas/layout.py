@@ -31,7 +31,7 @@ LOCK_FILE = f"{WORK_DIR}/lock.json"  # the job writing this dataset (pipeline.lo
 DEDUP_COMMIT_DIR = f"{WORK_DIR}/dedup_commit"  # staged shard rewrites (curation.dedup.apply)
 DEDUP_PLAN_DIR = f"{WORK_DIR}/dedup"  # the Ray dedup path's plan: cleared at a run's start and end
 DEDUP_INDEX_DIR = "dedup_index"  # read by a later release's dedup (--dedup-against)
-_DEDUP_REJECTIONS = re.compile(r"dedup-(\d{6})\.parquet")
+_DEDUP_REJECTIONS = re.compile(r"dedup-\d{6,}\.parquet")  # {shard:06d}: 7 digits from 10^6
 
 
 def shard_file(shard: int) -> str:
