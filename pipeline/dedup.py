@@ -8,45 +8,67 @@ k-means partitions (curation.dedup.semantic); "cluster" resolves pairs best-firs
 run in order: earlier releases, exact/pixels, near, semantic, each on the survivors of the
 ones before.
 
-Two paths, the same decisions (the tests compare them, Ray path forced with small partitions):
+Every rule is written once in ``curation.dedup`` as a function over Arrow tables keyed by a
+partition column; two executors call them and so decide the same (the tests compare them,
+Ray path forced with small partitions):
 
 * Below ``ray_above`` manifest rows (this module): the driver reads the signature columns of
-  every manifest (about 150 bytes a sample) and decides there; shards are rewritten one after
-  another in this process. Ray start-up costs more than such a job (0.8 s vs 23 s on 300
-  samples).
-* From ``ray_above`` rows (pipeline.dedup_ray): Ray Data groupbys, a sort and joins over the
-  manifests; the near search and its best-first resolution run in Ray tasks over compact
-  arrays (pHash and integer rank: about 32 bytes a survivor in one task); drops go to
-  Parquet under ``<dataset>/_work/dedup/`` partitioned by shard, and each shard rewrite (a Ray
-  task) reads its own. The driver holds counts, block offsets and shard numbers: no bytes
-  per sample. The optional semantic pass too (pipeline.dedup_semantic_ray): the embedding
-  cache files are its intermediate, k-means is trained on a bounded sample (up to 256 vectors
-  a partition) and each partition is resolved inside a Ray Data groupby.
+  every manifest (about 150 bytes a sample) and calls each rule once on the whole table;
+  shards are rewritten one after another in this process. Ray start-up costs more than such
+  a job (0.8 s vs 23 s on 300 samples).
+* From ``ray_above`` rows (pipeline.dedup_ray): the same rules inside Ray Data groupbys on
+  their partition column, with a sort and joins over the manifests; the near search and its
+  best-first resolution run in Ray tasks over compact arrays (pHash and integer rank: about
+  32 bytes a survivor in one task); drops go to Parquet under ``<dataset>/_work/dedup/``
+  partitioned by shard, and each shard rewrite (a Ray task) reads its own. The driver holds
+  counts, block offsets and shard numbers: no bytes per sample. The optional semantic pass too
+  (pipeline.dedup_semantic_ray): the embedding cache files are its intermediate, k-means is
+  trained on a bounded sample (up to 256 vectors a partition) and each partition is resolved
+  inside a Ray Data groupby.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.dedup.apply import Drop, apply_shard, finish_commits
-from curation.dedup.cluster import (
+from curation.dedup.apply import apply_shard_rows, dedup_rejection_files, finish_commits
+from curation.dedup.cluster import previous_matches, ranked_best_first, resolve_near
+from curation.dedup.config import DedupConfig
+from curation.dedup.drops import (
+    FOUND_COLUMNS,
+    as_drops,
+    chain_rows,
     cluster_sizes,
-    previous_matches,
-    priority_order,
-    resolve_chains,
-    resolve_near,
+    drop_naming,
+    follow_chains,
+    found_drops,
+    rejection_naming,
+    sample_naming,
+    without,
 )
-from curation.dedup.config import INDEX_DIR, DedupConfig
-from curation.dedup.groups import candidate_rows, resolve_locally
-from curation.dedup.near import banded_pairs, exact_pairs, split_tables
-from curation.manifest import rejections_dataset, samples_dataset
+from curation.dedup.groups import resolve_groups, with_groups
+from curation.dedup.near import exact_pairs
+from curation.dedup.previous import (
+    INDEX_COLUMNS,
+    clear_index,
+    first_matches,
+    hash_matches,
+    hash_rows,
+    index_rows,
+    read_index,
+)
+from curation.manifest import samples_dataset
 from curation.writer import table_to_parquet_bytes
-from runtime.storage import Location, list_files, locate, write_bytes_atomic
-from schemas import Reason, Stage
+from pipeline.dedup_ray import run_on_ray, unique_pair_refs
+from runtime.storage import Location, locate, write_bytes_atomic
+from schemas import Reason
+from schemas.layout import dedup_index_file
 
 SIGNATURE_COLUMNS = [
     "key",
@@ -58,7 +80,28 @@ SIGNATURE_COLUMNS = [
     "width",
     "height",
 ]
-INDEX_COLUMNS = ["key", "sha256", "pixel_hash", "phash", "width", "height"]
+
+
+@dataclass
+class DriverPlan:
+    """Every sample's signature row and each pass's drop rows (DROP_SCHEMA), in pass order."""
+
+    table: pa.Table
+    passes: list[tuple[str, pa.Table, bool]] = field(default_factory=list)  # (name, drops, within)
+
+    def dropped(self) -> pa.ChunkedArray:
+        return pa.chunked_array([d["key"] for _, d, _ in self.passes], pa.string())
+
+    def survivors(self) -> pa.Table:
+        """Signature rows no pass dropped so far."""
+        return without(self.table, self.dropped())
+
+    def add(self, name: str, drops: pa.Table, *, within: bool) -> None:
+        if drops.num_rows:
+            self.passes.append((name, as_drops(drops), within))
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r for _, d, _ in self.passes for r in d["reason"].to_pylist()))
 
 
 def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
@@ -68,14 +111,12 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     finish_commits(dataset)  # a crashed run's decided rewrites: plan from their outcome
     rows = samples_dataset(dataset_uri).count_rows()  # Parquet footers only
     if rows and rows >= config.ray_above:
-        from pipeline.dedup_ray import run_on_ray
-
         return run_on_ray(dataset, config, rows)
-    table, drops = plan_dedup(dataset_uri, config)
-    apply_plan(dataset, table, drops, local=True)
+    plan = plan_dedup(dataset_uri, config)
+    apply_plan(dataset, plan)
     if config.write_index:
-        _write_index(dataset, table, set(drops))
-    return dict(Counter(d.reason for d in drops.values()))
+        write_index(dataset, plan.survivors())
+    return plan.counts()
 
 
 def check_dedup_ready(config: DedupConfig) -> None:
@@ -84,139 +125,93 @@ def check_dedup_ready(config: DedupConfig) -> None:
     for uri in config.against:
         read_index(uri)
     if config.semantic:
-        from curation.dedup.semantic import describe_encoder
+        from curation.dedup.encoder import describe_encoder
 
         describe_encoder(config.semantic_model)
 
 
-def plan_dedup(dataset_uri: str, config: DedupConfig) -> tuple[pa.Table, dict[str, Drop]]:
-    """The driver path: the signatures read and every drop decided (before chains are
-    resolved); writes nothing."""
+def plan_dedup(dataset_uri: str, config: DedupConfig) -> DriverPlan:
+    """The driver path: the signatures read and every pass's drops decided; writes nothing
+    (but the semantic pass's embedding cache)."""
     dataset = locate(dataset_uri)
-    table = samples_dataset(dataset_uri).to_table(columns=SIGNATURE_COLUMNS)
-    drops: dict[str, Drop] = {}
-    for uri in config.against:
-        drops.update(_previous_release_drops(_without(table, set(drops)), uri, config))
-    drops.update(_group_drops(table, config, set(drops)))
+    plan = DriverPlan(samples_dataset(dataset_uri).to_table(columns=SIGNATURE_COLUMNS))
+    for number, uri in enumerate(config.against):
+        _previous_pass(plan, uri, f"against-{number}", config)
+    if config.exact or config.pixels:
+        plan.add(
+            "groups", resolve_groups(with_groups(plan.survivors(), config.pixels)), within=True
+        )
     if config.near:
-        drops.update(_near_drops(table, config, set(drops)))
+        _near_pass(plan, config)
     if config.semantic:
         from pipeline.dedup_semantic import semantic_drops
 
-        drops.update(semantic_drops(dataset, table, config, set(drops)))
-    return table, drops
+        plan.add("semantic", semantic_drops(dataset, plan.survivors(), config), within=True)
+    return plan
 
 
-def read_index(uri: str) -> tuple[Location, list[Location]]:
-    """An earlier release's location and its dedup_index files (refused when it has none)."""
-    files = list_files(locate(uri).join(INDEX_DIR), ".parquet")
-    if not files:
-        raise FileNotFoundError(f"{uri} has no {INDEX_DIR}/: run dedup on it with write_index")
-    return locate(uri), files
-
-
-def _previous_release_drops(table: pa.Table, uri: str, config: DedupConfig) -> dict[str, Drop]:
-    """Samples of ``table`` already in the release at ``uri``: same bytes, else same pixels,
-    else (near) the nearest earlier pHash; an earlier key seen twice: the smallest."""
-    _, files = read_index(uri)
-    previous = pa.concat_tables(pq.read_table(f.path, filesystem=f.fs) for f in files)
-    previous = previous.select(INDEX_COLUMNS).sort_by("key").to_pydict()
-    by_sha: dict[str, str] = {}
-    by_pixels: dict[str, str] = {}
-    for key, sha, pixels in zip(
-        previous["key"], previous["sha256"], previous["pixel_hash"], strict=True
-    ):
-        by_sha.setdefault(sha, key)
-        if pixels is not None:
-            by_pixels.setdefault(pixels, key)
-    rows = table.to_pydict()
-    found: dict[str, tuple[str, str]] = {}
-    for i, key in enumerate(rows["key"]):
-        match = by_sha.get(rows["sha256"][i]) or (
-            config.pixels and by_pixels.get(rows["pixel_hash"][i])
-        )
-        if match:
-            found[key] = (match, "same bytes or pixels")
-    if config.near:
-        found.update(_near_previous(rows, previous, config, set(found)))
-    position = {key: i for i, key in enumerate(rows["key"])}
-    return {
-        key: Drop(
-            key=key,
-            source_uri=rows["source_uri"][position[key]],
-            reason=str(Reason.DUPLICATE_PREVIOUS_RELEASE),
-            duplicate_of=match,
-            detail=f"{uri}: {how}",
-        )
-        for key, (match, how) in found.items()
-    }
-
-
-def _near_previous(
-    rows: dict, previous: dict, config: DedupConfig, done: set[str]
-) -> dict[str, tuple[str, str]]:
-    """Current samples within the radius of an earlier release's hash: nearest, then smallest
-    key (``previous`` is sorted by key: its position is the old rank)."""
-    current = sorted(
-        (k, h)
-        for k, h in zip(rows["key"], rows["phash"], strict=True)
-        if k not in done and h is not None
+def _previous_pass(plan: DriverPlan, uri: str, name: str, config: DedupConfig) -> None:
+    """Samples already in the release at ``uri`` (curation.dedup.previous)."""
+    release, files = read_index(uri)
+    previous = pa.concat_tables(
+        pq.read_table(f.path, filesystem=release.fs, columns=INDEX_COLUMNS) for f in files
     )
-    old = [(k, h) for k, h in zip(previous["key"], previous["phash"], strict=True) if h is not None]
-    if not current or not old:
-        return {}
-    hashes = np.array([h for _, h in current] + [h for _, h in old], dtype=np.uint64)
+    both = pa.concat_tables(
+        [hash_rows(plan.survivors(), 0, config.pixels), hash_rows(previous, 1, config.pixels)]
+    )
+    plan.add(f"{name}-same", first_matches(hash_matches(both), uri), within=False)
+    if not config.near:
+        return
+    current = _with_phash(plan.survivors()).sort_by("key")
+    old = _with_phash(previous).sort_by("key")
+    if not current.num_rows or not old.num_rows:
+        return
+    hashes = pa.concat_arrays(
+        [t["phash"].combine_chunks().cast(pa.uint64()) for t in (current, old)]
+    ).to_numpy()
     unique, inverse = np.unique(hashes, return_inverse=True)
     ranks, olds, distances = previous_matches(
-        len(current), unique, inverse, _unique_pairs(unique, config)
+        current.num_rows, unique, inverse, _unique_pairs(unique, config)
     )
-    return {
-        current[r][0]: (old[o][0], f"phash within {d} bits")
-        for r, o, d in zip(ranks.tolist(), olds.tolist(), distances.tolist(), strict=True)
-    }
-
-
-def _group_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dict[str, Drop]:
-    """Exact and pixel duplicates: samples sharing a signature, best-first per group."""
-    if not (config.exact or config.pixels):
-        return {}
-    candidates = candidate_rows(_without(table, excluded), config.pixels)
-    return {
-        row["key"]: Drop(**{k: row[k] for k in Drop.__dataclass_fields__})
-        for row in resolve_locally(candidates)
-    }
-
-
-def _without(table: pa.Table, excluded: set[str]) -> pa.Table:
-    if not excluded:
-        return table
-    dropped = pa.array(sorted(excluded), pa.string())
-    return table.filter(pa.compute.invert(pa.compute.is_in(table["key"], dropped)))
-
-
-def _near_drops(table: pa.Table, config: DedupConfig, excluded: set[str]) -> dict[str, Drop]:
-    """Near duplicates among the survivors: phash pairs within the radius, resolved best-first."""
-    rows = _without(table, excluded)
-    rows = rows.filter(pa.compute.is_valid(rows["phash"])).to_pydict()
-    keys = np.array(rows["key"], dtype=object)
-    order = priority_order(
-        keys, np.array(rows["width"], np.int64) * np.array(rows["height"], np.int64)
+    found = _found(current, ranks, old, olds, distances)
+    plan.add(
+        f"{name}-near",
+        found_drops(found, str(Reason.DUPLICATE_PREVIOUS_RELEASE), f"{uri}: "),
+        within=False,
     )
-    unique, inverse = np.unique(
-        np.array(rows["phash"], dtype=np.uint64)[order], return_inverse=True
-    )
+
+
+def _near_pass(plan: DriverPlan, config: DedupConfig) -> None:
+    """Near duplicates among the survivors: phash pairs within the radius, best-first."""
+    ranked = ranked_best_first(_with_phash(plan.survivors()))
+    if ranked.num_rows < 2:
+        return
+    hashes = ranked["phash"].combine_chunks().cast(pa.uint64()).to_numpy()
+    unique, inverse = np.unique(hashes, return_inverse=True)
     ranks, kept, distances = resolve_near(unique, inverse, _unique_pairs(unique, config))
-    drops = {}
-    for rank, canonical, distance in zip(ranks, kept, distances.tolist(), strict=True):
-        i, c = order[rank], order[canonical]
-        drops[keys[i]] = Drop(
-            key=keys[i],
-            source_uri=rows["source_uri"][i],
-            reason=str(Reason.DUPLICATE_NEAR),
-            duplicate_of=keys[c],
-            detail=f"phash within {distance} bits",
-        )
-    return drops
+    found = _found(ranked, ranks, ranked, kept, distances)
+    plan.add("near", found_drops(found, str(Reason.DUPLICATE_NEAR)), within=True)
+
+
+def _with_phash(table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_valid(table["phash"]))
+
+
+def _found(
+    rows: pa.Table, ranks: np.ndarray, targets: pa.Table, target_ranks: np.ndarray, distances
+) -> pa.Table:
+    """(FOUND_COLUMNS) row ``ranks`` of ``rows``, each naming row ``target_ranks`` of
+    ``targets``."""
+    chosen = rows.take(pa.array(ranks, pa.int64()))
+    return pa.table(
+        {
+            "key": chosen["key"],
+            "shard": chosen["shard"],
+            "source_uri": chosen["source_uri"],
+            "duplicate_of": targets["key"].take(pa.array(target_ranks, pa.int64())),
+            "distance": pa.array(distances, pa.int64()),
+        }
+    ).select(FOUND_COLUMNS)
 
 
 def _unique_pairs(unique: np.ndarray, config: DedupConfig) -> np.ndarray:
@@ -229,90 +224,43 @@ def _unique_pairs(unique: np.ndarray, config: DedupConfig) -> np.ndarray:
     return np.unique(np.concatenate(parts), axis=0)
 
 
-def unique_pair_refs(unique_ref, n_unique: int, config: DedupConfig) -> list:
-    """Refs to pairs of distinct hash values within the radius, for ``n_unique`` values in the
-    object store: brute force in one task below ``exact_below``, else banded tables spread
-    over ``near_tasks`` tasks. Each part is sorted; parts may repeat a pair."""
-    import ray
-
-    if n_unique < 2:
-        return []
-    if n_unique < config.exact_below:
-        return [ray.remote(exact_pairs).remote(unique_ref, config.radius)]
-    search = ray.remote(banded_pairs)
-    return [
-        search.remote(unique_ref, config.radius, recall=config.near_recall, tables=tables)
-        for tables in split_tables(
-            config.radius, n_unique, config.near_tasks, recall=config.near_recall
-        )
-    ]
-
-
 def apply_plan(
     dataset: Location,
-    table: pa.Table,
-    drops: dict[str, Drop],
+    plan: DriverPlan,
     *,
     stop_after: str | None = None,
     shards: set[int] | None = None,
-    local: bool = False,
 ) -> None:
-    """Resolve chains to the finally kept sample, size clusters, and apply shard by shard:
-    on Ray tasks, or one after another in this process when ``local``.
+    """Follow chains to the finally kept sample, size clusters, and rewrite shard by shard in
+    this process (the rules of pipeline.dedup_ray.apply_on_ray, on whole tables).
 
     ``stop_after`` (curation.dedup.apply.STEPS) and ``shards`` reproduce a crash part-way
     (tests).
     """
-    import ray
-
-    parent = {
-        k: d.duplicate_of
-        for k, d in drops.items()
-        if d.reason != str(Reason.DUPLICATE_PREVIOUS_RELEASE)
-    }
-    final = resolve_chains(parent)
-    drops = {
-        k: Drop(**{**d.__dict__, "duplicate_of": final.get(k, d.duplicate_of)})
-        for k, d in drops.items()
-    }
-    sizes = cluster_sizes(
-        _earlier_dedup_rejections(dataset)
-        + [(k, d.duplicate_of) for k, d in drops.items() if k in parent]
-    )
-    shard_of = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist(), strict=True))
-    by_shard: dict[int, tuple[list[Drop], dict]] = {}
-    for drop in drops.values():
-        by_shard.setdefault(shard_of[drop.key], ([], {}))[0].append(drop)
-    for canonical, size in sizes.items():
-        if canonical in shard_of and canonical not in drops:
-            by_shard.setdefault(shard_of[canonical], ([], {}))[1][canonical] = (canonical, size)
-    todo = sorted((s, v) for s, v in by_shard.items() if shards is None or s in shards)
-    if local or not todo:
-        for shard, (d, c) in todo:
-            apply_shard(dataset, shard, d, c, stop_after=stop_after)
-        return
-    task = ray.remote(apply_shard)
-    ray.get([task.remote(dataset, s, d, c, stop_after=stop_after) for s, (d, c) in todo])
+    within = [drops for _, drops, inside in plan.passes if inside]
+    finals = within[-1:]  # the last pass's canonicals are kept: already final
+    for drops in reversed(within[:-1]):  # earlier passes follow their canonicals to the end
+        later = chain_rows(pa.concat_tables(finals), later=True)
+        finals.append(follow_chains(pa.concat_tables([chain_rows(drops, later=False), later])))
+    naming = [sample_naming(plan.table), *(drop_naming(d) for d in finals)]
+    earlier = dedup_rejection_files(dataset)
+    if earlier:
+        columns = ["key", "stage", "reason", "duplicate_of"]
+        rejections = [pq.read_table(f.path, filesystem=f.fs, columns=columns) for f in earlier]
+        naming.append(rejection_naming(pa.concat_tables(rejections)))
+    clusters = cluster_sizes(pa.concat_tables(naming))
+    decided = finals + [drops for _, drops, inside in plan.passes if not inside]
+    drops = pa.concat_tables(decided) if decided else None
+    todo = set(clusters["shard"].to_pylist())
+    todo |= set(drops["shard"].to_pylist()) if drops is not None else set()
+    for shard in sorted(s for s in todo if shards is None or s in shards):
+        mine = [] if drops is None else drops.filter(pc.equal(drops["shard"], shard)).to_pylist()
+        sizes = clusters.filter(pc.equal(clusters["shard"], shard)).to_pylist()
+        apply_shard_rows(dataset, shard, mine, sizes, stop_after=stop_after)
 
 
-def _earlier_dedup_rejections(dataset: Location) -> list[tuple[str, str]]:
-    """(key, duplicate_of) of within-dataset dedup rejections already on disk (earlier runs)."""
-    if not list_files(dataset.join("rejections"), ".parquet"):
-        return []
-    table = rejections_dataset(dataset.uri).to_table(
-        columns=["key", "stage", "reason", "duplicate_of"]
-    )
-    rows = table.to_pydict()
-    return [
-        (k, d)
-        for k, s, r, d in zip(
-            rows["key"], rows["stage"], rows["reason"], rows["duplicate_of"], strict=True
-        )
-        if s == str(Stage.DEDUP) and r != str(Reason.DUPLICATE_PREVIOUS_RELEASE)
-    ]
-
-
-def _write_index(dataset: Location, table: pa.Table, dropped: set[str]) -> None:
+def write_index(dataset: Location, kept: pa.Table) -> None:
     """<dataset>/dedup_index/: signatures of the kept samples, for a later release's ``against``."""
-    kept = _without(table, dropped).select(INDEX_COLUMNS).sort_by("key")
-    write_bytes_atomic(dataset.join(INDEX_DIR, "signatures.parquet"), table_to_parquet_bytes(kept))
+    clear_index(dataset)
+    rows = index_rows(kept).sort_by("key")
+    write_bytes_atomic(dataset.join(dedup_index_file("signatures")), table_to_parquet_bytes(rows))

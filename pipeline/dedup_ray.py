@@ -1,14 +1,15 @@
 """The global dedup pass on Ray Data, for datasets of ``ray_above`` rows or more.
 
-Same decisions as the driver path of ``pipeline.dedup`` (the tests compare them), but no
-process holds every sample's signature row:
+Same rules as the driver path of ``pipeline.dedup``, called inside Ray Data groupbys on their
+partition column (curation.dedup.drops), so both decide the same (the tests compare them);
+but no process holds every sample's signature row:
 
 * Earlier releases (``against``): one Ray Data groupby over the hash values of both sides
-  (``s:<sha256>``, ``p:<pixel hash>``) finds the samples already released, a second one over
-  those matches keeps the byte match before the pixel match. Near: pHashes of both sides as
-  compact arrays (below).
+  (``s:<sha256>``, ``p:<pixel hash>``) finds the samples already released (``hash_matches``),
+  a second one over those matches keeps the byte match before the pixel match
+  (``first_matches``). Near: pHashes of both sides as compact arrays (below).
 * Exact and pixel groups: a groupby on the signature group over the survivors' manifest rows;
-  ``resolve_group`` runs inside ``map_groups`` and emits drop rows only.
+  ``resolve_groups`` runs inside ``map_groups`` and emits drop rows only.
 * Near: a Ray Data sort by (area desc, key) gives each survivor an integer rank; one task
   gathers the pHashes by rank (uint64, 8 bytes a sample) into the object store, takes their
   unique values and inverse (8 + 8 bytes a sample), the banded-search tasks read the unique
@@ -19,9 +20,10 @@ process holds every sample's signature row:
   cache lacks, k-means is trained on the driver from a bounded sample keyed by hash, and a
   groupby on the k-means partition resolves each partition best-first, emitting drop rows.
 * Apply: drops of each pass are Parquet under ``<dataset>/_work/dedup/<pass>/``; chains
-  (a canonical dropped by a later pass) are followed with Ray Data joins, cluster sizes come
-  from a groupby on the canonical, and both are written partitioned by shard, so each shard
-  rewrite (a Ray task) reads only its own shard's rows.
+  (a canonical dropped by a later pass) are followed in a groupby on the link
+  (``follow_chains``), cluster sizes come from a groupby on the canonical (``cluster_sizes``),
+  and both are written partitioned by shard, so each shard rewrite (a Ray task) reads only its
+  own shard's rows.
 
 The driver holds counts (rows, drops per reason), one offset per sorted block, the numbers of
 the shards to rewrite and object refs: no per-sample bytes but the semantic pass's k-means
@@ -48,16 +50,37 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 
-from curation.dedup.apply import apply_planned_shard, dedup_rejections_name
-from curation.dedup.cluster import previous_matches, resolve_near
-from curation.dedup.config import INDEX_DIR, DedupConfig
-from curation.dedup.groups import DROP_COLUMNS, DROP_SCHEMA, resolve_group, with_groups
-from pipeline.dedup import INDEX_COLUMNS, read_index, unique_pair_refs
-from runtime.storage import Location, delete, list_files
-from schemas import Reason, Stage
-from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, WORK_DIR
-
-WORK = f"{WORK_DIR}/dedup"  # this pass's plan: cleared at the start and the end of a run
+from curation.dedup.apply import apply_planned_shard, dedup_rejection_files
+from curation.dedup.cluster import PRIORITY_SORT, previous_matches, resolve_near, with_priority
+from curation.dedup.config import DedupConfig
+from curation.dedup.drops import (
+    CHAIN_SCHEMA,
+    NAMING_SCHEMA,
+    as_drops,
+    chain_rows,
+    cluster_sizes,
+    drop_naming,
+    follow_chains,
+    found_drops,
+    rejection_naming,
+    sample_naming,
+)
+from curation.dedup.groups import resolve_groups, with_groups
+from curation.dedup.near import banded_pairs, exact_pairs, split_tables
+from curation.dedup.previous import (
+    HASH_ROW_SCHEMA,
+    INDEX_COLUMNS,
+    MATCH_SCHEMA,
+    clear_index,
+    first_matches,
+    hash_matches,
+    hash_rows,
+    index_rows,
+    read_index,
+)
+from runtime.storage import Location, list_files
+from schemas import Reason
+from schemas.layout import DEDUP_PLAN_DIR, MANIFESTS_DIR, dedup_plan_dir, partition_shard
 
 FOUND_SCHEMA = pa.schema([("rank", pa.int64()), ("target", pa.int64()), ("distance", pa.int64())])
 LOOKUP_SCHEMA = pa.schema(
@@ -69,29 +92,6 @@ LOOKUP_SCHEMA = pa.schema(
         ("distance", pa.int64()),
     ]
 )
-HASH_ROW_SCHEMA = pa.schema(
-    [
-        ("h", pa.string()),
-        ("kind", pa.int8()),  # 0: same bytes (sha256), 1: same pixels
-        ("side", pa.int8()),  # 0: this dataset, 1: the earlier release
-        ("key", pa.string()),
-        ("shard", pa.int64()),
-        ("source_uri", pa.string()),
-    ]
-)
-MATCH_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.int64()),
-        ("source_uri", pa.string()),
-        ("kind", pa.int8()),
-        ("match", pa.string()),
-    ]
-)
-NAMING_SCHEMA = pa.schema(
-    [("canonical", pa.string()), ("shard", pa.int64()), ("member", pa.string())]
-)
-CLUSTER_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.int64()), ("size", pa.int32())])
 
 
 @dataclass
@@ -106,14 +106,14 @@ class RayPlan:
 
     @property
     def work(self) -> Location:
-        return self.dataset.join(WORK)
+        return self.dataset.join(DEDUP_PLAN_DIR)
 
     @property
     def partitions(self) -> int:
         return max(1, -(-self.rows // self.config.rows_per_partition))
 
     def folder(self, name: str) -> Location:
-        return self.work.join(name)
+        return self.dataset.join(dedup_plan_dir(name))
 
 
 def run_on_ray(dataset: Location, config: DedupConfig, rows: int) -> dict[str, int]:
@@ -124,7 +124,7 @@ def run_on_ray(dataset: Location, config: DedupConfig, rows: int) -> dict[str, i
     # cores, see runtime.ray_env); this pass reads Parquet about 8 times: V1, as jobs do.
     context.use_datasource_v2 = False
     try:
-        _clear(dataset.join(WORK))  # a crashed run's plan is recomputed, never reused
+        _clear(dataset.join(DEDUP_PLAN_DIR))  # a crashed run's plan is recomputed, never reused
         plan = plan_on_ray(dataset, config, rows)
         apply_on_ray(plan)
         if config.write_index:
@@ -180,7 +180,7 @@ def _survivors(plan: RayPlan, columns: list[str]) -> ray.data.Dataset:
 def _write_pass(plan: RayPlan, name: str, drops: ray.data.Dataset, *, within: bool) -> None:
     """Write a pass's drop rows; the driver keeps only their counts by reason."""
     folder = plan.folder(name)
-    _write_by_shard(drops.map_batches(_as_drops, batch_format="pyarrow"), folder)
+    _write_by_shard(drops.map_batches(as_drops, batch_format="pyarrow"), folder)
     counts = Counter()
     if _partitions(folder):  # streamed: the driver keeps counts by reason, never the rows
         found = pads.dataset(folder.path, filesystem=folder.fs, partitioning="hive")
@@ -192,17 +192,27 @@ def _write_pass(plan: RayPlan, name: str, drops: ray.data.Dataset, *, within: bo
 
 
 def _write_by_shard(ds: ray.data.Dataset, folder: Location) -> None:
-    """Parquet under ``folder/shard=N/``: each shard rewrite reads its own folder only."""
+    """Parquet under ``folder/shard=N/`` (schemas.layout.plan_partition): each shard rewrite
+    reads its own folder only."""
     ds.write_parquet(folder.path, filesystem=folder.fs, partition_cols=["shard"])
-
-
-def _as_drops(batch: pa.Table) -> pa.Table:
-    return batch.select(DROP_COLUMNS).cast(DROP_SCHEMA)
 
 
 def _clear(folder: Location) -> None:
     with contextlib.suppress(FileNotFoundError):
         folder.fs.delete_dir(folder.path)
+
+
+def _grouped(ds: ray.data.Dataset, plan: RayPlan, column: str, rule, schema: pa.Schema, **kw):
+    """``rule`` (a function over Arrow tables keyed by ``column``) run on each group of ``ds``
+    in a Ray Data groupby; ``schema`` unifies the blocks' types first."""
+    rows = ds.map_batches(_cast, fn_kwargs={"schema": schema}, batch_format="pyarrow")
+    return rows.groupby(column, num_partitions=plan.partitions).map_groups(
+        rule, fn_kwargs=kw, batch_format="pyarrow"
+    )
+
+
+def _cast(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    return batch.select(schema.names).cast(schema)
 
 
 # -- ranks: a Ray Data sort, then integer positions --------------------------------------
@@ -248,6 +258,23 @@ def _unique(*parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return unique, inverse.ravel(), len(unique)
 
 
+def unique_pair_refs(unique_ref, n_unique: int, config: DedupConfig) -> list:
+    """Refs to pairs of distinct hash values within the radius, for ``n_unique`` values in the
+    object store: brute force in one task below ``exact_below``, else banded tables spread
+    over ``near_tasks`` tasks. Each part is sorted; parts may repeat a pair."""
+    if n_unique < 2:
+        return []
+    if n_unique < config.exact_below:
+        return [ray.remote(exact_pairs).remote(unique_ref, config.radius)]
+    search = ray.remote(banded_pairs)
+    return [
+        search.remote(unique_ref, config.radius, recall=config.near_recall, tables=tables)
+        for tables in split_tables(
+            config.radius, n_unique, config.near_tasks, recall=config.near_recall
+        )
+    ]
+
+
 def _pairs(parts: tuple[np.ndarray, ...]) -> np.ndarray:
     if not parts:
         return np.empty((0, 2), dtype=np.int64)
@@ -277,8 +304,8 @@ def _rows_at(block: pa.Table, offset: int, found: pa.Table) -> pa.Table:
     return pa.table(
         [
             rows["key"],
-            rows["shard"] if "shard" in rows.column_names else pa.nulls(hi - lo, pa.int64()),
-            rows["source_uri"] if "source_uri" in rows.column_names else pa.nulls(hi - lo),
+            rows["shard"],
+            rows["source_uri"],
             found["target"][lo:hi],
             found["distance"][lo:hi],
         ],
@@ -308,7 +335,7 @@ def _lookup(plan: RayPlan, ranked: Ranked, found, targets: Ranked) -> ray.data.D
 
 
 def _group_pass(plan: RayPlan) -> None:
-    """Exact and pixel groups, resolved inside a groupby (``resolve_group``): drop rows only."""
+    """Exact and pixel groups, resolved inside a groupby (``resolve_groups``): drop rows only."""
     columns = ["key", "shard", "source_uri", "sha256", "pixel_hash", "width", "height"]
     drops = (
         _survivors(plan, columns)
@@ -316,23 +343,26 @@ def _group_pass(plan: RayPlan) -> None:
             with_groups, fn_kwargs={"use_pixels": plan.config.pixels}, batch_format="pyarrow"
         )
         .groupby("group", num_partitions=plan.partitions)
-        .map_groups(resolve_group, batch_format="pandas")
+        .map_groups(resolve_groups, batch_format="pyarrow")
     )
     _write_pass(plan, "groups", drops, within=True)
 
 
 def _near_input(batch: pa.Table) -> pa.Table:
-    batch = batch.filter(pc.is_valid(batch["phash"]))
-    area = pc.multiply(batch["width"].cast(pa.int64()), batch["height"].cast(pa.int64()))
-    return pa.table(
-        {
-            "key": batch["key"].cast(pa.string()),
-            "shard": batch["shard"].cast(pa.int64()),
-            "source_uri": batch["source_uri"].cast(pa.string()),
-            "phash": batch["phash"].cast(pa.uint64()),
-            "neg_area": pc.negate(area),  # sort ascending = area descending
-        }
-    )
+    """A survivor with a pHash, with its priority (``with_priority``): the sort's input."""
+    batch = _with_phash(batch)
+    return with_priority(
+        pa.table(
+            {
+                "key": batch["key"].cast(pa.string()),
+                "shard": batch["shard"].cast(pa.int64()),
+                "source_uri": batch["source_uri"].cast(pa.string()),
+                "phash": batch["phash"].cast(pa.uint64()),
+                "width": batch["width"],
+                "height": batch["height"],
+            }
+        )
+    ).drop_columns(["width", "height"])
 
 
 def _near_pass(plan: RayPlan) -> None:
@@ -340,7 +370,7 @@ def _near_pass(plan: RayPlan) -> None:
     columns = ["key", "shard", "source_uri", "phash", "width", "height"]
     ranked = _rank(
         _survivors(plan, columns).map_batches(_near_input, batch_format="pyarrow"),
-        ["neg_area", "key"],
+        PRIORITY_SORT,
     )
     if ranked.rows < 2:
         return
@@ -348,24 +378,14 @@ def _near_pass(plan: RayPlan) -> None:
     pairs = unique_pair_refs(unique, ray.get(n_unique), plan.config)
     found = _resolve_near.remote(unique, inverse, *pairs)
     drops = _lookup(plan, ranked, found, ranked).map_batches(
-        _with_detail,
-        fn_kwargs={"reason": str(Reason.DUPLICATE_NEAR), "prefix": ""},
-        batch_format="pyarrow",
+        found_drops, fn_kwargs={"reason": str(Reason.DUPLICATE_NEAR)}, batch_format="pyarrow"
     )
     _write_pass(plan, "near", drops, within=True)
 
 
-def _with_detail(batch: pa.Table, reason: str, prefix: str) -> pa.Table:
-    distance = batch["distance"].cast(pa.string())
-    detail = pc.binary_join_element_wise(f"{prefix}phash within ", distance, " bits", "")
-    return batch.append_column(
-        "reason", pa.array([reason] * batch.num_rows, pa.string())
-    ).append_column("detail", detail)
-
-
 def _previous_pass(plan: RayPlan, uri: str, name: str) -> None:
     """Samples already in the release at ``uri``: same bytes, else same pixels (groupbys on the
-    hash values), then (near) the nearest earlier pHash over compact arrays."""
+    hash values, then on the key), then (near) the nearest earlier pHash over compact arrays."""
     release, files = read_index(uri)
     previous = ray.data.read_parquet(
         [f.path for f in files], filesystem=release.fs, columns=INDEX_COLUMNS
@@ -373,18 +393,14 @@ def _previous_pass(plan: RayPlan, uri: str, name: str) -> None:
     use_pixels = plan.config.pixels
     current = _survivors(plan, ["key", "shard", "source_uri", "sha256", "pixel_hash"])
     both = current.map_batches(
-        _hash_rows, fn_kwargs={"side": 0, "pixels": use_pixels}, batch_format="pyarrow"
+        hash_rows, fn_kwargs={"side": 0, "pixels": use_pixels}, batch_format="pyarrow"
     ).union(
         previous.map_batches(
-            _hash_rows, fn_kwargs={"side": 1, "pixels": use_pixels}, batch_format="pyarrow"
+            hash_rows, fn_kwargs={"side": 1, "pixels": use_pixels}, batch_format="pyarrow"
         )
     )
-    drops = (
-        both.groupby("h", num_partitions=plan.partitions)
-        .map_groups(_match_group, batch_format="pyarrow")
-        .groupby("key", num_partitions=plan.partitions)
-        .map_groups(_first_match, fn_kwargs={"uri": uri}, batch_format="pyarrow")
-    )
+    matches = _grouped(both, plan, "h", hash_matches, HASH_ROW_SCHEMA)
+    drops = _grouped(matches, plan, "key", first_matches, MATCH_SCHEMA, uri=uri)
     _write_pass(plan, f"{name}-same", drops, within=False)
     if not plan.config.near:
         return
@@ -405,7 +421,7 @@ def _previous_pass(plan: RayPlan, uri: str, name: str) -> None:
     pairs = unique_pair_refs(unique, ray.get(n_unique), plan.config)
     found = _resolve_previous.remote(current.rows, unique, inverse, *pairs)
     drops = _lookup(plan, current, found, old).map_batches(
-        _with_detail,
+        found_drops,
         fn_kwargs={"reason": str(Reason.DUPLICATE_PREVIOUS_RELEASE), "prefix": f"{uri}: "},
         batch_format="pyarrow",
     )
@@ -414,66 +430,6 @@ def _previous_pass(plan: RayPlan, uri: str, name: str) -> None:
 
 def _with_phash(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_valid(batch["phash"]))
-
-
-def _hash_rows(batch: pa.Table, side: int, pixels: bool) -> pa.Table:
-    """One row per (sample, hash value): ``s:<sha256>``, and ``p:<pixel hash>`` where known."""
-    n = batch.num_rows
-
-    def rows(h: pa.Array, kind: int) -> pa.Table:
-        return pa.table(
-            [
-                h,
-                pa.array(np.full(n, kind, np.int8)),
-                pa.array(np.full(n, side, np.int8)),
-                batch["key"].cast(pa.string()),
-                batch["shard"].cast(pa.int64()) if side == 0 else pa.nulls(n, pa.int64()),
-                batch["source_uri"].cast(pa.string()) if side == 0 else pa.nulls(n, pa.string()),
-            ],
-            schema=HASH_ROW_SCHEMA,
-        )
-
-    out = [rows(pc.binary_join_element_wise("s:", batch["sha256"].cast(pa.string()), ""), 0)]
-    if pixels:
-        by_pixels = rows(
-            pc.binary_join_element_wise("p:", batch["pixel_hash"].cast(pa.string()), ""), 1
-        )
-        out.append(by_pixels.filter(pc.is_valid(by_pixels["h"])))
-    return pa.concat_tables(out)
-
-
-def _match_group(group: pa.Table) -> pa.Table:
-    """One hash value: this dataset's samples holding it, each with the smallest earlier key."""
-    side = group["side"].to_numpy()
-    if not (side == 0).any() or not (side == 1).any():
-        return MATCH_SCHEMA.empty_table()
-    match = min(group.filter(pc.equal(group["side"], 1))["key"].to_pylist())
-    current = group.filter(pc.equal(group["side"], 0))
-    return pa.table(
-        [
-            current["key"],
-            current["shard"],
-            current["source_uri"],
-            current["kind"],
-            pa.array([match] * current.num_rows, pa.string()),
-        ],
-        schema=MATCH_SCHEMA,
-    )
-
-
-def _first_match(group: pa.Table, uri: str) -> pa.Table:
-    """One sample's matches: same bytes before same pixels (the driver path's order)."""
-    best = group.sort_by([("kind", "ascending")]).slice(0, 1)
-    return pa.table(
-        {
-            "key": best["key"],
-            "shard": best["shard"],
-            "source_uri": best["source_uri"],
-            "reason": [str(Reason.DUPLICATE_PREVIOUS_RELEASE)],
-            "duplicate_of": best["match"],
-            "detail": [f"{uri}: same bytes or pixels"],
-        }
-    )
 
 
 def _semantic_pass(plan: RayPlan) -> None:
@@ -497,19 +453,14 @@ def apply_on_ray(
     within = [name for name, inside in plan.passes if inside]
     finals = within[-1:]  # the last pass's canonicals are kept: already final
     for name in reversed(within[:-1]):  # earlier passes follow their canonicals to the end
-        later = _read_drops(plan, finals, ["key", "duplicate_of"]).rename_columns(
-            {"key": "named", "duplicate_of": "final"}
+        later = _read_drops(plan, finals).map_batches(
+            chain_rows, fn_kwargs={"later": True}, batch_format="pyarrow"
         )
-        drops = _read_drops(plan, [name]).join(
-            later,
-            "left_outer",
-            num_partitions=plan.partitions,
-            on=("duplicate_of",),
-            right_on=("named",),
+        rows = _read_drops(plan, [name]).map_batches(
+            chain_rows, fn_kwargs={"later": False}, batch_format="pyarrow"
         )
-        _write_by_shard(
-            drops.map_batches(_follow, batch_format="pyarrow"), plan.folder(f"final-{name}")
-        )
+        drops = _grouped(rows.union(later), plan, "link", follow_chains, CHAIN_SCHEMA)
+        _write_by_shard(drops, plan.folder(f"final-{name}"))
         finals.append(f"final-{name}")
     decided = [plan.folder(n) for n in finals + [n for n, inside in plan.passes if not inside]]
     clusters_dir = plan.folder("clusters")
@@ -524,99 +475,45 @@ def apply_on_ray(
     )
 
 
-def _follow(batch: pa.Table) -> pa.Table:
-    final = pc.coalesce(batch["final"], batch["duplicate_of"])
-    batch = batch.set_column(batch.schema.get_field_index("duplicate_of"), "duplicate_of", final)
-    return _as_drops(batch)
-
-
 def _clusters(plan: RayPlan, finals: list[str]) -> ray.data.Dataset | None:
-    """(key, shard, size) of every kept canonical: a groupby on the canonical over the
-    manifest rows (which give its shard), this run's drops and earlier runs' dedup rejections
-    (which name it); a member named by both counts once."""
+    """(key, shard, size) of every kept canonical: ``cluster_sizes`` in a groupby on the
+    canonical over the manifest rows (which give its shard), this run's drops and earlier
+    runs' dedup rejections (which name it)."""
     naming = []
     if finals:
         naming.append(
             _read_drops(plan, finals, ["key", "duplicate_of"]).map_batches(
-                _as_naming, batch_format="pyarrow"
+                drop_naming, batch_format="pyarrow"
             )
         )
-    earlier = [
-        f
-        for f in list_files(plan.dataset.join(REJECTIONS_DIR), ".parquet")
-        if f.path.rsplit("/", 1)[-1].startswith(dedup_rejections_name(0)[:6])
-    ]
+    earlier = dedup_rejection_files(plan.dataset)
     if earlier:
         naming.append(
             ray.data.read_parquet(
                 [f.path for f in earlier],
                 filesystem=plan.dataset.fs,
                 columns=["key", "stage", "reason", "duplicate_of"],
-            ).map_batches(_earlier_naming, batch_format="pyarrow")
+            ).map_batches(rejection_naming, batch_format="pyarrow")
         )
     if not naming:
         return None
-    samples = _signatures(plan, ["key", "shard"]).map_batches(_as_sample, batch_format="pyarrow")
-    return (
-        samples.union(*naming)
-        .groupby("canonical", num_partitions=plan.partitions)
-        .map_groups(_cluster_group, batch_format="pyarrow")
-    )
-
-
-def _as_sample(batch: pa.Table) -> pa.Table:
-    n = batch.num_rows
-    return pa.table(
-        [batch["key"].cast(pa.string()), batch["shard"].cast(pa.int64()), pa.nulls(n, pa.string())],
-        schema=NAMING_SCHEMA,
-    )
-
-
-def _as_naming(batch: pa.Table) -> pa.Table:
-    return pa.table(
-        [
-            batch["duplicate_of"].cast(pa.string()),
-            pa.nulls(batch.num_rows, pa.int64()),
-            batch["key"].cast(pa.string()),
-        ],
-        schema=NAMING_SCHEMA,
-    )
-
-
-def _earlier_naming(batch: pa.Table) -> pa.Table:
-    """Within-dataset dedup rejections already on disk (an earlier release is no cluster)."""
-    mine = pc.and_(
-        pc.equal(batch["stage"], str(Stage.DEDUP)),
-        pc.not_equal(batch["reason"], str(Reason.DUPLICATE_PREVIOUS_RELEASE)),
-    )
-    return _as_naming(batch.filter(mine))
-
-
-def _cluster_group(group: pa.Table) -> pa.Table:
-    """One canonical: its size (itself plus distinct members) where it is in the dataset."""
-    shard = group["shard"].drop_null()
-    members = pc.unique(group["member"].drop_null())
-    if len(shard) == 0 or len(members) == 0:
-        return CLUSTER_SCHEMA.empty_table()
-    return pa.table(
-        [group["canonical"][:1], shard[:1], pa.array([1 + len(members)], pa.int32())],
-        schema=CLUSTER_SCHEMA,
-    )
+    samples = _signatures(plan, ["key", "shard"]).map_batches(sample_naming, batch_format="pyarrow")
+    return _grouped(samples.union(*naming), plan, "canonical", cluster_sizes, NAMING_SCHEMA)
 
 
 def _partitions(folder: Location) -> set[int]:
     """Shard numbers of a folder written partitioned by shard (its ``shard=N`` folders)."""
     selector = pafs.FileSelector(folder.path, allow_not_found=True)
-    return {
-        int(info.base_name.split("=", 1)[1])
+    found = (
+        partition_shard(info.base_name)
         for info in folder.fs.get_file_info(selector)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("shard=")
-    }
+        if info.type == pafs.FileType.Directory
+    )
+    return {shard for shard in found if shard is not None}
 
 
 def _write_index(plan: RayPlan) -> None:
     """<dataset>/dedup_index/ from the manifests as rewritten (the kept samples only)."""
-    index = plan.dataset.join(INDEX_DIR)
-    for file in list_files(index, ".parquet"):
-        delete(file)
-    _signatures(plan, INDEX_COLUMNS).write_parquet(index.path, filesystem=plan.dataset.fs)
+    index = clear_index(plan.dataset)
+    kept = _signatures(plan, INDEX_COLUMNS).map_batches(index_rows, batch_format="pyarrow")
+    kept.write_parquet(index.path, filesystem=plan.dataset.fs)

@@ -1,10 +1,10 @@
 """The semantic dedup pass (SemDeDup), driver path (below ``ray_above`` rows): embed the
 survivors on a Ray Data actor pool, then k-means partitions and within-partition cosine search
 on the driver (FAISS). The Ray path (pipeline.dedup_semantic_ray) shares the cache and the
-actor pool stage defined here, and holds no embedding on the driver but a bounded sample.
+actor pool stage defined here (``embed_shards``), and holds no embedding on the driver but a bounded sample.
 
 The model file is checked first (``describe_encoder``): a missing or invalid one fails before
-any work. Embeddings already in the dataset's cache (curation.dedup.semantic's docstring) are
+any work. Embeddings already in the dataset's cache (curation.dedup.embed) are
 read on the driver; only shards with uncached survivors go to the actor pool, one input row
 per shard (its uncached keys), so the work unit and its embedding chunks are fixed by the data,
 not by the worker count. A fully cached rerun starts no actor and loads no model there.
@@ -20,47 +20,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.dedup.apply import Drop
 from curation.dedup.cluster import priority_order
 from curation.dedup.config import DedupConfig
-from curation.dedup.semantic import (
-    EncoderInfo,
+from curation.dedup.drops import DROP_SCHEMA
+from curation.dedup.embed import (
     ShardEmbedder,
-    describe_encoder,
+    cache_folder,
     embedding_matrix,
-    kmeans_partitions,
-    partitions_for,
-    resolve_partition,
+    match_cache,
+    read_cache,
 )
-from runtime.storage import Location, exists, list_files, write_bytes_atomic
-from schemas import Reason
-from schemas.layout import EMBEDDINGS_DIR, shard_of
+from curation.dedup.encoder import EncoderInfo, describe_encoder
+from curation.dedup.semantic import kmeans_partitions, partitions_for, resolve_partitions
+from runtime.storage import Location
 
 log = logging.getLogger(__name__)
-# an empty cache; the files hold a fixed-size list of the model's width
-CACHE_SCHEMA = pa.schema(
-    [("key", pa.string()), ("sha256", pa.string()), ("embedding", pa.list_(pa.float32()))]
-)
 
 
-def semantic_drops(
-    dataset: Location, table: pa.Table, config: DedupConfig, excluded: set[str]
-) -> dict[str, Drop]:
-    """Semantic duplicates among the samples not in ``excluded``, resolved best-first."""
+def semantic_drops(dataset: Location, survivors: pa.Table, config: DedupConfig) -> pa.Table:
+    """Drop rows (DROP_SCHEMA) of the semantic duplicates among ``survivors`` (signature rows:
+    key, shard, source_uri, width, height[, sha256]), resolved best-first."""
     encoder = describe_encoder(config.semantic_model)  # before any work, not inside an actor
     image_size = encoder.input_size(config.semantic_image_size)
-    rows = table.to_pydict()
-    survivors = [i for i, key in enumerate(rows["key"]) if key not in excluded]
-    if len(survivors) < 2:
-        return {}
+    if survivors.num_rows < 2:
+        return DROP_SCHEMA.empty_table()
     # the sha256 column, when the caller has it, also invalidates a cached row whose key now
     # names other bytes; without it the cache is matched by key alone
-    match = ["key", "sha256"] if "sha256" in table.column_names else ["key"]
-    wanted = table.select(["shard", *match]).take(survivors)
-    keys, vectors = _embed(dataset, config, encoder, image_size, wanted)
-    position = {key: i for i, key in enumerate(rows["key"])}
-    areas = np.array([rows["width"][position[k]] * rows["height"][position[k]] for k in keys])
-    order = priority_order(keys, areas)
+    match = ["key", "sha256"] if "sha256" in survivors.column_names else ["key"]
+    keys, vectors = _embed(
+        dataset, config, encoder, image_size, survivors.select(["shard", *match])
+    )
+    rows = survivors.sort_by("key")  # the order of ``keys``
+    areas = pc.multiply(rows["width"].cast(pa.int64()), rows["height"].cast(pa.int64()))
+    order = priority_order(keys, areas.to_numpy())
     # k-means is trained on the vectors best first (the Ray path feeds its sample the same way)
     partition = np.empty(len(keys), dtype=np.int64)
     partition[order] = kmeans_partitions(
@@ -68,26 +60,22 @@ def semantic_drops(
         config.semantic_seed,
     )  # fmt: skip
     # pairs never cross partitions: each is resolved alone, as on the Ray path
-    by_partition = np.argsort(partition, kind="stable")
-    found = []
-    for members in np.split(by_partition, np.flatnonzero(np.diff(partition[by_partition])) + 1):
-        dropped, kept, cosine = resolve_partition(
-            keys[members], areas[members], vectors[members], config.semantic_threshold
-        )
-        found += zip(members[dropped], members[kept], cosine, strict=True)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys))
-    drops = {}
-    for member, best, cosine in sorted(found, key=lambda f: rank[f[0]]):  # best first
-        key = keys[member]
-        drops[key] = Drop(
-            key=key,
-            source_uri=rows["source_uri"][position[key]],
-            reason=str(Reason.DUPLICATE_SEMANTIC),
-            duplicate_of=keys[best],
-            detail=f"embedding cosine {cosine:.4f}",
-        )
-    return drops
+    return resolve_partitions(_partitioned(rows, vectors, partition), config.semantic_threshold)
+
+
+def _partitioned(rows: pa.Table, vectors: np.ndarray, partition) -> pa.Table:
+    """resolve_partitions' input: the rows with their area, partition and embedding."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.table(
+        {
+            "key": rows["key"],
+            "shard": rows["shard"].cast(pa.int64()),
+            "source_uri": rows["source_uri"],
+            "area": pc.multiply(rows["width"].cast(pa.int64()), rows["height"].cast(pa.int64())),
+            "partition": pa.array(partition, pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
 
 
 def _embed(
@@ -100,7 +88,7 @@ def _embed(
     """(keys [N] sorted, embeddings [N, D]) of the wanted (key, shard[, sha256]) rows: from the
     cache where it has them, the rest embedded on Ray (and cached)."""
     fingerprint, folder = cache_folder(dataset, encoder, image_size)
-    cached = _read_cache(folder, set(wanted["shard"].to_pylist()))
+    cached = read_cache(dataset, fingerprint, set(wanted["shard"].to_pylist()))
     joined = match_cache(cached, wanted)
     hit = joined.filter(pc.is_valid(joined["row"]))
     miss = joined.filter(pc.is_null(joined["row"]))
@@ -116,40 +104,6 @@ def _embed(
     )  # fmt: skip
     order = np.argsort(np.array(keys, dtype=str), kind="stable")
     return np.array(keys, dtype=object)[order], np.concatenate(vectors)[order]
-
-
-def cache_folder(dataset: Location, encoder: EncoderInfo, image_size: int) -> tuple[str, Location]:
-    """(fingerprint, folder) of the model's embedding cache, with its model.json written."""
-    fingerprint = encoder.fingerprint(image_size)
-    folder = dataset.join(EMBEDDINGS_DIR, fingerprint)
-    card = folder.join("model.json")
-    if not exists(card):
-        write_bytes_atomic(card, encoder.card(image_size))
-    return fingerprint, folder
-
-
-def match_cache(cached: pa.Table, wanted: pa.Table) -> pa.Table:
-    """``wanted`` with ``row``: the cached row of the same (key[, sha256]), null if none."""
-    # Acero joins no list columns: join on (key[, sha256]) to a row number of the cache
-    match = [name for name in ("key", "sha256") if name in wanted.column_names]
-    rows = cached.select(match).append_column(
-        "row", pa.array(np.arange(cached.num_rows, dtype=np.int64))
-    )
-    return wanted.join(rows, keys=match, join_type="left outer")
-
-
-def _read_cache(folder: Location, shards: set[int]) -> pa.Table:
-    """Cached (key, sha256, embedding) rows of the given shards' files (empty if none)."""
-    import pyarrow.dataset as pads
-
-    files = [
-        f for f in list_files(folder, ".parquet") if shard_of(f.uri.rsplit("/", 1)[1]) in shards
-    ]
-    if not files:
-        return CACHE_SCHEMA.empty_table()
-    return pads.dataset(
-        [f.path for f in files], filesystem=files[0].fs, format="parquet"
-    ).to_table()
 
 
 def _embed_on_ray(

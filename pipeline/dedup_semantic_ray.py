@@ -14,8 +14,8 @@ no process holds every embedding. The driver path (pipeline.dedup_semantic) coll
    256 per partition, as in the tests) the centroids are the driver path's.
 3. Assign and resolve: a Ray Data map over the shards gives each survivor its nearest
    centroid (``nearest_centroid``); a groupby on the partition resolves each one best-first
-   (``resolve_partition``) and emits drop rows only. Pairs only exist inside a partition, so
-   this decides what the driver path's global best-first resolution decides.
+   (``resolve_partitions``, the rule the driver path calls on all partitions at once) and
+   emits drop rows only.
 
 Memory: the driver holds per-shard counts, the sample (up to 1.25 x partitions x 256 x D
 float32 while it is cut down: 0.25 GB per 1,000 partitions at D = 768) and the centroids; a
@@ -35,22 +35,20 @@ import ray.data
 
 from curation.dedup.cluster import priority_order
 from curation.dedup.config import DedupConfig
-from curation.dedup.groups import DROP_SCHEMA
+from curation.dedup.embed import cache_folder, embedding_matrix, match_cache, read_shard_cache
+from curation.dedup.encoder import describe_encoder
 from curation.dedup.semantic import (
     KMEANS_SAMPLE_PER_CENTROID,
-    describe_encoder,
-    embedding_matrix,
     key_hashes,
     kmeans_centroids,
     nearest_centroid,
     partitions_for,
-    resolve_partition,
+    resolve_partitions,
     sample_limit,
 )
-from pipeline.dedup_semantic import cache_folder, embed_shards, match_cache
-from runtime.storage import Location, exists, list_files
-from schemas import Reason
-from schemas.layout import MANIFESTS_DIR, manifest_file, shard_of
+from pipeline.dedup_semantic import embed_shards
+from runtime.storage import Location, list_files
+from schemas.layout import MANIFESTS_DIR, manifest_file, plan_partition, shard_of
 
 log = logging.getLogger(__name__)
 COLUMNS = ["key", "shard", "source_uri", "sha256", "width", "height"]
@@ -70,7 +68,7 @@ def semantic_drops_on_ray(
     fingerprint, cache = cache_folder(dataset, encoder, image_size)
     manifests = list_files(dataset.join(MANIFESTS_DIR), ".parquet")
     shards = [shard_of(f.uri.rsplit("/", 1)[1]) for f in manifests]
-    where = dict(dataset=dataset, cache=cache, decided=decided)
+    where = dict(dataset=dataset, cache=cache, fingerprint=fingerprint, decided=decided)
     n = _embed_missing(where, shards, config, fingerprint, image_size)
     if n < 2:
         return None
@@ -82,7 +80,7 @@ def semantic_drops_on_ray(
         ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
         .map_batches(_assigned, fn_kwargs=assign, batch_format="pyarrow")
         .groupby("partition", num_partitions=num_partitions)
-        .map_groups(_resolve, fn_kwargs={"threshold": config.semantic_threshold},
+        .map_groups(resolve_partitions, fn_kwargs={"threshold": config.semantic_threshold},
                     batch_format="pyarrow")
     )  # fmt: skip
 
@@ -135,7 +133,7 @@ def shard_survivors(dataset: Location, shard: int, decided: list[Location]) -> p
     gone = [
         pq.read_table(f.path, filesystem=f.fs, columns=["key"])["key"]
         for folder in decided
-        for f in list_files(folder.join(f"shard={shard}"), ".parquet")
+        for f in list_files(folder.join(plan_partition(shard)), ".parquet")
     ]
     if not gone:
         return rows
@@ -146,11 +144,7 @@ def shard_survivors(dataset: Location, shard: int, decided: list[Location]) -> p
 def _with_embeddings(where: dict, shard: int) -> tuple[pa.Table, pa.Table]:
     """(the shard's survivors with ``row``: their cached row or null, the cache file)."""
     survivors = shard_survivors(where["dataset"], shard, where["decided"])
-    file = where["cache"].join(f"{shard:06d}.parquet")
-    if exists(file):
-        cached = pq.read_table(file.path, filesystem=file.fs)
-    else:
-        cached = pa.table({"key": pa.array([], pa.string()), "sha256": pa.array([], pa.string())})
+    cached = read_shard_cache(where["dataset"], where["fingerprint"], shard)
     return match_cache(cached, survivors).sort_by("key"), cached
 
 
@@ -238,25 +232,3 @@ def _assigned_schema(dim: int) -> pa.Schema:
 
 def _row_count(batch: pa.Table) -> pa.Table:
     return pa.table({"rows": [batch.num_rows]})
-
-
-# -- per partition, in a Ray Data groupby --------------------------------------------------
-
-
-def _resolve(group: pa.Table, threshold: float) -> pa.Table:
-    """One k-means partition: drop rows of its members that a better member duplicates."""
-    keys = group["key"].to_pylist()
-    x = embedding_matrix(group["embedding"])  # [n, D]
-    dropped, kept, cosine = resolve_partition(keys, group["area"].to_numpy(), x, threshold)
-    take = pa.array(dropped, pa.int64())
-    return pa.table(
-        [
-            group["key"].take(take),
-            group["shard"].take(take),
-            group["source_uri"].take(take),
-            pa.array([str(Reason.DUPLICATE_SEMANTIC)] * len(dropped), pa.string()),
-            pa.array([keys[i] for i in kept], pa.string()),
-            pa.array([f"embedding cosine {c:.4f}" for c in cosine], pa.string()),
-        ],
-        schema=DROP_SCHEMA,
-    )

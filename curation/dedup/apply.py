@@ -30,17 +30,22 @@ import pyarrow.parquet as pq
 from curation.writer import iter_shard, sample_image, write_rejections, write_shard
 from runtime.storage import Location, exists, list_files, write_bytes_atomic
 from schemas import Stage
-from schemas.layout import DEDUP_COMMIT_DIR, manifest_file, rejection_file, shard_file
+from schemas.layout import (
+    DEDUP_COMMIT_DIR,
+    REJECTIONS_DIR,
+    dedup_rejection_name,
+    is_dedup_rejection_file,
+    manifest_file,
+    plan_partition,
+    rejection_file,
+    shard_file,
+)
 
 READY = "ready.json"
 _STAGED = ("manifest.parquet", "rejections.parquet", "shard.tar")  # in publish order
 # Where ``stop_after`` can stop a rewrite, as a crash there would (tests): after staging,
 # after the ready mark, or after publishing one of the staged files.
 STEPS = ("stage", "ready", *_STAGED)
-
-
-def dedup_rejections_name(shard: int) -> str:
-    return f"dedup-{shard:06d}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +57,16 @@ class Drop:
     detail: str
 
 
+def dedup_rejection_files(dataset: Location) -> list[Location]:
+    """The dedup rejections files (one per shard) that earlier runs published."""
+    files = list_files(dataset.join(REJECTIONS_DIR), ".parquet")
+    return [f for f in files if is_dedup_rejection_file(f.uri.rsplit("/", 1)[1])]
+
+
 def _targets(shard: int) -> dict[str, str]:
     return {
         "manifest.parquet": manifest_file(shard),
-        "rejections.parquet": rejection_file(dedup_rejections_name(shard)),
+        "rejections.parquet": rejection_file(dedup_rejection_name(shard)),
         "shard.tar": shard_file(shard),
     }
 
@@ -63,7 +74,7 @@ def _targets(shard: int) -> dict[str, str]:
 def _merged_rejections(dataset: Location, shard: int, drops: list[Drop]) -> list[dict] | None:
     """The shard's dedup rejection rows with ``drops`` added; None when nothing is new."""
     rows: dict[str, dict] = {}
-    target = dataset.join(rejection_file(dedup_rejections_name(shard)))
+    target = dataset.join(rejection_file(dedup_rejection_name(shard)))
     if exists(target):
         for row in pq.read_table(target.path, filesystem=dataset.fs).to_pylist():
             rows[row["key"]] = row
@@ -113,7 +124,7 @@ def apply_shard(
     if not changed and rejections is None:
         return False
     if rejections is not None:
-        name = dedup_rejections_name(shard)
+        name = dedup_rejection_name(shard)
         write_rejections(dataset, name, rejections, to=commit.join("rejections.parquet"))
     if changed:
         images = _images_by_key(dataset.join(shard_file(shard)), {row["key"] for row in kept})
@@ -188,6 +199,23 @@ def _remove(folder: Location) -> None:
         folder.fs.delete_dir(folder.path)
 
 
+def apply_shard_rows(
+    dataset: Location,
+    shard: int,
+    drops: list[dict],
+    clusters: list[dict],
+    *,
+    stop_after: str | None = None,
+) -> bool:
+    """``apply_shard`` with the shard's decisions as rows, as both dedup paths plan them:
+    drop rows (curation.dedup.drops.DROP_SCHEMA) and cluster rows (key, shard, size) of its
+    kept canonicals."""
+    fields = Drop.__dataclass_fields__
+    chosen = [Drop(**{k: row[k] for k in fields}) for row in drops]
+    sizes = {row["key"]: (row["key"], row["size"]) for row in clusters}
+    return apply_shard(dataset, shard, chosen, sizes, stop_after=stop_after)
+
+
 def apply_planned_shard(
     dataset: Location,
     shard: int,
@@ -196,22 +224,16 @@ def apply_planned_shard(
     *,
     stop_after: str | None = None,
 ) -> bool:
-    """``apply_shard`` with the shard's decisions read from the plan's Parquet folders,
-    partitioned by shard (``<dir>/shard=N/``): a task reads its own shard's rows only."""
-    drops = [
-        Drop(**{k: row[k] for k in Drop.__dataclass_fields__})
-        for folder in drops_dirs
-        for row in _partition_rows(folder, shard)
-    ]
-    clusters = {
-        row["key"]: (row["key"], row["size"]) for row in _partition_rows(clusters_dir, shard)
-    }
-    return apply_shard(dataset, shard, drops, clusters, stop_after=stop_after)
+    """``apply_shard_rows`` with the shard's rows read from the plan's Parquet folders,
+    partitioned by shard (``schemas.layout.plan_partition``): a task reads its own rows only."""
+    drops = [row for folder in drops_dirs for row in _partition_rows(folder, shard)]
+    clusters = _partition_rows(clusters_dir, shard)
+    return apply_shard_rows(dataset, shard, drops, clusters, stop_after=stop_after)
 
 
 def _partition_rows(folder: Location, shard: int) -> list[dict]:
     rows: list[dict] = []
-    for file in list_files(folder.join(f"shard={shard}"), ".parquet"):
+    for file in list_files(folder.join(plan_partition(shard)), ".parquet"):
         with file.fs.open_input_file(file.path) as handle:  # the file alone: no hive columns
             rows.extend(pq.ParquetFile(handle).read().to_pylist())
     return rows

@@ -6,14 +6,31 @@ only on the set of samples and their signatures, never on partitioning or worker
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# The priority order as sort keys (ascending) of ``with_priority``'s columns: an Arrow sort, a
+# Ray Data sort and ``priority_order`` rank the same (keys are ASCII: byte and code point
+# order agree).
+PRIORITY_SORT = ["neg_area", "key"]
 
 
 def priority_order(keys: np.ndarray, areas: np.ndarray) -> np.ndarray:
     """Indices sorted best first: area descending, then key ascending."""
     return np.lexsort((np.asarray(keys, dtype=str), -np.asarray(areas, dtype=np.int64)))
+
+
+def with_priority(batch: pa.Table) -> pa.Table:
+    """``batch`` (key, width, height, ...) with ``neg_area``: sorted ascending by
+    PRIORITY_SORT, best first."""
+    area = pc.multiply(batch["width"].cast(pa.int64()), batch["height"].cast(pa.int64()))
+    return batch.append_column("neg_area", pc.negate(area))
+
+
+def ranked_best_first(table: pa.Table) -> pa.Table:
+    """``with_priority`` rows sorted best first, in one process."""
+    return with_priority(table).sort_by([(name, "ascending") for name in PRIORITY_SORT])
 
 
 def greedy_canonical(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -40,28 +57,6 @@ def greedy_canonical(n: int, pairs: np.ndarray) -> np.ndarray:
         claimed[neighbours] = True
         canonical[neighbours] = item
     return canonical
-
-
-def resolve_chains(parent: dict[str, str]) -> dict[str, str]:
-    """Follow dropped -> canonical links to the sample that is finally kept."""
-    final = {}
-    for key in parent:
-        root, seen = key, set()
-        while root in parent and root not in seen:
-            seen.add(root)
-            root = parent[root]
-        final[key] = root
-    return final
-
-
-def cluster_sizes(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
-    """Cluster size per canonical: itself plus each distinct sample naming it, from
-    (member, canonical) pairs (a member named twice, by an earlier run and this one, counts once).
-    """
-    members: dict[str, set[str]] = {}
-    for member, canonical in pairs:
-        members.setdefault(canonical, set()).add(member)
-    return {canonical: 1 + len(named) for canonical, named in members.items()}
 
 
 def item_pairs(unique_pairs: np.ndarray, inverse: np.ndarray) -> np.ndarray:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-INDEX_DIR = "dedup_index"  # <dataset>/dedup_index/: signatures of the kept samples
-
 
 @dataclass(kw_only=True)
 class DedupConfig:

@@ -1,29 +1,20 @@
 """Exact and pixel-hash groups: which samples share a signature, and who stays in each group.
 
-Engine-free. ``pipeline.dedup`` resolves the groups on the driver for small datasets and inside
-a Ray Data groupby for large ones; both call ``resolve_group``, so both decide the same.
+A rule over Arrow tables keyed by the ``group`` column (see curation.dedup.drops):
+``pipeline.dedup`` calls ``resolve_groups`` on every survivor at once, ``pipeline.dedup_ray``
+inside a Ray Data groupby on ``group``; both decide the same.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.dedup.cluster import priority_order
+from curation.dedup.cluster import PRIORITY_SORT, with_priority
+from curation.dedup.drops import DROP_SCHEMA
 from schemas import Reason
 
-# A drop row as the passes write it (Parquet under <dataset>/_work/dedup/ on the Ray path).
-DROP_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.int64()),
-        ("source_uri", pa.string()),
-        ("reason", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
-DROP_COLUMNS = DROP_SCHEMA.names
 GROUP_COLUMNS = ["key", "shard", "source_uri", "sha256", "width", "height", "group"]
 
 
@@ -42,49 +33,50 @@ def group_ids(sha256: pa.Array, pixel_hash: pa.Array, use_pixels: bool) -> pa.Ar
 
 
 def with_groups(table: pa.Table, use_pixels: bool) -> pa.Table:
-    """``table`` narrowed to what ``resolve_group`` reads, plus its ``group`` column."""
+    """``table`` narrowed to what ``resolve_groups`` reads, plus its ``group`` column."""
     group = group_ids(table["sha256"], table["pixel_hash"], use_pixels)
     return table.append_column("group", group).select(GROUP_COLUMNS)
 
 
-def candidate_rows(table: pa.Table, use_pixels: bool) -> pa.Table:
-    """Rows of ``table`` (narrowed, with ``group``) whose group has two or more members."""
-    table = with_groups(table, use_pixels)
-    counts = table.group_by("group").aggregate([("key", "count")])
-    shared = counts.filter(pc.greater(counts["key_count"], 1))["group"]
-    return table.filter(pc.is_in(table["group"], shared))
+def _run_starts(*columns: pa.ChunkedArray) -> np.ndarray:
+    """Per row of sorted ``columns``: the position of the first row with the same values."""
+    n = len(columns[0])
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for column in columns:
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        new[1:] |= pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new)
+    return starts[np.cumsum(new) - 1]
 
 
-def resolve_group(group) -> pa.Table:
-    """One signature group (pandas, GROUP_COLUMNS): the best sample stays, the others name it.
-    Returns drop rows (DROP_SCHEMA)."""
-    if len(group) < 2:
+def resolve_groups(table: pa.Table) -> pa.Table:
+    """Keyed by ``group`` (GROUP_COLUMNS): in each signature group the best sample stays and
+    the others name it; byte copies are exact duplicates (their detail names the best holder
+    of the same bytes), the rest pixel duplicates. Returns drop rows (DROP_SCHEMA)."""
+    if table.num_rows < 2:
         return DROP_SCHEMA.empty_table()
-    order = priority_order(group["key"].to_numpy(), (group["width"] * group["height"]).to_numpy())
-    ranked = group.iloc[order]
-    best = ranked.iloc[0]["key"]
-    first_with_sha: dict[str, str] = {}
-    out = []
-    for key, shard, source_uri, sha in zip(
-        ranked["key"], ranked["shard"], ranked["source_uri"], ranked["sha256"], strict=True
-    ):
-        holder = first_with_sha.setdefault(sha, key)  # byte copies name their first holder
-        if key == best:
-            continue
-        if holder != key:
-            reason, detail = Reason.DUPLICATE_EXACT, f"same bytes (sha256) as {holder}"
-        else:
-            reason, detail = Reason.DUPLICATE_PIXELS, "same decoded pixels, other bytes"
-        out.append([key, int(shard), source_uri, str(reason), best, detail])
-    return pa.Table.from_pylist(
-        [dict(zip(DROP_COLUMNS, row, strict=True)) for row in out], schema=DROP_SCHEMA
-    )
-
-
-def resolve_locally(candidates: pa.Table) -> list[dict]:
-    """``resolve_group`` over every group of ``candidates`` in one process; drop rows."""
-    frame = candidates.to_pandas()
-    rows: list[dict] = []
-    for _, group in frame.groupby("group", sort=True):
-        rows.extend(resolve_group(group.reset_index(drop=True)).to_pylist())
-    return rows
+    sort = [("group", "ascending"), *((name, "ascending") for name in PRIORITY_SORT)]
+    ranked = with_priority(table).sort_by(sort)  # each group best first
+    keys = np.asarray(ranked["key"].to_pylist(), dtype=object)
+    best = _run_starts(ranked["group"])
+    # the best holder of each row's bytes: first of its (group, sha256) run in priority order
+    position = pa.array(np.arange(ranked.num_rows))
+    by_sha = pa.table({"g": ranked["group"], "s": ranked["sha256"], "p": position})
+    by_sha = by_sha.sort_by([("g", "ascending"), ("s", "ascending"), ("p", "ascending")])
+    holder = np.empty(ranked.num_rows, dtype=np.int64)
+    holder[by_sha["p"].to_numpy()] = by_sha["p"].to_numpy()[_run_starts(by_sha["g"], by_sha["s"])]
+    dropped = np.flatnonzero(best != np.arange(ranked.num_rows))
+    exact = holder[dropped] != dropped
+    reasons = np.where(exact, str(Reason.DUPLICATE_EXACT), str(Reason.DUPLICATE_PIXELS))
+    details = [
+        f"same bytes (sha256) as {keys[h]}" if same else "same decoded pixels, other bytes"
+        for h, same in zip(holder[dropped], exact, strict=True)
+    ]
+    rows = ranked.take(pa.array(dropped))
+    return pa.table(
+        [rows["key"], rows["shard"].cast(pa.int64()), rows["source_uri"],
+         pa.array(reasons.tolist(), pa.string()), pa.array(keys[best[dropped]].tolist(), pa.string()),
+         pa.array(details, pa.string())],
+        schema=DROP_SCHEMA,
+    )  # fmt: skip

@@ -1,288 +1,33 @@
-"""Semantic (embedding) dedup, SemDeDup style: embed, k-means partitions, cosine search inside.
+"""Semantic (embedding) dedup, SemDeDup style: k-means partitions, cosine search inside, and
+the best-first decision in each partition. Embedding: curation.dedup.embed; the model:
+curation.dedup.encoder.
 
-Engine-free: ``ShardEmbedder`` is a callable class over one shard at a time (the shape of a
-Ray Data actor-pool stage), ``semantic_pairs`` is plain FAISS (on a GPU when FAISS sees one).
+Engine-free: ``semantic_pairs`` is plain FAISS (on a GPU when FAISS sees one), and
+``resolve_partitions`` is a rule over Arrow tables keyed by the ``partition`` column (see
+curation.dedup.drops): the driver path calls it on every survivor, the Ray path inside a
+groupby on the partition.
 
-The model is either a TorchScript module ([N, 3, H, W] float images normalised with ImageNet
-mean/std -> [N, D]) or an encoder file (``models.encoder_file``) as
-``python -m training.checkpoint`` or ``python -m training.import_sapiens`` writes it: the
-tensors of a ``models.vit.VisionTransformer`` with its config (preset, image size,
-patch) and lineage. The format is read from the file, never from its name, and the preset
-from its config, never from tensor shapes; ``describe_encoder`` checks it on the driver
-before any work.
-
-Determinism: a shard's images are embedded in fixed chunks in key order, with a fixed number
-of torch threads, so an embedding never depends on which worker or batch it landed in; the
-k-means input is in priority order with a fixed seed. FAISS on a GPU computes k-means with
-other kernels than on a CPU, so a GPU and a CPU run may partition differently.
-
-Cache: each shard's embeddings are published under ``<dataset>/_work/embeddings/<fp>/``
-(``schemas.layout.embedding_file``) as soon as the shard is done, keyed by sample key and the
-manifest's sha256 (dedup rewrites shards, so row positions move), where ``fp`` is a
-fingerprint of the model file's bytes and of the preprocessing. A rerun, or a resumed run after
-a crash, embeds only the samples that have no cached row.
+Determinism: the k-means input is in priority order with a fixed seed. FAISS on a GPU computes
+k-means with other kernels than on a CPU, so a GPU and a CPU run may partition differently.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
-import json
 import math
-import zipfile
-from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
 from curation.dedup.cluster import greedy_canonical, priority_order
-from curation.writer import iter_shard, sample_image, table_to_parquet_bytes
-from runtime.storage import exists, locate, write_bytes_atomic
-from schemas.layout import embedding_file, shard_file
+from curation.dedup.drops import DROP_SCHEMA
+from curation.dedup.embed import embedding_matrix
+from schemas import Reason
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-DEFAULT_IMAGE_SIZE = 224  # a TorchScript module carries no input size
-# Part of the cache fingerprint: bump it whenever preprocess() or the MAE pooling changes, so
-# that embeddings made the old way are never mixed with new ones.
-PREPROCESS = "resize-bilinear-imagenet-v1"
-# The MAE encoder's embedding: the mean of its patch tokens after the final norm, not the class
-# token. MAE's loss scores reconstructed patches only, so the class token gets no direct
-# training signal (it stays near its initialisation in short runs), while every patch token
-# carries its patch's content; MAE's own fine-tuning pools the same way (global_pool).
-MAE_POOLING = "mean-patch-tokens-after-norm"
 # faiss GPU k-NN selects at most 2048 neighbours; a partition row with more above the threshold
 # than this is searched again exactly on the CPU (semantic_pairs).
 GPU_MAX_K = 1024
-
-
-class EncoderError(ValueError):
-    """The semantic model is missing, unreadable, or not an encoder this stage can run."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class EncoderInfo:
-    """What the driver reads from the model file before any work starts."""
-
-    uri: str  # as given: local path or s3://
-    kind: str  # "torchscript" or "mae"
-    sha256: str  # of the file's bytes
-    preset: str | None = None  # MAE: the models.vit preset in the file's config
-    image_size: int | None = None  # MAE: the side it was trained at (None: not square)
-    patch_size: int | None = None  # MAE
-
-    def input_size(self, configured: int | None) -> int:
-        """The side images are resized to: the configured one, else the checkpoint's own."""
-        size = configured or self.image_size or DEFAULT_IMAGE_SIZE
-        if self.patch_size and size % self.patch_size:
-            raise EncoderError(
-                f"semantic image size {size} is not a multiple of the encoder's patch size "
-                f"{self.patch_size} ({self.uri})"
-            )
-        return size
-
-    def fingerprint(self, image_size: int) -> str:
-        """Cache folder name: the model's bytes plus every setting that changes an embedding.
-        Not the device or the chunk size: those change the last float bits only."""
-        settings = dict(
-            sha256=self.sha256, kind=self.kind, preset=self.preset, image_size=image_size,
-            preprocess=PREPROCESS, pooling=MAE_POOLING if self.kind == "mae" else None,
-        )  # fmt: skip
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-    def card(self, image_size: int) -> bytes:
-        """model.json beside the cached embeddings: which model and settings made them."""
-        fields = asdict(self) | dict(input_size=image_size, preprocess=PREPROCESS)
-        if self.kind == "mae":
-            fields["pooling"] = MAE_POOLING
-        return json.dumps(fields, indent=2).encode()
-
-
-def describe_encoder(uri: str) -> EncoderInfo:
-    """Check the model file (local or s3://) and read what the driver needs; EncoderError if
-    it is missing, corrupt, or neither TorchScript nor an exported MAE encoder."""
-    from curation.weights import WeightsError, file_sha256, resolve_file
-
-    try:
-        path = resolve_file(uri)
-    except WeightsError as exc:
-        raise EncoderError(f"semantic model: {exc}") from exc
-    kind = _format_of(path, uri, verify=True)
-    sha256 = file_sha256(path)
-    if kind == "torchscript":
-        return EncoderInfo(uri=uri, kind=kind, sha256=sha256)
-    stored = _encoder_file(path, uri)
-    h, w = stored.config.img_size
-    return EncoderInfo(uri=uri, kind="mae", sha256=sha256, preset=stored.preset,
-                       image_size=h if h == w else None, patch_size=stored.config.patch_size)  # fmt: skip
-
-
-def load_encoder(uri: str, image_size: int, device: str):
-    """The model as a torch module [N, 3, S, S] -> [N, D], in eval mode on ``device``."""
-    import torch
-
-    from curation.weights import resolve_file
-
-    path = resolve_file(uri)  # per node: s3:// objects are fetched into the local cache
-    if _format_of(path, uri, verify=False) == "torchscript":
-        return torch.jit.load(path, map_location=device).eval()
-    from models.vit import VisionTransformer, load_encoder_state
-
-    class MeanPatchTokens(torch.nn.Module):  # see MAE_POOLING for why the mean of patches
-        def __init__(self, vit: VisionTransformer) -> None:
-            super().__init__()
-            self.vit = vit
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.vit.forward_features(x).mean(dim=1)  # [N, L, D] -> [N, D]
-
-    stored = _encoder_file(path, uri)
-    encoder = VisionTransformer(replace(stored.config, img_size=(image_size, image_size)))
-    # interpolates the position table from the file's grid to image_size
-    load_encoder_state(encoder, stored.state, grid=stored.config.grid)
-    return MeanPatchTokens(encoder).to(device).eval()
-
-
-def _format_of(path: str, uri: str, *, verify: bool) -> str:
-    """ "torchscript" or "checkpoint", from the archive's members (both are zip archives)."""
-    not_model = (
-        f"semantic model {uri!r} is neither a TorchScript module nor an encoder exported by "
-        "'python -m training.checkpoint RUN encoder.pt'"
-    )
-    if not zipfile.is_zipfile(path):
-        raise EncoderError(f"{not_model}: not a zip archive (corrupt or truncated?)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            # CRC of every member, on the driver only: a damaged file fails here, not in actors
-            bad = archive.testzip() if verify else None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise EncoderError(f"{not_model}: unreadable archive ({exc})") from exc
-    if bad is not None:
-        raise EncoderError(f"{not_model}: member {bad!r} is corrupt")
-    if any(name.endswith("/constants.pkl") for name in names):  # torch.jit.save's layout
-        return "torchscript"
-    if any(name.endswith("/data.pkl") for name in names):  # torch.save's layout
-        return "checkpoint"
-    raise EncoderError(f"{not_model}: a zip archive of something else")
-
-
-def _encoder_file(path: str, uri: str):
-    """The encoder file at ``path`` (``models.encoder_file.EncoderFile``)."""
-    from models.encoder_file import EncoderFileError, load
-
-    try:  # mmap: the driver reads the config without copying a multi-GB file into memory
-        return load(path, uri, mmap=True)
-    except EncoderFileError as exc:
-        raise EncoderError(f"semantic model {exc}") from exc
-
-
-def preprocess(data: bytes, size: int) -> np.ndarray:
-    """Image bytes -> [3, size, size] float32, whole image resized (no crop), ImageNet-normalised."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it is large
-    image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0  # [H, W, 3]
-    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
-
-
-def embedding_table(keys: list[str], sha256: list[str], vectors: np.ndarray) -> pa.Table:
-    """Cached rows: key, the manifest's sha256 (a re-fetched key misses), embedding [D]."""
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
-    return pa.table(
-        {
-            "key": pa.array(keys, pa.string()),
-            "sha256": pa.array(sha256, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-        }
-    )
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """[N, D] float32 of a fixed-size-list embedding column."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), -1)
-
-
-class ShardEmbedder:
-    """Ray Data stage: batch {"shard": [s], "keys": [[k, ...]], "sha256": [[h, ...]]} ->
-    {"key": [N], "embedding": [N, D]}.
-
-    Reads the listed samples of shard ``s`` of ``dataset_uri``; embeddings are L2-normalised.
-    With ``cache`` (a fingerprint, ``EncoderInfo.fingerprint``) each shard's embeddings are
-    merged into its cache file, published atomically before the batch is returned.
-    """
-
-    def __init__(
-        self,
-        *,
-        dataset_uri: str,
-        model: str,
-        image_size: int,
-        chunk: int,
-        threads: int,
-        device: str,
-        cache: str | None = None,
-    ) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.torch, self.device = torch, device
-        self.model = load_encoder(model, image_size, device)
-        self.dataset = locate(dataset_uri)
-        self.image_size, self.chunk, self.cache = image_size, chunk, cache
-
-    def __call__(self, batch: dict) -> dict:
-        keys, vectors = [], []
-        hashes = batch.get("sha256", [None] * len(batch["shard"]))
-        for shard, wanted, sha256 in zip(batch["shard"], batch["keys"], hashes, strict=True):
-            images = self._images(int(shard), set(wanted))
-            found = [k for k, _ in images]
-            x = np.concatenate(
-                [
-                    self.embed([data for _, data in images[start : start + self.chunk]])
-                    for start in range(0, len(images), self.chunk)
-                ]
-            )
-            if self.cache is not None:
-                sha_of = dict(zip(wanted, sha256, strict=True))
-                self._store(int(shard), embedding_table(found, [sha_of[k] for k in found], x))
-            keys.extend(found)
-            vectors.append(x)
-        return {"key": np.array(keys, dtype=object), "embedding": np.concatenate(vectors)}
-
-    def embed(self, images: list[bytes]) -> np.ndarray:
-        """[N, D] float32, L2-normalised embeddings of encoded images."""
-        x = np.stack([preprocess(data, self.image_size) for data in images])  # [N, 3, S, S]
-        with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(x).to(self.device))  # [N, D]
-        out = out.float().cpu().numpy().reshape(len(images), -1)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def _store(self, shard: int, table: pa.Table) -> None:
-        """Merge into the shard's cache file (rows of keys embedded before are kept)."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        loc = self.dataset.join(embedding_file(self.cache, shard))
-        if exists(loc):
-            old = pq.read_table(loc.path, filesystem=loc.fs)
-            table = pa.concat_tables([old.filter(~pc.is_in(old["key"], table["key"])), table])
-        write_bytes_atomic(loc, table_to_parquet_bytes(table.sort_by("key")))
-
-    def _images(self, shard: int, wanted: set[str]) -> list[tuple[str, bytes]]:
-        """(key, image bytes) of the wanted samples of the shard, in key order."""
-        found = []
-        for sample in iter_shard(self.dataset.join(shard_file(shard))):
-            if sample["__key__"] in wanted:
-                found.append((sample["__key__"], sample_image(sample)))
-        if len(found) != len(wanted):  # the manifest names samples the tar lacks
-            missing = sorted(wanted - {key for key, _ in found})
-            raise ValueError(f"shard {shard} lacks {len(missing)} samples, e.g. {missing[:3]}")
-        return sorted(found)
 
 
 def partitions_for(n: int, partition_size: int) -> int:
@@ -421,3 +166,33 @@ def _gpu_pairs(resources, x: np.ndarray, threshold: float) -> np.ndarray | None:
     sims, found = sims.ravel(), found.ravel().astype(np.int64)
     keep = (sims >= threshold) & (rows < found)
     return np.stack([rows[keep], found[keep]], axis=1)
+
+
+def resolve_partitions(table: pa.Table, threshold: float) -> pa.Table:
+    """Keyed by ``partition`` (key, shard, source_uri, area, partition, embedding): in each
+    k-means partition, drop rows (DROP_SCHEMA) of the members a better member duplicates."""
+    partition = table["partition"].to_numpy()
+    keys = table["key"].to_pylist()
+    areas = table["area"].to_numpy()
+    x = embedding_matrix(table["embedding"])  # [n, D]
+    dropped, kept, cosines = [], [], []
+    for part in np.unique(partition):
+        members = np.flatnonzero(partition == part)
+        d, k, c = resolve_partition(
+            [keys[i] for i in members], areas[members], x[members], threshold
+        )
+        dropped += members[d].tolist()
+        kept += members[k].tolist()
+        cosines += c.tolist()
+    take = pa.array(dropped, pa.int64())
+    return pa.table(
+        [
+            table["key"].take(take),
+            table["shard"].take(take).cast(pa.int64()),
+            table["source_uri"].take(take),
+            pa.array([str(Reason.DUPLICATE_SEMANTIC)] * len(dropped), pa.string()),
+            pa.array([keys[i] for i in kept], pa.string()),
+            pa.array([f"embedding cosine {c:.4f}" for c in cosines], pa.string()),
+        ],
+        schema=DROP_SCHEMA,
+    )

@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 
 from curation.dedup.cluster import (
-    cluster_sizes,
     greedy_canonical,
     item_pairs,
     previous_matches,
@@ -83,11 +82,6 @@ def test_previous_matches_nearest_then_smallest_old_rank() -> None:
             for r, o, d in zip(ranks.tolist(), olds.tolist(), distances.tolist(), strict=True)
         }
         assert got == want
-
-
-def test_cluster_sizes_count_each_member_once() -> None:
-    pairs = [("a", "k"), ("b", "k"), ("a", "k"), ("c", "m")]
-    assert cluster_sizes(pairs) == {"k": 3, "m": 2}
 
 
 def test_group_ids_fall_back_to_sha256_when_pixels_unknown() -> None:

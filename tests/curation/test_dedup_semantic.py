@@ -8,21 +8,22 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from curation.dedup.cluster import greedy_canonical, priority_order
 from curation.dedup.config import DedupConfig
+from curation.dedup.embed import ShardEmbedder
+from curation.dedup.encoder import EncoderError, describe_encoder
 from curation.dedup.semantic import (
-    EncoderError,
-    ShardEmbedder,
-    describe_encoder,
     key_hashes,
     kmeans_centroids,
     kmeans_partitions,
     nearest_centroid,
     partitions_for,
     resolve_partition,
+    resolve_partitions,
     sample_limit,
     semantic_pairs,
 )
@@ -246,6 +247,26 @@ def test_partition_resolved_alone_as_in_the_whole() -> None:
         assert (cosine >= 0.99).all()
         alone.update(zip(keys[rows[dropped]], keys[rows[kept]], strict=True))
     assert alone == whole and len(whole) >= 90
+    # the rule over an Arrow table keyed by partition (every partition at once, rows shuffled)
+    rows = rng.permutation(len(x))
+    flat = pa.array(x[rows].ravel())
+    table = pa.table(
+        {
+            "key": pa.array(keys[rows].tolist(), pa.string()),
+            "shard": pa.array(np.zeros(len(x), dtype=np.int64)),
+            "source_uri": pa.array([f"u/{k}" for k in keys[rows]], pa.string()),
+            "area": pa.array(areas[rows]),
+            "partition": pa.array(parts[rows]),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
+        }
+    )
+    drops = resolve_partitions(table, 0.99).to_pylist()
+    assert {d["key"]: d["duplicate_of"] for d in drops} == whole
+    assert {d["reason"] for d in drops} == {"duplicate_semantic"}
+    row = {k: i for i, k in enumerate(keys)}
+    for d in drops:
+        cosine = float(x[row[d["key"]]] @ x[row[d["duplicate_of"]]])
+        assert d["detail"] == f"embedding cosine {cosine:.4f}" and cosine >= 0.99
 
 
 def test_threshold_is_inclusive() -> None:

@@ -132,7 +132,7 @@ def test_bad_configuration_is_refused_before_work(tmp_path):
     config = config_from_args(parser().parse_args(job_args(tmp_path / "x.csv", tmp_path / "o")))
     assert dataclasses.asdict(config.fetch)["allow_private_addresses"] is True
     # a semantic-dedup model that would only be needed after the crawl is checked before it
-    from curation.dedup.semantic import EncoderError
+    from curation.dedup.encoder import EncoderError
 
     urls = tmp_path / "urls.txt"
     urls.write_text("http://127.0.0.1:9/a.jpg\n")

@@ -3,6 +3,9 @@ path vs Ray path, 1 vs 2 partitions, 1 vs 2 encoder actors), idempotent rerun, a
 a shard rewrite's commit steps, --dedup-against (both paths), and the semantic pass
 with a tiny TorchScript encoder.
 
+The two paths call the same rules (curation.dedup; each checked on its own in
+tests/curation/test_dedup_rules.py); the tests here compare their executors end to end.
+
 The Ray path (pipeline.dedup_ray) is forced with ``ray_above=0``; small partitions, several
 read blocks and near tasks make it split what the driver path does in one piece."""
 
@@ -21,6 +24,7 @@ from PIL import Image
 
 from curation.dedup.apply import STEPS
 from curation.dedup.config import DedupConfig
+from curation.dedup.previous import INDEX_COLUMNS
 from curation.dedup.signatures import phash64, pixel_hash
 from curation.manifest import rejections_dataset, samples_dataset
 from curation.writer import iter_shard, write_shard
@@ -141,8 +145,9 @@ def test_run_dedup_decisions_and_clusters(ray_cluster, built, tmp_path: Path) ->
 
 
 # The Ray path costs minutes on a loaded 2-CPU machine (each Ray Data groupby, sort or join
-# starts its own workers): the default run compares it once (above), these run with -m slow,
-# with room beyond the default 600 s test timeout.
+# starts its own workers): the default run compares it on every pass but the semantic one
+# (above and test_against_previous_release; the semantic plan in test_semantic_plan_on_ray),
+# these run with -m slow, with room beyond the default 600 s test timeout.
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_ray_path_in_one_piece_decides_the_same(ray_cluster, built, tmp_path: Path) -> None:
@@ -193,8 +198,8 @@ def test_crash_inside_a_shard_rewrite(ray_cluster, built, tmp_path: Path, step: 
     run_dedup(str(tmp_path / "clean"), DedupConfig())
     new = readers_view(tmp_path / "clean", tmp_path / "subset")
     assert new != old
-    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
-    dedup_pipeline.apply_plan(locate(str(path)), table, drops, stop_after=step)
+    plan = dedup_pipeline.plan_dedup(str(path), DedupConfig())
+    dedup_pipeline.apply_plan(locate(str(path)), plan, stop_after=step)
     seen = readers_view(path, tmp_path / "subset")
     if step in ("stage", "ready"):
         assert seen == old  # nothing published yet
@@ -226,8 +231,8 @@ def test_job_rerun_publishes_a_decided_rewrite_before_reading(built) -> None:
 
     path, expect = built
     dataset = locate(str(path))
-    table, drops = dedup_pipeline.plan_dedup(str(path), DedupConfig())
-    dedup_pipeline.apply_plan(dataset, table, drops, stop_after="manifest.parquet")
+    plan = dedup_pipeline.plan_dedup(str(path), DedupConfig())
+    dedup_pipeline.apply_plan(dataset, plan, stop_after="manifest.parquet")
     dropped = {sample_key(name) for name in expect}
     assert not dropped & published_keys()
     remove_leftovers(dataset)
@@ -251,10 +256,15 @@ def test_crash_inside_a_shard_rewrite_on_ray(ray_cluster, built, tmp_path: Path)
 
 
 def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
+    """--dedup-against on the driver path, then on the Ray path (hash groupbys and compact
+    pHash arrays, no driver dict, 2 partitions): the same decisions, and its index (from the
+    rewritten manifests) holds the same rows."""
     build(tmp_path / "v1", range(3), prefix="v1")
     run_dedup(str(tmp_path / "v1"), DedupConfig())
     build(tmp_path / "v2", range(2, 5), prefix="v2")  # seed 2 is also in v1, other URIs
-    counts = run_dedup(str(tmp_path / "v2"), DedupConfig(against=(str(tmp_path / "v1"),)))
+    shutil.copytree(tmp_path / "v2", tmp_path / "v2-ray")
+    against = (str(tmp_path / "v1"),)
+    counts = run_dedup(str(tmp_path / "v2"), DedupConfig(against=against))
     print(f"\nagainst v1: {counts}")
     rejected = {k: (r, d) for k, r, d in snapshot(tmp_path / "v2")["rejected"]}
     for kind in ("orig.jpg", "copy.jpg", "png", "q30", "big", "shifted"):
@@ -266,30 +276,15 @@ def test_against_previous_release(ray_cluster, tmp_path: Path) -> None:
     assert counts["duplicate_previous_release"] == 6
     kept = {k for k, _, _ in snapshot(tmp_path / "v2")["kept"]}
     assert kept == {sample_key(f"v2/{s}/{k}") for s in (3, 4) for k in ("big", "shifted")}
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_against_previous_release_on_ray(ray_cluster, tmp_path: Path) -> None:
-    """The Ray path (hash groupbys and compact pHash arrays, no driver dict) decides what the
-    driver path decides, and its index (from the rewritten manifests) holds the same rows."""
-    build(tmp_path / "v1", range(3), prefix="v1")
-    run_dedup(str(tmp_path / "v1"), DedupConfig())
-    build(tmp_path / "v2", range(2, 5), prefix="v2")
-    shutil.copytree(tmp_path / "v2", tmp_path / "v2-ray")
-    against = (str(tmp_path / "v1"),)
-    counts = run_dedup(str(tmp_path / "v2"), DedupConfig(against=against))
-    assert (
-        run_dedup(str(tmp_path / "v2-ray"), dataclasses.replace(RAY_SPLIT, against=against))
-        == counts
-    )
+    on_ray = dataclasses.replace(RAY_SPLIT, against=against)
+    assert run_dedup(str(tmp_path / "v2-ray"), on_ray) == counts
     assert snapshot(tmp_path / "v2-ray") == snapshot(tmp_path / "v2")
     assert index_rows(tmp_path / "v2-ray") == index_rows(tmp_path / "v2")
 
 
 def index_rows(path: Path) -> list[dict]:
     table = pq.read_table(path / "dedup_index")
-    return table.select(dedup_pipeline.INDEX_COLUMNS).sort_by("key").to_pylist()
+    return table.select(INDEX_COLUMNS).sort_by("key").to_pylist()
 
 
 def semantic_only(tmp_path: Path, **kw) -> DedupConfig:
@@ -363,9 +358,11 @@ def test_semantic_plan_on_ray(ray_cluster, tmp_path: Path, caplog) -> None:
         sample_key(n): ("duplicate_semantic", sample_key(c)) for n, c in expect.items()
     }
     caplog.clear()
-    _, planned = dedup_pipeline.plan_dedup(str(tmp_path / "ds"), driver)
+    plan = dedup_pipeline.plan_dedup(str(tmp_path / "ds"), driver)
     assert "24 from the cache, 0 embedded" in caplog.text  # the Ray path's cache, shared
-    assert {k: tuple(getattr(d, f) for f in DROP_FIELDS) for k, d in planned.items()} == drops
+    ((name, planned, _),) = plan.passes
+    assert name == "semantic"
+    assert {r["key"]: tuple(r[f] for f in DROP_FIELDS) for r in planned.to_pylist()} == drops
     caplog.clear()
     assert planned_on_ray(tmp_path / "ds", on_ray) == drops
     assert "24 from the cache, 0 embedded" in caplog.text

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.dedup.config import DedupConfig
-from curation.dedup.semantic import EncoderError, describe_encoder, embedding_matrix
+from curation.dedup.embed import embedding_matrix
+from curation.dedup.encoder import EncoderError, describe_encoder
 from curation.manifest import samples_dataset
 from pipeline.dedup import run_dedup
 from pipeline.dedup_semantic import semantic_drops
@@ -101,7 +102,7 @@ def test_semantic_dedup_with_mae_encoder_and_cache(
     # a caller without the sha256 column (pipeline.dedup_ray's) matches the cache by key
     columns = ["key", "shard", "source_uri", "width", "height"]
     survivors = samples_dataset(str(tmp_path / "ds")).to_table(columns=columns)
-    assert semantic_drops(locate(str(tmp_path / "ds")), survivors, config(model), set()) == {}
+    assert semantic_drops(locate(str(tmp_path / "ds")), survivors, config(model)).num_rows == 0
     assert embedded(caplog) == (8, 0)
 
 
