@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from runtime.storage import Location, publish_file_atomic, write_bytes_atomic
 from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, member_names, row_to_json, rows_to_table
-from schemas.layout import WORK_DIR, manifest_file, rejection_file, shard_file
+from schemas.layout import STAGING_DIR, manifest_file, rejection_file, shard_file
 
 # Pillow format name -> tar member extension (webdataset decoders key on these)
 FORMAT_EXTENSIONS = {
@@ -82,7 +82,7 @@ def _staging_dir(dataset: Location) -> str:
     """Local folder for files being written: beside the dataset when local (rename is atomic)."""
     if dataset.is_s3:
         return tempfile.gettempdir()
-    path = os.path.join(dataset.path, WORK_DIR, "tmp")
+    path = os.path.join(dataset.path, STAGING_DIR)
     os.makedirs(path, exist_ok=True)
     return path
 

@@ -78,7 +78,7 @@ from runtime.storage import (
     write_bytes_atomic,
 )
 from schemas import PASSTHROUGH_COLUMNS, Reason, Stage, sample_key
-from schemas.layout import REJECTIONS_DIR, WORK_DIR
+from schemas.layout import REJECTIONS_DIR, plan_dir
 
 PLAN_SCHEMA = pa.schema(
     [
@@ -125,7 +125,7 @@ def plan_id(config: SourceConfig) -> str:
 
 
 def _marker(dataset: Location, config: SourceConfig) -> Location:
-    return dataset.join(WORK_DIR, f"plan-{plan_id(config)}", "DONE.json")
+    return dataset.join(plan_dir(plan_id(config)), "DONE.json")
 
 
 def plan_is_done(dataset: Location, config: SourceConfig) -> bool:
@@ -159,7 +159,7 @@ def load_or_build_plan(
     inputs. From ``ray_above`` estimated input bytes the build runs on Ray (already started).
     """
     pid = plan_id(config)
-    folder = dataset.join(WORK_DIR, f"plan-{pid}")
+    folder = dataset.join(plan_dir(pid))
     marker = _marker(dataset, config)
     if exists(marker):
         done = json.loads(read_bytes(marker))
@@ -480,7 +480,7 @@ def forget_secrets(dataset: Location, plan: Plan) -> bool:
     """Delete a finished plan that holds secrets (see the module docstring); True if deleted."""
     if not plan.secrets:
         return False
-    folder = dataset.join(WORK_DIR, f"plan-{plan.plan_id}")
+    folder = dataset.join(plan_dir(plan.plan_id))
     delete(folder.join("DONE.json"))  # first: a half-deleted plan is never taken as done
     for file in list_files(folder, ".parquet"):
         delete(file)

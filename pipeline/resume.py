@@ -32,7 +32,14 @@ from curation.writer import table_to_parquet_bytes
 from pipeline.plan import Plan, partition_of, read_partition, write_by_partition
 from runtime.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
 from schemas import Reason
-from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SHARDS_DIR, WORK_DIR, shard_of
+from schemas.layout import (
+    MANIFESTS_DIR,
+    REJECTIONS_DIR,
+    SHARDS_DIR,
+    STAGING_DIR,
+    plan_dir,
+    shard_of,
+)
 
 if TYPE_CHECKING:
     import ray.data
@@ -55,7 +62,7 @@ def remove_leftovers(dataset: Location) -> list[str]:
             delete(tar)
             removed.append(tar.uri)
     if not dataset.is_s3:
-        for folder in (SHARDS_DIR, MANIFESTS_DIR, REJECTIONS_DIR, f"{WORK_DIR}/tmp"):
+        for folder in (SHARDS_DIR, MANIFESTS_DIR, REJECTIONS_DIR, STAGING_DIR):
             for leftover in _hidden_or_temporary(dataset.join(folder)):
                 delete(leftover)
                 removed.append(leftover.uri)
@@ -101,7 +108,7 @@ def finished_by_partition(
     a task per manifest or rejections file stages its keys sorted by partition and a task per
     partition reads its row groups of them (as the plan's read and resolve tasks do).
     """
-    folder = dataset.join(WORK_DIR, f"plan-{plan.plan_id}", "finished")
+    folder = dataset.join(plan_dir(plan.plan_id), "finished")
     with contextlib.suppress(FileNotFoundError):
         folder.fs.delete_dir(folder.path)
     manifests = [f.path for f in list_files(dataset.join(MANIFESTS_DIR), ".parquet")]

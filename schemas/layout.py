@@ -8,6 +8,8 @@
     <dataset>/summary.json                    the run's summary (schemas.summary)
     <dataset>/_work/                          the job's bookkeeping (resume state)
     <dataset>/_work/lock.json                 the job writing the dataset now, if any
+    <dataset>/_work/tmp/                      files being written, renamed into place when done
+    <dataset>/_work/plan-{id}/                the plan: staged rows, partitions, finished keys
     <dataset>/_work/embeddings/{fp}/{shard:06d}.parquet   semantic dedup's cached embeddings
     <dataset>/_work/embeddings/{fp}/model.json   which model and settings made them
     <dataset>/_work/dedup_commit/{shard:06d}/  a dedup rewrite of one shard, staged to publish
@@ -27,11 +29,18 @@ REJECTIONS_DIR = "rejections"
 SUMMARY_FILE = "summary.json"
 WORK_DIR = "_work"
 EMBEDDINGS_DIR = f"{WORK_DIR}/embeddings"  # one folder per model fingerprint
+STAGING_DIR = f"{WORK_DIR}/tmp"  # a local dataset's files being written (curation.writer)
 LOCK_FILE = f"{WORK_DIR}/lock.json"  # the job writing this dataset (pipeline.lock)
 DEDUP_COMMIT_DIR = f"{WORK_DIR}/dedup_commit"  # staged shard rewrites (curation.dedup.apply)
 DEDUP_PLAN_DIR = f"{WORK_DIR}/dedup"  # the Ray dedup path's plan: cleared at a run's start and end
 DEDUP_INDEX_DIR = "dedup_index"  # read by a later release's dedup (--dedup-against)
 _DEDUP_REJECTIONS = re.compile(r"dedup-\d{6,}\.parquet")  # {shard:06d}: 7 digits from 10^6
+
+
+def plan_dir(plan_id: str) -> str:
+    """The plan's folder (pipeline.plan writes it, pipeline.resume reads it): one per inputs
+    and settings, so a rerun with the same ones finds it done."""
+    return f"{WORK_DIR}/plan-{plan_id}"
 
 
 def shard_file(shard: int) -> str:
