@@ -70,7 +70,9 @@ def check_image(path: str) -> None:
     try:
         with Image.open(path) as image:
             image.verify()  # reads the whole file: a truncated one fails here, not mid-run
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, ImportError) as exc:
+        # ImportError: a lazily registered opener without its decoder probed the file (once
+        # Ultralytics is imported, Pillow's open tries a HEIF plugin that is not installed)
         raise InputError(f"--images {path}: not a readable image ({exc})") from None
 
 

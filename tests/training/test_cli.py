@@ -312,6 +312,14 @@ def test_predict_refuses(capsys, files, tmp_path, flags, message):
     assert not (tmp_path / "o").exists()  # refused before the first overlay
 
 
+def test_predict_refuses_a_non_image_also_after_ultralytics_patched_pillow(capsys, files, tmp_path):
+    import ultralytics  # noqa: F401 - its import makes Image.open try a HEIF plugin not installed
+
+    argv = ["--task", "seg", "--checkpoint", files["seg"], "--images", files["text"],
+            "--output", str(tmp_path / "o")]  # fmt: skip
+    assert "not a readable image" in _refused(capsys, predict.main, argv)
+
+
 def test_convert_refuses_and_writes_nothing(capsys, files, tmp_path):
     images, seg = tmp_path / "img", tmp_path / "seg"
     images.mkdir()
