@@ -6,7 +6,7 @@ The stream's last stage calls ``pipeline.progress.report`` once per batch: ``out
 kept and rejected-by-reason with numpy, then one fire-and-forget ``ProgressCounter.add`` call
 is submitted. Both are timed here in a Ray task, as in the job, on batches shaped like the
 fetch stage's (object columns, a mix of reasons), and divided by the batch size: the figure to
-hold against the job's own CPU time per image (about 7.8 CPU-ms in BENCHMARKS.md).
+hold against the job's own CPU time per image (9-14 CPU-ms in BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def _baseline(task: str, train: str):
 
 # (figure, +1 higher is better / -1 lower is better). Pose: the normalised mean keypoint
 # error over all labelled points (cheap and smooth) by default; COCO's OKS AP over the 17
-# body points in the long run, beside the 308-point AP (see BENCHMARKS.md, fine-tuning).
+# body points in the long run, beside the 308-point AP (the slow test on Ray).
 GOAL = {"pose": ("NME", -1), "seg": ("mIoU", 1), "depth": ("RMSE", -1), "normal": ("mean", -1)}
 
 
