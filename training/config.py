@@ -36,6 +36,16 @@ def _at_least(config: Any, minimum: int, *names: str) -> None:
             raise ValueError(f"{flag} must be at least {minimum}, got {getattr(config, name)}")
 
 
+def _check_run(config: Any, kind: str) -> None:
+    """What pretraining and fine-tuning runs share: their Ray Train workers and log folder."""
+    if config.cpus_per_worker <= 0:
+        raise ValueError(f"--cpus-per-worker must be positive, got {config.cpus_per_worker}")
+    if not config.ray and config.num_workers != 1:
+        raise ValueError("--no-ray runs a single worker; set --num-workers 1")
+    if config.log_dir is None and config.output:  # "": a model read back, not a run
+        config.log_dir = _default_log_dir(config.output, config.name, kind)
+
+
 def _check_preset(name: str, image_size: int | tuple[int, int], **kw: Any) -> None:
     """The preset exists and ``image_size`` (and patch padding) fit its patch size."""
     if name not in PRESETS:
@@ -133,12 +143,7 @@ class PretrainConfig:
             raise ValueError(
                 "need 0 <= --drop-path < 1, 0 <= --min-lr-ratio <= 1, 0 <= --beta2 < 1"
             )
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
-        if not self.ray and self.num_workers != 1:
-            raise ValueError("--no-ray runs a single worker; set --num-workers 1")
-        if self.log_dir is None and self.output:  # "": a model read back, not a run
-            self.log_dir = _default_log_dir(self.output, self.name, "pretrain")
+        _check_run(self, "pretrain")
 
     @property
     def global_batch(self) -> int:
@@ -230,12 +235,7 @@ class FinetuneConfig:
             raise ValueError(f"--heatmap-sigma must be positive, got {self.heatmap_sigma}")
         if not 0 <= self.warmup_steps <= self.total_steps:
             raise ValueError("--warmup-steps must be between 0 and --total-steps")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
-        if not self.ray and self.num_workers != 1:
-            raise ValueError("--no-ray runs a single worker; set --num-workers 1")
-        if self.log_dir is None and self.output:  # "": a model read back, not a run
-            self.log_dir = _default_log_dir(self.output, self.name, "finetune")
+        _check_run(self, "finetune")
 
     @classmethod
     def from_record(cls, stored: dict[str, Any]) -> FinetuneConfig:
