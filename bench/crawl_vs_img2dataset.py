@@ -203,6 +203,23 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12])
 
 
+def _title(pid: int) -> str:
+    """A process's title, short: Ray workers show the task they run (``ray::MapBatches(...)``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not words:
+        return "?"
+    first = words[0].rsplit("/", 1)[-1]
+    if first.startswith("python") and len(words) > 1:  # the script or module it runs
+        rest = words[2] if words[1] == "-m" and len(words) > 2 else words[1]
+        return f"python {rest.rsplit('/', 1)[-1]}"[:60]
+    return first[:60]
+
+
 def _pss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -226,6 +243,8 @@ class TreeMeter:
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
         self.cpu_ticks: dict[tuple[int, int], int] = {}
+        self.by_name: dict[str, int] = {}  # CPU ticks by process title (Ray retitles workers)
+        self.pids_by_name: dict[str, set[int]] = {}
         self.peak_pss = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -252,7 +271,12 @@ class TreeMeter:
         for pid in members:
             if pid in stats:
                 _, start, ticks = stats[pid]
-                self.cpu_ticks[(pid, start)] = max(ticks, self.cpu_ticks.get((pid, start), 0))
+                before = self.cpu_ticks.get((pid, start), 0)
+                if ticks > before:
+                    name = _title(pid)
+                    self.by_name[name] = self.by_name.get(name, 0) + ticks - before
+                    self.pids_by_name.setdefault(name, set()).add(pid)
+                self.cpu_ticks[(pid, start)] = max(ticks, before)
                 if with_memory:
                     pss += _pss(pid)
         self.peak_pss = max(self.peak_pss, pss)
@@ -285,7 +309,11 @@ def measure(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
     if proc.returncode != 0:
         print(log.read_text()[-3000:])
         sys.exit(f"error: {cmd[0]} exited with {proc.returncode}; log in {log}")
-    return {"wall": wall, "cpu": cpu, "pss": meter.peak_pss, "load": load}
+    by_name = {
+        f"{name} ({len(meter.pids_by_name[name])} processes)": ticks / CLOCK
+        for name, ticks in meter.by_name.items()
+    }
+    return {"wall": wall, "cpu": cpu, "pss": meter.peak_pss, "load": load, "by_name": by_name}
 
 
 # -- the two tools ------------------------------------------------------------------------------
@@ -370,6 +398,10 @@ def main() -> None:
     p.add_argument("--i2d-venv", default=str(TMP / "img2dataset-venv"))
     p.add_argument("--workdir", default=str(TMP / "crawl-bench-work"))
     p.add_argument("--ours-args", default="", help="extra flags for our job (space-separated)")
+    p.add_argument(
+        "--cpu-by-process", action="store_true",
+        help="after each run, its CPU seconds by process title (where the CPU goes)",
+    )  # fmt: skip
     args = p.parse_args()
     sizes = [300] if args.quick else [int(s) for s in args.sizes.split(",")]
     reps = 1 if args.quick else args.reps
@@ -422,6 +454,10 @@ def main() -> None:
                         r, kept = run_ours(urls, out, log, extra)
                     results.setdefault((tool, n), []).append(r)
                     print(line(tool, n, r, kept), flush=True)
+                    if args.cpu_by_process:
+                        ranked = sorted(r["by_name"].items(), key=lambda x: -x[1])
+                        for name, seconds in ranked[:12]:
+                            print(f"      {seconds:6.2f} CPU-s  {name}")
     finally:
         server.terminate()
         server.wait()

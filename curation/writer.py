@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -72,9 +73,9 @@ def image_extension(image_format: str) -> str:
     return FORMAT_EXTENSIONS.get(image_format.upper(), image_format.lower())
 
 
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
+def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     return sink.getvalue()
 
 
@@ -103,7 +104,9 @@ class ShardBuilder:
         fd, self._tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; shards are read by other users and services
         self._stream = os.fdopen(fd, "wb")
-        self._tar = wds.TarWriter(self._stream, encoder=False)
+        # a whole-second mtime: webdataset stamps members with time.time(), and a float mtime
+        # makes tarfile add a PAX header to every member (1 kB more each, and its CPU)
+        self._tar = wds.TarWriter(self._stream, encoder=False, mtime=int(time.time()))
 
     def add(self, row: dict[str, Any], image: bytes) -> None:
         """Append one sample; fills ``shard``, ``image_member`` and ``json_member`` in ``row``."""

@@ -27,7 +27,15 @@ from curation.fetch import FetchConfig
 from curation.sources import SourceConfig, input_kind
 from curation.validate import ValidateConfig
 from curation.weights import WeightsError
-from pipeline.job import JobConfig, OutputConfig, RunConfig, init_ray, new_run_id, write_summary
+from pipeline.crawl import Output, StreamFailed
+from pipeline.job import (
+    JobConfig,
+    OutputConfig,
+    RunConfig,
+    init_ray,
+    new_run_id,
+    write_summary,
+)
 from pipeline.lock import OutputBusy, OutputLock
 from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done
 from pipeline.resume import (
@@ -214,49 +222,74 @@ def stream(
 ) -> int:
     """The streaming pass over unfinished inputs; returns how many inputs it processed.
 
-    Two phases: "stream setup" (actors, and the Parquet sampling Ray Data does when the reads
+    Without filter stages, crawl tasks fetch and write (``pipeline.crawl``); with them, a Ray
+    Data stream carries images through the filter actors to the sink. Two phases: "stream
+    setup" (the job's actors; for Ray Data also the Parquet sampling it does when the reads
     are built: seconds on a busy node whatever the input) and "stream", the execution itself,
     over which the run's images/s is reported.
     """
     import ray
 
-    from pipeline.progress import ProgressDisplay
+    from pipeline.crawl import crawl
+    from pipeline.detect_stage import has_filters
+    from pipeline.politeness import start_limiters
+    from pipeline.progress import ProgressCounter, ProgressDisplay
 
+    filters = has_filters(config.detector, config.classifiers)
+    output = Output(
+        dataset.uri, config.output.max_shard_samples, config.output.max_shard_bytes, run_id
+    )
     with phases("stream setup"):
-        ds, limiters, progress, sink = _build_stream(dataset, plan, done, config, run_id)
+        limiters = start_limiters(config.fetch)
+        progress = ProgressCounter.remote(next_shard_number(dataset))
+        stage = _stage_config(config, limiters, None if filters else progress)
+        if filters:
+            ds, sink = _build_stream(dataset, plan, done, config, stage, progress, output)
     todo = max(plan.rows - done.keys, 0)
     try:
         with phases("stream"), ProgressDisplay(progress, todo, config.run.progress_interval):
-            # no task retries for writes: a retried write would publish the same samples again
-            ds.write_datasink(sink, ray_remote_args={"max_retries": 0})
+            if filters:
+                # no task retries for writes: a retried write would publish the same samples
+                ds.write_datasink(sink, ray_remote_args={"max_retries": 0})
+                stats = sink.stats
+            else:
+                stats = crawl(plan, done, todo, stage, output, config.run.batch_size)
     finally:
         # Ray Data keeps a reference to the sink, so the actor would outlive the job: one
         # idle process (~70 MB) per job run from the same driver
         for actor in (progress, *limiters):
             ray.kill(actor)
-    return sum(s.kept + s.rejected for s in sink.stats)
+    return sum(s.kept + s.rejected for s in stats)
 
 
-def _build_stream(dataset: Location, plan: Plan, done: Finished, config: JobConfig, run_id: str):
-    """The stream's dataset, its actors (limiters; progress and shard numbers) and its sink."""
-    import ray
+def _stage_config(config: JobConfig, limiters: tuple, progress: object) -> StageConfig:
+    from pipeline.detect_stage import filter_input_size
 
-    from pipeline.detect_stage import add_filter_stages, filter_input_size, has_filters
-    from pipeline.politeness import start_limiters
-    from pipeline.progress import ProgressCounter
-    from pipeline.sink import ShardDatasink
-
-    limiters = start_limiters(config.fetch)
-    progress = ProgressCounter.remote(next_shard_number(dataset))
-    filters = has_filters(config.detector, config.classifiers)
-    stage = StageConfig(
+    return StageConfig(
         fetch=config.fetch,
         validate=config.validate,
         det_size=filter_input_size(config.detector, config.classifiers),
         detector_identity=None if config.detector.enabled else json.dumps({"model": "none"}),
         limiters=limiters,
-        progress=None if filters else progress,
+        progress=progress,
     )
+
+
+def _build_stream(
+    dataset: Location,
+    plan: Plan,
+    done: Finished,
+    config: JobConfig,
+    stage: StageConfig,
+    progress: object,
+    output: Output,
+):
+    """The Ray Data stream through the filter stages, and its sink."""
+    import ray
+
+    from pipeline.datasink import ShardDatasink
+    from pipeline.detect_stage import add_filter_stages
+
     # Ray Data reserves half of the CPUs for its operators in equal shares: on a 2-CPU node the
     # fetch operator then got one task at a time and one core idled (seen in `top` and in the
     # progress log: "backpressured: tasks(ResourceBudget)"). Fetch is where the CPU goes;
@@ -272,14 +305,8 @@ def _build_stream(dataset: Location, plan: Plan, done: Finished, config: JobConf
         batch_format="numpy",
     )
     ds = add_filter_stages(ds, config.detector, config.classifiers, progress)
-    sink = ShardDatasink(
-        dataset.uri,
-        config.output.max_shard_samples,
-        config.output.max_shard_bytes,
-        progress,
-        run_id,
-    )
-    return ds, limiters, progress, sink
+    sink = ShardDatasink(output.uri, output.max_samples, output.max_bytes, progress, output.run_id)
+    return ds, sink
 
 
 def print_summary(summary: dict, output: str) -> None:
@@ -309,7 +336,7 @@ def run_line(summary: dict) -> str:
     )
 
 
-@cli.entry_point(FileNotFoundError, PermissionError, WeightsError, OutputBusy)
+@cli.entry_point(FileNotFoundError, PermissionError, WeightsError, OutputBusy, StreamFailed)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists CPU variants it skips

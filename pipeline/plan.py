@@ -98,6 +98,8 @@ TAR_MEMBER_BYTES = 1024  # a tar member with data: a header and a block, so a ro
 STAGE_RUN_ROWS = 1_000_000  # rows a read task sorts into partitions at once (its memory)
 REJECTIONS_CHUNK = 100_000  # malformed rows per rejections file of a part
 RAY_ABOVE_BYTES = 8 << 20  # estimated input bytes from which the plan runs on Ray (bench)
+# a crawl task reads the row groups holding its slice of a partition (pipeline.crawl)
+PLAN_ROW_GROUP_ROWS = 16_384
 ROW_BITS = 32  # rows per part < 2**32: a part is at most PART_BYTES of text or a few row groups
 STAGE_SCHEMA = PLAN_SCHEMA.append(pa.field("partition", pa.int32()))
 
@@ -454,7 +456,8 @@ def _resolve_group(table: pa.Table, partition: int, context: dict) -> dict:
     unique = table.filter(pa.array(first)).sort_by("order")
     folder = locate(context["folder"])
     write_bytes_atomic(
-        folder.join(f"inputs-{partition:04d}.parquet"), table_to_parquet_bytes(unique)
+        folder.join(f"inputs-{partition:04d}.parquet"),
+        table_to_parquet_bytes(unique, row_group_size=PLAN_ROW_GROUP_ROWS),
     )
     repeats = np.flatnonzero(~first)
     if len(repeats):

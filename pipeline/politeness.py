@@ -37,18 +37,13 @@ class HostLimiter:
 
 
 def start_limiters(config: FetchConfig) -> tuple:
-    """The job's limiter actors, running (kill them when the stream ends); none when the
-    limits are per process."""
+    """The job's limiter actors (kill them when the stream ends); none when the limits are
+    per process. Not waited for: their processes start while the fetch workers do."""
     if not config.cluster_wide_limits:
         return ()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     count = 1 + cpus // CPUS_PER_LIMITER
-    limiters = tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
-    # A fetch's deadline counts its wait for a slot, not the limiters' start: a stream that
-    # began at once asked them while their processes were still starting, and on a busy node
-    # fetches with a short total_timeout ran out "waiting for a connection slot".
-    ray.get([limiter.busy.remote("") for limiter in limiters])
-    return limiters
+    return tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
 
 
 def _owner(limiters: tuple, host: str):
@@ -56,7 +51,13 @@ def _owner(limiters: tuple, host: str):
 
 
 def host_slots(limiters: tuple, concurrency: int, rate: float) -> HostSlots:
-    """This worker process's side of the job's limits."""
+    """This worker process's side of the job's limits, once the limiters answer.
+
+    A fetch's deadline counts its wait for a slot, not the limiters' start: a stream that
+    asked them while their processes were still starting, on a busy node, ran fetches with a
+    short total_timeout out "waiting for a connection slot". So this waits for them first.
+    """
+    ray.get([limiter.busy.remote("") for limiter in limiters])
 
     def acquire(host: str, timeout: float | None) -> Token | None:
         owner = _owner(limiters, host)

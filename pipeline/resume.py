@@ -223,14 +223,44 @@ def unfinished_inputs(dataset: Location, plan: Plan, finished: Finished) -> ray.
     )
 
 
+def _read_rows(file: Location, start: int, length: int | None) -> pa.Table:
+    if start == 0 and length is None:
+        return pq.read_table(file.path, filesystem=file.fs)
+    with file.fs.open_input_file(file.path) as stream:
+        parquet = pq.ParquetFile(stream)
+        end = parquet.metadata.num_rows if length is None else start + length
+        groups, first, offset = [], None, 0
+        for g in range(parquet.metadata.num_row_groups):
+            rows = parquet.metadata.row_group(g).num_rows
+            if offset < end and offset + rows > start:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += rows
+        if not groups:
+            return parquet.schema_arrow.empty_table()
+        table = parquet.read_row_groups(groups)
+    return table.slice(start - first, end - start)
+
+
 def _unfinished(item: pa.Table, finished: str) -> Iterator[pa.Table]:
-    """The rows of one plan partition file whose key is not in the same partition's finished."""
-    plan_file = locate(item["file"][0].as_py())
+    table = unfinished_rows(item["file"][0].as_py(), finished)
+    for start in range(0, table.num_rows, UNFINISHED_BATCH_ROWS):
+        yield table.slice(start, UNFINISHED_BATCH_ROWS)
+
+
+def unfinished_rows(
+    plan_file_uri: str, finished: str | None, start: int = 0, length: int | None = None
+) -> pa.Table:
+    """The rows of one plan partition file (of rows ``start`` to ``start + length`` only, when
+    given) whose key is not in the same partition's finished keys (``Finished.folder``'s uri;
+    None: nothing is finished). Only the row groups holding those rows are read."""
+    plan_file = locate(plan_file_uri)
+    table = _read_rows(plan_file, start, length)
+    if finished is None:
+        return table
     partition = plan_file.path.rsplit("-", 1)[1].split(".")[0]
     done = locate(finished).join(f"finished-{partition}.parquet")
-    table = pq.read_table(plan_file.path, filesystem=plan_file.fs)
     if exists(done):
         keys = pq.read_table(done.path, filesystem=done.fs)["key"].combine_chunks()
         table = table.filter(pc.invert(pc.is_in(table["key"], value_set=keys)))
-    for start in range(0, table.num_rows, UNFINISHED_BATCH_ROWS):
-        yield table.slice(start, UNFINISHED_BATCH_ROWS)
+    return table

@@ -1,21 +1,20 @@
-"""The end of the stream: a Ray Data Datasink that writes shards, manifests and rejections.
+"""The end of the stream: decided in-flight rows into shards, manifests and rejections.
 
-Each write task receives a bundle of at least one shard's worth of bytes (Ray Data bundles
-blocks for us), streams kept samples into shards capped by count and bytes, and writes the
-rejected rows of its bundle as one rejections file. Shard numbers come from the job's counter
-actor (``pipeline.progress.ProgressCounter``), so they are unique across tasks and runs. Write tasks are not retried by Ray: a retry would
-write the same samples twice; a rerun of the job resumes instead.
+``SampleWriter`` streams kept samples into shards capped by count and bytes and writes the
+rejected rows it was given as one rejections file. The crawl tasks (``pipeline.crawl``) use it
+directly; with filter stages, the Ray Data sink (``pipeline.datasink``) uses it in each write
+task. Shard numbers come from the job's counter actor (``pipeline.progress.ProgressCounter``),
+so they are unique across tasks and runs. Ray Data is not imported here: a crawl worker would
+spend most of a second of CPU importing it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from curation.record import OK
@@ -35,68 +34,62 @@ class WriteStats:
     bytes: int
 
 
-class ShardDatasink(ray.data.Datasink[WriteStats]):
-    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers)."""
+class SampleWriter:
+    """Writes decided in-flight rows: kept ones streamed into shards capped by count and
+    bytes, rejected ones gathered into one rejections file written by ``close``.
+
+    ``counter``: the job's ``ProgressCounter``, which hands out shard numbers; ``name``: the
+    rejections file's name, unique to the writing task. A shard is visible only once
+    published; ``discard`` (or an exception before ``close``) removes the unpublished one.
+    """
 
     def __init__(
-        self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, run_id: str
+        self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, name: str
     ) -> None:
-        self.output_uri = output_uri
+        self.dataset = locate(output_uri)
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.counter = counter
-        self.run_id = run_id
-        self.stats: list[WriteStats] = []
+        self.name = name
+        self.stats = WriteStats([], 0, 0, 0)
+        self._rejections: list[dict] = []
+        self._builder: ShardBuilder | None = None
 
-    @property
-    def min_bytes_per_write(self) -> int:
-        return self.max_bytes
+    def add(self, row: dict) -> None:
+        if row["status"] != OK:
+            self._rejections.append(rejection_row(row))
+            return
+        if self._builder is None:
+            self._builder = ShardBuilder(self.dataset, ray.get(self.counter.next_shard.remote()))
+        self._builder.add(manifest_row(row), row["image"])
+        if len(self._builder) >= self.max_samples or self._builder.num_bytes >= self.max_bytes:
+            self._publish()
 
-    def write(self, blocks, ctx) -> WriteStats:
-        dataset = locate(self.output_uri)
-        stats = WriteStats([], 0, 0, 0)
-        rejections: list[dict] = []
-        builder: ShardBuilder | None = None
+    def close(self) -> WriteStats:
+        """Publish the open shard, then write the rejections; what was written."""
+        if self._builder is not None:
+            self._publish()
+        if self._rejections:
+            write_rejections(self.dataset, self.name, self._rejections)
+            self.stats.rejected = len(self._rejections)
+            self._rejections = []
+        return self.stats
+
+    def discard(self) -> None:
+        if self._builder is not None:
+            self._builder.discard()
+            self._builder = None
+
+    def _publish(self) -> None:
+        builder, self._builder = self._builder, None
         try:
-            for block in blocks:
-                for row in _rows(block):
-                    if row["status"] != OK:
-                        rejections.append(rejection_row(row))
-                        continue
-                    if builder is None:
-                        builder = ShardBuilder(dataset, ray.get(self.counter.next_shard.remote()))
-                    builder.add(manifest_row(row), row["image"])
-                    if len(builder) >= self.max_samples or builder.num_bytes >= self.max_bytes:
-                        self._publish(builder, stats)
-                        builder = None
-            if builder is not None:
-                self._publish(builder, stats)
-                builder = None
-        finally:
-            if builder is not None:
-                builder.discard()
-        if rejections:
-            name = f"{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"
-            write_rejections(dataset, name, rejections)
-            stats.rejected = len(rejections)
-        return stats
-
-    @staticmethod
-    def _publish(builder: ShardBuilder, stats: WriteStats) -> None:
-        builder.publish()
-        stats.shards.append(builder.shard)
-        stats.kept += len(builder)
-        stats.bytes += builder.num_bytes
-
-    def on_write_complete(self, write_result) -> None:
-        self.stats = list(write_result.write_returns)
-
-
-def _rows(block: pa.Table) -> list[dict]:
-    """Rows of a block as dicts (Ray Data blocks are Arrow tables or pandas frames)."""
-    if isinstance(block, pa.Table):
-        return block.to_pylist()
-    return block.to_dict("records")
+            builder.publish()
+        except BaseException:
+            builder.discard()
+            raise
+        self.stats.shards.append(builder.shard)
+        self.stats.kept += len(builder)
+        self.stats.bytes += builder.num_bytes
 
 
 def _timestamp(micros: int) -> dt.datetime:

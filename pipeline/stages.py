@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ class StageConfig:
 _FETCHERS: dict[str, Fetcher] = {}
 
 
-def _fetcher(config: StageConfig) -> Fetcher:
+def fetcher_for(config: StageConfig) -> Fetcher:
     """One fetcher per worker process, config and job: connection pools are reused across
     tasks, and the job's per-host limits go through its limiter actors."""
     key = repr(config.fetch) + repr(config.limiters)  # an actor's repr holds its id
@@ -59,7 +59,7 @@ def _fetcher(config: StageConfig) -> Fetcher:
 
 
 @lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def fetch_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="fetch")
 
 
@@ -71,10 +71,10 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
             batch["source_uri"], batch.get(BYTE_RANGE, [None] * len(batch["key"])), strict=True
         )
     ]
-    fetcher = _fetcher(config)
+    fetcher = fetcher_for(config)
     try:
         results = list(
-            _pool(config.fetch.concurrency).map(
+            fetch_pool(config.fetch.concurrency).map(
                 lambda item: process_one(fetcher, item, config), inputs
             )
         )
@@ -86,11 +86,7 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
         "source_uri": object_column([redact_uri(uri) for uri, _ in inputs]),
     }
     out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
-    for name, default in STAGE_COLUMNS.items():
-        if name == "det_input" and not config.det_size:
-            continue  # no filter stage reads it: an empty array per row costs a conversion
-        if name == "detector":
-            default = config.detector_identity
+    for name, default in stage_columns(config):
         values = [result.get(name, default) for result in results]
         if default is None or name in FLOW_ONLY:
             out[name] = object_column(values)
@@ -100,10 +96,39 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
     return out
 
 
+def stage_columns(config: StageConfig) -> list[tuple[str, Any]]:
+    """(name, value when the row has none) of each column this stage adds."""
+    columns = []
+    for name, default in STAGE_COLUMNS.items():
+        if name == "det_input" and not config.det_size:
+            continue  # no filter stage reads it: an empty array per row costs a conversion
+        columns.append((name, config.detector_identity if name == "detector" else default))
+    return columns
+
+
+def decided_row(row: dict, result: dict, config: StageConfig) -> dict:
+    """An input row (a plan row) with its ``process_one`` result: the in-flight row, as one of
+    ``fetch_and_validate``'s output rows, that ``pipeline.sink`` writes."""
+    out = {"key": row["key"], "source_uri": redact_uri(str(row["source_uri"]))}
+    out.update({name: row[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in row})
+    out.update({name: result.get(name, default) for name, default in stage_columns(config)})
+    return out
+
+
+def fetch_input(row: dict) -> tuple[str, str | None]:
+    """What ``process_one`` reads for a plan row: its URI and byte range (a tar member's)."""
+    byte_range = row.get(BYTE_RANGE)
+    return str(row["source_uri"]), None if byte_range is None else str(byte_range)
+
+
 # Many threads wait on the network, but only a few decode at once: decoding is CPU-bound
 # (Pillow releases the GIL, so two overlap on two cores) and each decode of a large photo holds
 # tens of megabytes, so this also bounds a worker's memory.
-_DECODE_SLOTS = threading.BoundedSemaphore(2)
+# Slots are tokens in a SimpleQueue: its get blocks in C, where a Semaphore's Condition costs
+# Python-level lock round trips under the GIL for every decode.
+_DECODE_SLOTS: queue.SimpleQueue = queue.SimpleQueue()
+for _ in range(2):
+    _DECODE_SLOTS.put(None)
 
 
 def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageConfig) -> dict:
@@ -115,8 +140,11 @@ def process_one(fetcher: Fetcher, item: tuple[str, str | None], config: StageCon
         base["http_status"] = fetched.http_status
     if fetched.reason is not None:
         return {**base, **_rejected(Stage.FETCH, fetched.reason, fetched.detail)}
-    with _DECODE_SLOTS:
+    _DECODE_SLOTS.get()
+    try:
         return {**base, **_validate_and_sign(fetched.data or b"", config)}
+    finally:
+        _DECODE_SLOTS.put(None)
 
 
 def _validate_and_sign(data: bytes, config: StageConfig) -> dict:

@@ -104,7 +104,7 @@ def test_signed_lists_in_every_format_killed_and_rerun_leave_no_secret(tmp_path)
     assert sorted(r["reason"] for r in rejections) == [
         "connection_error", "not_an_image", "server_error"
     ]  # fmt: skip
-    signed = next(r for r in rows if r["caption"].startswith("see "))
+    signed = next(r for r in rows if (r["caption"] or "").startswith("see "))
     assert signed["caption"] == "see https://x.example/a.jpg?sig=REDACTED now"
     assert signed["page_url"] == "https://site.example/p?access_token=REDACTED"
     assert not list((output / "_work").glob("plan-*/*"))  # deleted once all was accounted for
