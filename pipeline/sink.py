@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from curation import kept
 from curation.record import OK
 from curation.writer import ShardBuilder, write_rejections
 from pipeline.stages import extra_to_map
 from runtime.storage import locate
-from schemas import PASSTHROUGH_COLUMNS
+from schemas import PASSTHROUGH_COLUMNS, sample_schema
 
 _UTC = dt.UTC
 
@@ -36,12 +37,20 @@ class WriteStats:
 
 
 class ShardDatasink(ray.data.Datasink[WriteStats]):
-    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers)."""
+    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers),
+    ``columns``: the plan's kept input columns (``pipeline.plan.Plan.columns``)."""
 
     def __init__(
-        self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, run_id: str
+        self,
+        output_uri: str,
+        max_samples: int,
+        max_bytes: int,
+        counter: Any,
+        run_id: str,
+        columns: pa.Schema | None = None,
     ) -> None:
         self.output_uri = output_uri
+        self.columns = columns if columns is not None else pa.schema([])
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.counter = counter
@@ -64,8 +73,9 @@ class ShardDatasink(ray.data.Datasink[WriteStats]):
                         rejections.append(rejection_row(row))
                         continue
                     if builder is None:
-                        builder = ShardBuilder(dataset, ray.get(self.counter.next_shard.remote()))
-                    builder.add(manifest_row(row), row["image"])
+                        shard = ray.get(self.counter.next_shard.remote())
+                        builder = ShardBuilder(dataset, shard, sample_schema(self.columns))
+                    builder.add(manifest_row(row, self.columns), row["image"])
                     if len(builder) >= self.max_samples or builder.num_bytes >= self.max_bytes:
                         self._publish(builder, stats)
                         builder = None
@@ -113,8 +123,9 @@ def _value(row: dict, name: str) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
-def manifest_row(row: dict) -> dict:
-    """A kept in-flight row as a SAMPLE_SCHEMA row (the writer fills shard and members)."""
+def manifest_row(row: dict, columns: pa.Schema | None = None) -> dict:
+    """A kept in-flight row as a manifest row (the writer fills shard and members), with the
+    values of the kept input columns ``columns``."""
     row = {name: _value(row, name) for name in row}
     persons = row.get("persons")
     prefilter = row.get("prefilter")
@@ -137,6 +148,7 @@ def manifest_row(row: dict) -> dict:
         "detector": row.get("detector"),
         "pixel_hash": row.get("pixel_hash"),
         "phash": int(np.uint64(row["phash"])) if row.get("pixel_hash") else None,
+        **(kept.decode(row.get(kept.KEPT), columns) if columns is not None else {}),
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from curation.fetch import FetchConfig, Fetcher
+from curation.kept import KEPT
 from curation.record import REJECTED, Batch, object_column
 from curation.redact import redact_text, redact_uri
 from curation.sources import BYTE_RANGE
@@ -85,7 +86,8 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
         "key": batch["key"],
         "source_uri": object_column([redact_uri(uri) for uri, _ in inputs]),
     }
-    out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
+    carried = (*PASSTHROUGH_COLUMNS, "extra", KEPT)
+    out.update({name: batch[name] for name in carried if name in batch})
     for name, default in STAGE_COLUMNS.items():
         if name == "det_input" and not config.det_size:
             continue  # no filter stage reads it: an empty array per row costs a conversion
