@@ -223,3 +223,28 @@ def test_the_plan_id_changes_with_kept_columns_and_not_without_them():
     plain = SourceConfig(inputs=("urls.parquet",))
     assert plan_id(plain) == plan_id(SourceConfig(inputs=("urls.parquet",), keep_columns=()))
     assert plan_id(plain) != plan_id(SourceConfig(inputs=("urls.parquet",), keep_columns=("a",)))
+
+
+def test_the_job_refuses_bad_kept_columns_with_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    from pipeline import build_humans300m
+
+    def no_ray(config):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(build_humans300m, "init_ray", no_ray)
+    parquet = _laion_parquet(tmp_path / "a.parquet")
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text(json.dumps({"url": "http://b.example/1.jpg", "similarity": "0.3"}) + "\n")
+    base = ["--output", str(tmp_path / "out"), "--detector", "none"]
+    cases = {
+        ("--input", parquet, "--keep-columns", "width"): "'width' is a manifest column already",
+        ("--input", parquet, "--keep-columns", "nope"): f"no column 'nope' in {parquet}",
+        ("--input", parquet, "--input", str(jsonl), "--keep-columns", "similarity"): (
+            f"column 'similarity' is double in {parquet} but string in {jsonl}"
+        ),
+    }
+    for argv, message in cases.items():
+        assert build_humans300m.main([*argv, *base]) == 2
+        errors = capsys.readouterr().err.splitlines()
+        assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
+    assert not (tmp_path / "out").exists()
