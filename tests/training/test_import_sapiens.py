@@ -200,6 +200,7 @@ def test_task_model_import_matches_the_written_out_forward(task, tmp_path):
     # another input size: the same tensors, the position table interpolated to the new grid
     bigger = import_sapiens.run(str(tmp_path / "task.pth"), str(tmp_path / "big.pt"),
                                 image_size=(128, 96))  # fmt: skip
+    assert bigger["image_size"] == [128, 96] and "input_size" not in bigger  # what it prints
     model, _ = load_checkpoint(bigger["out"])
     assert model.encoder.pos_embed.shape[1] == 8 * 6
     assert model(_images(1, (128, 96))).shape[-2:] == (8 * scale, 6 * scale)
