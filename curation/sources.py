@@ -145,7 +145,9 @@ class Unusable:
 
 @dataclass
 class InputBatch:
-    rows: list[dict]  # source_uri, passthrough columns, extra (JSON str or None), byte_range
+    # source_uri, passthrough columns, extra (JSON str or None), byte_range, and kept (JSON
+    # str or None: curation.kept) when columns are kept
+    rows: list[dict]
     malformed: list[Unusable]
 
 
