@@ -8,6 +8,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 
 from curation.synthetic import encode, photo_like
 from pipeline.build_humans300m import config_from_args, main, parser, run
@@ -45,27 +46,27 @@ def test_parquet_list_columns_keep_their_types_through_job_rerun_and_readers(tmp
     with CrawlServer() as server:
         urls = _serve(server, 5)
         listed = tmp_path / "laion.parquet"
-        pq.write_table(
-            pa.table({
-                "url": urls,
-                "TEXT": [f"caption {i}" for i in range(len(urls))],
-                "similarity": pa.array([0.25, 0.26, 0.27, 0.28, 0.29, None], pa.float64()),
-                "NSFW": ["UNLIKELY", "NSFW", "UNSURE", "UNLIKELY", None, "UNLIKELY"],
-                "original_width": pa.array([640, 800, 1024, 1280, 2048, 640], pa.int64()),
-                "hash": pa.array(range(6), pa.int64()),
-            }),
-            listed,
-        )  # fmt: skip
+        table = pa.table({
+            "url": urls,
+            "TEXT": [f"caption {i}" for i in range(len(urls))],
+            "similarity": pa.array([0.25, 0.26, 0.27, 0.28, 0.29, None], pa.float64()),
+            "NSFW": ["UNLIKELY", "NSFW", "UNSURE", "UNLIKELY", None, "UNLIKELY"],
+            "original_width": pa.array([640, 800, 1024, 1280, 2048, 600], pa.int64()),
+            "hash": pa.array(range(6), pa.int64()),
+        })  # fmt: skip
+        pq.write_table(table, listed)
+        expected = {r.pop("url"): r for r in table.select(["url", *KEEP.split(",")]).to_pylist()}
         output = tmp_path / "out"
         args = job_args(listed, output, "--caption-column", "TEXT", "--keep-columns", KEEP)
         run(config_from_args(parser().parse_args(args)))
         first = _kept(output / "manifests")
-        # the copy of p0 went to dedup (driver path), which rewrote its shard: columns kept
-        assert len(first) == 5 and urls[-1] not in first
-        assert first[urls[0]] == {"similarity": 0.25, "NSFW": "UNLIKELY", "original_width": 640}
-        assert first[urls[4]] == {"similarity": 0.29, "NSFW": None, "original_width": 2048}
+        # p0 or its copy went to dedup (driver path), which rewrote a shard: columns kept, and
+        # each sample's values are its own listing's
+        assert len(first) == 5 and (urls[0] in first) != (urls[-1] in first)
+        assert first == {url: expected[url] for url in first}
         rows, _ = check_dataset(output)
-        assert {dict(r["extra"])["hash"] for r in rows} == {"0", "1", "2", "3", "4"}
+        hashes = {str(urls.index(url)) for url in first}
+        assert {dict(r["extra"])["hash"] for r in rows} == hashes  # the other columns: extra
 
         # a rerun with the same setting resumes: nothing fetched, the same typed columns
         hits = sum(server.hits.values())
@@ -88,23 +89,31 @@ def test_parquet_list_columns_keep_their_types_through_job_rerun_and_readers(tmp
 
 def _check_readers(output, tmp_path, kept: dict[str, dict]) -> None:
     from curation.export import export_img2dataset
-    from curation.manifest import samples_frame
+    from curation.manifest import samples_dask, samples_frame
     from curation.query import query
     from curation.subset import SubsetConfig, write_subset
     from pipeline.readers import read_samples
 
     frame = samples_frame(str(output), columns=["source_uri", "similarity", "original_width"])
     assert str(frame.similarity.dtype) == "float64" and str(frame.original_width.dtype) == "int64"
+    lazy = samples_dask(str(output), columns=["similarity", "NSFW"]).compute()
+    assert sorted(lazy.NSFW.dropna()) == sorted(v["NSFW"] for v in kept.values() if v["NSFW"])
+    # each sample's .json member in the tars is its manifest row: kept columns included
+    members = [json.loads(s["json"]) for tar in sorted((output / "shards").glob("*.tar"))
+               for s in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False)]  # fmt: skip
+    assert {m["source_uri"]: {k: m[k] for k in kept[m["source_uri"]]} for m in members} == kept
     answer = query(
         str(output), "SELECT sum(original_width) AS w, max(similarity) AS s FROM samples"
     )
-    assert answer.to_pylist() == [{"w": 640 + 800 + 1024 + 1280 + 2048, "s": 0.29}]
+    widths = [v["original_width"] for v in kept.values()]
+    assert answer.to_pylist() == [{"w": sum(widths), "s": 0.29}]
     plain = duckdb.sql(f"SELECT typeof(similarity) FROM '{output}/manifests/*.parquet' LIMIT 1")
     assert plain.fetchone() == ("DOUBLE",)
 
     subset = tmp_path / "subset"
     write_subset(SubsetConfig(dataset=str(output), where="similarity > 0.26", output=str(subset)))
-    assert _kept(subset / "manifests") == {u: v for u, v in kept.items() if v["similarity"] > 0.26}
+    picked = {u: v for u, v in kept.items() if (v["similarity"] or 0) > 0.26}
+    assert _kept(subset / "manifests") == picked and len(picked) == 3
 
     exported = tmp_path / "i2d"
     export_img2dataset(str(output), str(exported))
@@ -135,9 +144,11 @@ def test_jsonl_list_columns_through_the_job_with_dedup_on_ray(tmp_path, monkeypa
         args = job_args(listed, output, "--keep-columns", KEEP, "--dedup-ray-above", "0")
         run(config_from_args(parser().parse_args(args)))
     kept = _kept(output / "manifests")
-    assert sorted(kept) == sorted(urls[:4])  # urls[4]: p0's copy, dropped by dedup on Ray
+    # p0 or its copy dropped by dedup on Ray, which rewrote a shard: columns kept
+    assert len(kept) == 4 and (urls[0] in kept) != (urls[-1] in kept)
+    rows[1]["NSFW"] = "see https://h.example/a.jpg?X-Amz-Signature=REDACTED"  # as stored
+    assert kept == {url: {k: rows[urls.index(url)].get(k) for k in KEEP.split(",")} for url in kept}
     assert kept[urls[2]] == {"similarity": 0.7, "NSFW": "UNLIKELY", "original_width": 200}
-    assert kept[urls[1]]["NSFW"] == "see https://h.example/a.jpg?X-Amz-Signature=REDACTED"
     rejections = pq.read_table(output / "rejections").to_pylist()
     bad = [r for r in rejections if r["reason"] == "malformed_input"]
     assert len(bad) == 1 and bad[0]["detail"].endswith(
