@@ -56,7 +56,7 @@ SDPA = {
 
 
 def build(args, name: str, device: torch.device):
-    cfg = MAEConfig(encoder=PRESETS[name](img_size=args.img_size), mask_ratio=args.mask_ratio)
+    cfg = MAEConfig(encoder=PRESETS[name](image_size=args.image_size), mask_ratio=args.mask_ratio)
     model = MAE(cfg).to(device)
     blocks = [model.encoder.blocks, model.decoder_blocks]
     model = parallelize(
@@ -104,7 +104,7 @@ def measure(args, name: str, batch: int, device: torch.device) -> float:
     """images/s over ``args.steps`` steps after ``args.warmup`` warm-up steps."""
     cfg, model, opt = build(args, name, device)
     # what the loader yields: uint8 [B, H, W, 3] in memory, seen as [B, 3, H, W]
-    shape = (batch, args.img_size, args.img_size, 3)
+    shape = (batch, args.image_size, args.image_size, 3)
     imgs = torch.randint(0, 256, shape, dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
     step = step_fn(model, opt, imgs, args, device)
     for _ in range(args.warmup):
@@ -167,7 +167,7 @@ def main() -> None:
     label = device_label(device)
     peak = peak_flops(label)
     print(f"# {label}, torch {torch.__version__}, commit {commit.stdout.strip() or 'unknown'}")
-    print(f"# {args.img_size}x{args.img_size}, mask {args.mask_ratio}, bf16 {args.bf16}, "
+    print(f"# {args.image_size}x{args.image_size}, mask {args.mask_ratio}, bf16 {args.bf16}, "
           f"compile {args.compile}, activation checkpointing {args.activation_checkpointing}, "
           f"sdpa {args.sdpa if device.type == 'cuda' else 'any'}")  # fmt: skip
     print("preset         batch  images/s  TFLOP/s  MFU")
@@ -176,7 +176,9 @@ def main() -> None:
             batch, rate = args.batch, measure(args, name, args.batch, device)
         else:
             batch, rate = largest_batch(args, name, device)
-        cfg = MAEConfig(encoder=PRESETS[name](img_size=args.img_size), mask_ratio=args.mask_ratio)
+        cfg = MAEConfig(
+            encoder=PRESETS[name](image_size=args.image_size), mask_ratio=args.mask_ratio
+        )
         achieved = rate * mae_train_flops(cfg)
         mfu = f"{achieved / peak:.1%}" if peak else "n/a (no peak for this device)"
         print(f"{name:<14} {batch:>5} {rate:>9.2f} {achieved / 1e12:>8.2f}  {mfu}")

@@ -117,7 +117,7 @@ def loader_rate(
     from training.data import PretrainDataConfig, make_loader
 
     cfg = PretrainDataConfig(
-        dataset=root, img_size=(out_size, out_size), batch_size=16, num_workers=workers,
+        dataset=root, image_size=(out_size, out_size), batch_size=16, num_workers=workers,
         shuffle_buffer=64,
     )  # fmt: skip
     batches = make_loader(cfg)

@@ -10,7 +10,9 @@ Beside each other, per shard, as img2dataset writes them::
     00000.parquet        one row per sample: url, caption, key, status, error_message, width,
                          height, original_width, original_height, exif, sha256, then this
                          project's columns (humans300m_key, license, attribution, page_url,
-                         format, num_persons, persons)
+                         format, num_persons, persons), then the kept input columns
+                         (--keep-columns), typed; one whose name img2dataset's layout
+                         already uses is written as input_<name> (LAION's original_width)
     00000_stats.json     count, successes, failed_to_download, failed_to_resize, status_dict...
 
 Keys follow img2dataset's form, the shard number then the sample's index in it
@@ -32,11 +34,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.manifest import DatasetError, check_dataset, manifest_files
+from curation.manifest import DatasetError, check_dataset, manifest_files, samples_schema
 from curation.writer import iter_shard, sample_image, table_to_parquet_bytes, webdataset
 from runtime import config as cli
 from runtime.storage import Location, list_files, locate, publish_file_atomic, write_bytes_atomic
-from schemas import SAMPLE_SCHEMA, SchemaError
+from schemas import SAMPLE_SCHEMA, SchemaError, kept_columns
 from schemas.layout import shard_file, shard_of
 
 OWN_COLUMNS = ("license", "attribution", "page_url", "format", "num_persons", "persons")
@@ -63,15 +65,25 @@ def export_img2dataset(dataset_uri: str, output_uri: str) -> dict[str, int]:
     manifests = manifest_files(dataset.uri)
     sizes = [pq.ParquetFile(m.path, filesystem=m.fs).metadata.num_rows for m in manifests]
     digits = max(4, len(str(max(sizes, default=1) - 1)))  # img2dataset: samples per shard, >= 4
+    kept = kept_columns(samples_schema(manifests))
+    names = {f.name: f"input_{f.name}" if f.name in EXPORT_SCHEMA.names else f.name for f in kept}
+    schema = pa.schema([*EXPORT_SCHEMA, *(f.with_name(names[f.name]) for f in kept)])
     samples = 0
     for index, manifest in enumerate(manifests):
-        samples += _export_shard(dataset, manifest, output, index, digits)
+        samples += _export_shard(dataset, manifest, output, index, digits, (schema, names))
     return {"shards": len(manifests), "samples": samples}
 
 
 def _export_shard(
-    dataset: Location, manifest: Location, output: Location, index: int, digits: int
+    dataset: Location,
+    manifest: Location,
+    output: Location,
+    index: int,
+    digits: int,
+    kept: tuple[pa.Schema, dict[str, str]],
 ) -> int:
+    """One shard; ``kept``: the export's schema and the kept columns' names in it."""
+    schema, names = kept
     started = time.time()
     rows = pq.read_table(manifest.path, filesystem=manifest.fs).to_pylist()
     shard = shard_of(manifest.path.rsplit("/", 1)[-1])
@@ -85,7 +97,7 @@ def _export_shard(
             tar = webdataset().TarWriter(stream, encoder=False)
             for sample in iter_shard(dataset.join(shard_file(shard))):
                 position, row = by_key[sample["__key__"]]
-                record = _record(row, f"{index:05d}{position:0{digits}d}")
+                record = _record(row, f"{index:05d}{position:0{digits}d}", names)
                 records[position] = record
                 ext = row["image_member"].rsplit(".", 1)[1]
                 members = {"__key__": record["key"], ext: sample_image(sample),
@@ -101,7 +113,7 @@ def _export_shard(
         if os.path.exists(tmp):
             os.remove(tmp)
     write_bytes_atomic(output.join(f"{index:05d}.parquet"),
-                       table_to_parquet_bytes(pa.Table.from_pylist(records, EXPORT_SCHEMA)))  # fmt: skip
+                       table_to_parquet_bytes(pa.Table.from_pylist(records, schema)))  # fmt: skip
     stats = {"count": len(rows), "successes": len(rows), "failed_to_download": 0,
              "failed_to_resize": 0, "duration": round(time.time() - started, 3),
              "start_time": started, "end_time": time.time(),
@@ -110,7 +122,7 @@ def _export_shard(
     return len(rows)
 
 
-def _record(row: dict[str, Any], key: str) -> dict[str, Any]:
+def _record(row: dict[str, Any], key: str, kept: dict[str, str]) -> dict[str, Any]:
     """One sample's img2dataset row (also its ``.json`` member)."""
     record = {
         "url": row["source_uri"], "caption": row["caption"], "key": key, "status": "success",
@@ -119,6 +131,7 @@ def _record(row: dict[str, Any], key: str) -> dict[str, Any]:
         "sha256": row["sha256"], "humans300m_key": row["key"],
     }  # fmt: skip
     record.update({name: row[name] for name in OWN_COLUMNS})
+    record.update({name: row[column] for column, name in kept.items()})
     return record
 
 

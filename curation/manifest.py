@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runtime.storage import Location, exists, list_files, locate, read_bytes
-from schemas import REJECTION_SCHEMA, SAMPLE_SCHEMA, check_version
+from schemas import REJECTION_SCHEMA, check_version, kept_columns, sample_schema
 from schemas.layout import MANIFESTS_DIR, REJECTIONS_DIR, SUMMARY_FILE
 
 if TYPE_CHECKING:  # pyarrow.dataset pulls in pandas: imported where used, CLIs start faster
@@ -77,22 +77,31 @@ def manifest_files(dataset_uri: str, folder: str = MANIFESTS_DIR) -> list[Locati
     return files
 
 
-def _parquet_dataset(dataset_uri: str, folder: str, schema: pa.Schema) -> pads.Dataset:
+def samples_schema(files: list[Location]) -> pa.Schema:
+    """The sample manifests' schema of a dataset (``schemas.sample_schema``), from the footer
+    of its first manifest (``files``: ``manifest_files``): every manifest has the same."""
+    if not files:
+        return sample_schema()
+    return sample_schema(kept_columns(pq.read_schema(files[0].path, filesystem=files[0].fs)))
+
+
+def _parquet_dataset(dataset_uri: str, files: list[Location], schema: pa.Schema) -> pads.Dataset:
     import pyarrow.dataset as pads
 
-    files = manifest_files(dataset_uri, folder)
     fs = locate(dataset_uri).fs
     return pads.dataset([f.path for f in files], schema=schema, filesystem=fs, format="parquet")
 
 
 def samples_dataset(dataset_uri: str) -> pads.Dataset:
-    """All sample manifests of a dataset as one pyarrow Dataset (SAMPLE_SCHEMA)."""
-    return _parquet_dataset(dataset_uri, MANIFESTS_DIR, SAMPLE_SCHEMA)
+    """All sample manifests of a dataset as one pyarrow Dataset (``samples_schema``)."""
+    files = manifest_files(dataset_uri, MANIFESTS_DIR)
+    return _parquet_dataset(dataset_uri, files, samples_schema(files))
 
 
 def rejections_dataset(dataset_uri: str) -> pads.Dataset:
     """All rejection files of a dataset as one pyarrow Dataset (REJECTION_SCHEMA)."""
-    return _parquet_dataset(dataset_uri, REJECTIONS_DIR, REJECTION_SCHEMA)
+    files = manifest_files(dataset_uri, REJECTIONS_DIR)
+    return _parquet_dataset(dataset_uri, files, REJECTION_SCHEMA)
 
 
 def check_dataset(dataset_uri: str) -> Location:
@@ -214,17 +223,17 @@ def samples_dask(
     """
     import dask.dataframe as dd
 
-    loc = check_dataset(dataset_uri)
-    files = [f.uri for f in list_files(loc.join(MANIFESTS_DIR), ".parquet")]
+    check_dataset(dataset_uri)
+    # version-checked now rather than in a worker
+    manifests = manifest_files(dataset_uri, MANIFESTS_DIR)
+    files = [f.uri for f in manifests]
+    schema = samples_schema(manifests)
     names = list(columns) if columns is not None else None
-    meta_schema = (
-        SAMPLE_SCHEMA if names is None else pa.schema([SAMPLE_SCHEMA.field(n) for n in names])
-    )
+    meta_schema = schema if names is None else pa.schema([schema.field(n) for n in names])
     meta = meta_schema.empty_table().to_pandas()
     if not files:
         return dd.from_pandas(meta, npartitions=1)
-    samples_dataset(dataset_uri)  # refuse another schema version now rather than in a worker
     return dd.from_map(
         _read_manifest, files, columns=names, filter=_expression(filter),
-        schema=SAMPLE_SCHEMA, meta=meta, enforce_metadata=False,
+        schema=schema, meta=meta, enforce_metadata=False,
     )  # fmt: skip

@@ -1,8 +1,8 @@
 """Inputs: URL lists, local folders, S3 prefixes and existing WebDataset tars.
 
 ``iter_inputs`` turns each input the user names into a stream of ``InputBatch``es: rows with
-a ``source_uri`` (what the fetch stage reads), the passthrough columns and an ``extra`` JSON of
-the other columns, plus the rows that could not be used (malformed lines, missing URLs, tar
+a ``source_uri`` (what the fetch stage reads), the passthrough columns, the columns named by
+``keep_columns`` (typed, see ``curation.kept``) and an ``extra`` JSON of the other columns, plus the rows that could not be used (malformed lines, missing URLs, tar
 members that are links or devices), which become rejections carrying their raw value.
 
 Trust: the inputs the operator names (folders, ``s3://`` prefixes, tars, the lists themselves)
@@ -42,9 +42,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from curation import kept
 from curation.redact import redact_text, redact_uri
 from runtime.storage import Location, locate, s3_endpoint
-from schemas import PASSTHROUGH_COLUMNS, Reason, Stage
+from schemas import PASSTHROUGH_COLUMNS, SAMPLE_SCHEMA, Reason, Stage
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")
 FETCHABLE_SCHEMES = ("http", "https", "s3", "file")
@@ -56,6 +57,8 @@ BATCH_ROWS = 10_000
 FILES_PER_PART = 100_000  # a folder's files per part (what the lister holds at a time)
 S3_PAGE_KEYS = 1000  # keys per ListObjectsV2 call (S3's most)
 SPLITTABLE_TEXT = (".txt", ".jsonl", ".json", ".ndjson")  # one record per line
+INFER_ROWS = 1000  # first records of a JSON list whose values give its kept columns' types
+CSV_INFER_BYTES = 1 << 20  # first bytes of a csv/tsv list whose text gives them (pyarrow's block)
 # Internal column: "offset:size" of a member inside a tar (tar sources only).
 BYTE_RANGE = "byte_range"
 
@@ -87,6 +90,16 @@ class SourceConfig:
             "LAION-style parquet); it becomes the manifest's caption and the shards' .txt"
         },
     )
+    # Opt-in: a column named here is no longer a string in ``extra`` but a manifest column of
+    # its input type, fixed when the plan is built (curation.kept).
+    keep_columns: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "input columns of csv/tsv/jsonl/parquet lists to keep as manifest columns "
+            "of their own type (e.g. similarity,NSFW,original_width); the other columns go "
+            "to extra as text"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -94,6 +107,19 @@ class SourceConfig:
         self.inputs = tuple(self.inputs)
         if not self.url_column or not self.caption_column:
             raise ValueError("url_column and caption_column must not be empty")
+        if isinstance(self.keep_columns, str):
+            self.keep_columns = (self.keep_columns,)
+        # "a,b" as well as "a" "b": column names with commas cannot be kept
+        names = [n.strip() for item in self.keep_columns for n in str(item).split(",")]
+        self.keep_columns = tuple(n for n in names if n)
+        for name in self.keep_columns:
+            if name in SAMPLE_SCHEMA.names or name in (self.url_column, self.caption_column):
+                what = "a manifest column" if name in SAMPLE_SCHEMA.names else "the URL or caption"
+                raise ValueError(
+                    f"keep_columns: {name!r} is {what} already; keep other input columns only"
+                )
+        if len(set(self.keep_columns)) != len(self.keep_columns):
+            raise ValueError("keep_columns: a column is named twice")
 
 
 @dataclass
@@ -119,7 +145,9 @@ class Unusable:
 
 @dataclass
 class InputBatch:
-    rows: list[dict]  # source_uri, passthrough columns, extra (JSON str or None), byte_range
+    # source_uri, passthrough columns, extra (JSON str or None), byte_range, and kept (JSON
+    # str or None: curation.kept) when columns are kept
+    rows: list[dict]
     malformed: list[Unusable]
 
 
@@ -146,8 +174,9 @@ class InputPart:
 
 def iter_inputs(spec: str, config: SourceConfig) -> Iterator[InputBatch]:
     """Batches of input rows from one user-named input (a list, folder, prefix or tar)."""
+    columns = kept_schema(config)
     for part in split_input(spec, config):
-        yield from iter_part(part, config)
+        yield from iter_part(part, config, columns)
 
 
 def input_kind(spec: str) -> tuple[Location, str]:
@@ -199,17 +228,133 @@ def split_input(
     return [InputPart("list", loc.uri, size=size * (4 if gzipped else 1))]
 
 
-def iter_part(part: InputPart, config: SourceConfig) -> Iterator[InputBatch]:
-    """Batches of input rows of one part, as ``iter_inputs`` reads them from the whole input."""
+def iter_part(
+    part: InputPart, config: SourceConfig, columns: pa.Schema | None = None
+) -> Iterator[InputBatch]:
+    """Batches of input rows of one part, as ``iter_inputs`` reads them from the whole input.
+
+    ``columns``: the kept columns' types (``kept_schema``), fixed when the plan was built; a
+    row whose value does not fit its column's type is an unusable row saying so.
+    """
     loc = locate(part.uri)
+    columns = columns if columns is not None else pa.schema([])
     if part.kind == "files":
         yield from _iter_files(loc, part.files or _read_listing(part.listing))
     elif part.kind == "tar":
         yield from _iter_tar(loc)
     elif _base(loc.path).endswith(".parquet"):
-        yield from _iter_parquet(loc, config, part)
+        yield from _iter_parquet(loc, config, part, columns)
     else:
-        yield from _iter_list(loc, config, part)
+        yield from _iter_list(loc, config, part, columns)
+
+
+def kept_schema(config: SourceConfig) -> pa.Schema:
+    """The types of ``config.keep_columns``, read from every input (see ``curation.kept``).
+
+    A metadata read per Parquet list, the first ``INFER_ROWS`` records of a JSON list, the
+    first ``CSV_INFER_BYTES`` of a csv/tsv list. ValueError naming the column and the input
+    for an input without the column (folders, tars and txt lists have none), a type that
+    cannot be carried, or inputs whose types disagree.
+    """
+    if not config.keep_columns:
+        return pa.schema([])
+    found: dict[str, tuple[pa.DataType, str]] = {}
+    for spec in config.inputs:
+        loc, kind = input_kind(spec)
+        base = _base(loc.path)
+        if kind != "list" or base.endswith(".txt"):
+            what = "a txt list" if kind == "list" else f"a {kind}"
+            raise ValueError(
+                f"--keep-columns: {spec} is {what}, which has no columns; keep columns of "
+                "csv/tsv/jsonl/parquet lists only"
+            )
+        types = _column_types(loc, config)
+        for name in config.keep_columns:
+            if name not in types:
+                raise ValueError(
+                    f"--keep-columns: no column {name!r} in {loc.uri} "
+                    f"(columns: {', '.join(list(types)[:20])})"
+                )
+            kind_here = kept.plain(types[name])
+            if not kept.carried(kind_here):
+                raise ValueError(
+                    f"--keep-columns: column {name!r} of {loc.uri} is {kind_here}; columns "
+                    "of booleans, integers, floats, strings and lists or structs of them "
+                    "can be kept"
+                )
+            seen, where = found.get(name, (None, loc.uri))
+            merged = kept.unify(seen, kind_here)
+            if merged is None:
+                raise ValueError(
+                    f"--keep-columns: column {name!r} is {seen} in {where} but {kind_here} in "
+                    f"{loc.uri}; the inputs must agree"
+                )
+            found[name] = (merged, where if seen is not None else loc.uri)
+    names = config.keep_columns
+    return pa.schema([pa.field(name, kept.final(found[name][0])) for name in names])
+
+
+def _column_types(loc: Location, config: SourceConfig) -> dict[str, pa.DataType]:
+    """Column name -> type of one list, as ``kept_schema`` reads it."""
+    base = _base(loc.path)
+    if base.endswith(".parquet"):
+        with loc.fs.open_input_file(loc.path) as stream:
+            schema = _open_parquet(loc, stream, config).schema_arrow
+        return {f.name: f.type for f in schema}
+    with io.BufferedReader(loc.fs.open_input_stream(loc.path, compression=None)) as raw:
+        stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else raw
+        try:
+            if base.endswith((".csv", ".tsv")):
+                return _csv_types(stream, "\t" if base.endswith(".tsv") else ",", loc.uri)
+            return _json_types(stream, loc.uri, config.keep_columns)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ValueError(f"{loc.uri}: truncated or corrupt gzip ({exc})") from exc
+
+
+def _csv_types(stream, delimiter: str, where: str) -> dict[str, pa.DataType]:
+    """The types pyarrow's CSV reader infers from a list's first block; the ones it infers that
+    are not ``kept.CSV_TYPES`` (dates, timestamps, none in the block) are text."""
+    import pyarrow.csv as pacsv
+
+    head = stream.read(CSV_INFER_BYTES)
+    head = head[: head.rfind(b"\n") + 1] or head  # whole lines: a cut one would mislead
+    try:
+        reader = pacsv.open_csv(
+            io.BytesIO(head),
+            read_options=pacsv.ReadOptions(block_size=CSV_INFER_BYTES + 1),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        )
+    except pa.ArrowException as exc:
+        raise ValueError(f"{where}: cannot infer column types ({exc})") from None
+    types = {}
+    for f in reader.schema:
+        types[f.name] = f.type if any(f.type.equals(t) for t in kept.CSV_TYPES) else pa.string()
+    return types
+
+
+def _json_types(stream, where: str, names: tuple[str, ...]) -> dict[str, pa.DataType]:
+    """Every column of a JSON list's first ``INFER_ROWS`` records; those in ``names`` with the
+    type of their values there (null for none), ValueError when these are of several types."""
+    values: dict[str, list] = {}
+    records = _jsonl_records(_bounded_lines(stream))
+    for count, (_, record, _, _) in enumerate(records):
+        if count >= INFER_ROWS:
+            break
+        for name, value in (record or {}).items():
+            seen = values.setdefault(name, [])
+            if value is not None and name in names:
+                seen.append(value)
+    types = {}
+    for name, seen in values.items():
+        try:
+            types[name] = pa.array(seen).type
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            kinds = ", ".join(sorted({type(v).__name__ for v in seen}))
+            raise ValueError(
+                f"--keep-columns: column {name!r} of {where} holds values of several types in "
+                f"its first {INFER_ROWS} rows ({kinds})"
+            ) from None
+    return types
 
 
 def count_lines(part: InputPart) -> int:
@@ -414,7 +559,9 @@ def _json_or_empty(stream: io.BufferedReader | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _iter_list(loc: Location, config: SourceConfig, part: InputPart) -> Iterator[InputBatch]:
+def _iter_list(
+    loc: Location, config: SourceConfig, part: InputPart, columns: pa.Schema
+) -> Iterator[InputBatch]:
     base = _base(loc.path)
     if part.start or part.end is not None:
         opened = _open_range(loc, part.start, part.end)
@@ -423,14 +570,15 @@ def _iter_list(loc: Location, config: SourceConfig, part: InputPart) -> Iterator
     with opened as raw:
         stream = gzip.GzipFile(fileobj=raw) if loc.path.endswith(".gz") else raw
         lines = _bounded_lines(stream, part.first_number)
+        text = base.endswith((".csv", ".tsv"))  # fields are strings, typed as pyarrow would
         if base.endswith(".txt"):
             records = _txt_records(lines)
-        elif base.endswith((".csv", ".tsv")):
+        elif text:
             records = _csv_records(lines, "\t" if base.endswith(".tsv") else ",", loc.uri, config)
         else:
             records = _jsonl_records(lines)
         try:
-            yield from _batched(records, loc.uri, config)
+            yield from _batched(records, loc.uri, config, columns, text)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise ValueError(f"{loc.uri}: truncated or corrupt gzip ({exc})") from exc
 
@@ -633,7 +781,9 @@ def _open_parquet(loc: Location, stream, config: SourceConfig) -> pq.ParquetFile
     return parquet
 
 
-def _iter_parquet(loc: Location, config: SourceConfig, part: InputPart) -> Iterator[InputBatch]:
+def _iter_parquet(
+    loc: Location, config: SourceConfig, part: InputPart, columns: pa.Schema
+) -> Iterator[InputBatch]:
     with loc.fs.open_input_file(loc.path) as stream:
         parquet = _open_parquet(loc, stream, config)
         groups = range(part.start, parquet.num_row_groups if part.end is None else part.end)
@@ -644,10 +794,20 @@ def _iter_parquet(loc: Location, config: SourceConfig, part: InputPart) -> Itera
                 (first + i, row, "", json.dumps(row, default=str)) for i, row in enumerate(rows)
             ]
             first += batch.num_rows
-            yield from _batched(iter(records), loc.uri, config)
+            yield from _batched(iter(records), loc.uri, config, columns, typed=True)
 
 
-def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Iterator[InputBatch]:
+def _batched(
+    records: Iterator[Record],
+    where: str,
+    config: SourceConfig,
+    columns: pa.Schema,
+    text: bool = False,
+    typed: bool = False,
+) -> Iterator[InputBatch]:
+    """Usable rows and unusable ones; ``columns``: the kept columns, whose values are read as
+    csv text (``text``), taken as they are from a Parquet list whose types were checked when
+    the plan was built (``typed``), or checked against their type (JSON values)."""
     batch = InputBatch([], [])
     for number, record, problem, raw in records:
         unusable = None
@@ -667,12 +827,21 @@ def _batched(records: Iterator[Record], where: str, config: SourceConfig) -> Ite
                     "only; see --allow-file-and-s3-in-lists)"
                 )
                 unusable = Unusable(f"{where}:{number}", detail, value, Reason.REFUSED_SCHEME)
+        if unusable is None:
+            try:
+                row = {"source_uri": str(url).strip()}
+                row.update(
+                    _passthrough(
+                        record, config.url_column, config.caption_column, config.keep_columns
+                    )
+                )
+                if columns.names:
+                    row[kept.KEPT] = _kept(record, columns, text, typed)
+                batch.rows.append(row)
+            except ValueError as exc:  # a kept column's value is not of its type
+                unusable = Unusable(f"{where}:{number}", str(exc), value)
         if unusable is not None:
             batch.malformed.append(unusable)
-        else:
-            row = {"source_uri": str(url).strip()}
-            row.update(_passthrough(record, config.url_column, config.caption_column))
-            batch.rows.append(row)
         if len(batch.rows) + len(batch.malformed) >= BATCH_ROWS:
             yield batch
             batch = InputBatch([], [])
@@ -707,7 +876,26 @@ def url_problem(url: object) -> str:
     return ""
 
 
-def _passthrough(record: dict, url_column: str | None, caption_column: str = "caption") -> dict:
+def _kept(record: dict, columns: pa.Schema, text: bool, typed: bool) -> str | None:
+    """A row's kept values as in-flight JSON (``curation.kept``); ValueError for one not of its
+    column's type."""
+    values = {}
+    for field_ in columns:
+        value = record.get(field_.name)
+        try:
+            converted = kept.redacted(value) if typed else kept.convert(value, field_.type, text)
+        except ValueError as exc:
+            raise ValueError(f"kept column {field_.name!r}: {exc}") from None
+        values[field_.name] = converted
+    return kept.encode(values)
+
+
+def _passthrough(
+    record: dict,
+    url_column: str | None,
+    caption_column: str = "caption",
+    keep: tuple[str, ...] = (),
+) -> dict:
     """Split a record's other columns into the named passthrough columns and ``extra``.
 
     The caption comes from ``caption_column``; a column named ``caption`` beside another
@@ -721,7 +909,7 @@ def _passthrough(record: dict, url_column: str | None, caption_column: str = "ca
     row: dict = {name: None for name in PASSTHROUGH_COLUMNS}
     extra = {}
     for name, value in record.items():
-        if name in (url_column, "url", "source_uri") or value is None:
+        if name in (url_column, "url", "source_uri", *keep) or value is None:
             continue
         if name in columns:
             row[columns[name]] = redact_text(str(value))

@@ -3,8 +3,8 @@
     python -m curation.subset --dataset data/humans-v1 --where "num_persons >= 2" \\
         --output data/humans-v1-multi
 
-The predicate is DuckDB SQL over the ``samples`` view (any column of SAMPLE_SCHEMA, list
-functions on ``persons`` included). Image bytes are copied unchanged from the parent's tars;
+The predicate is DuckDB SQL over the ``samples`` view (any manifest column, kept input columns
+and list functions on ``persons`` included). Image bytes are copied unchanged from the parent's tars;
 rows keep every column, only ``shard``, ``image_member`` and ``json_member`` are renumbered.
 The subset's ``summary.json`` keeps the parent's configuration (its filters still describe
 the samples) and records the parent and the predicate under ``subset``. It is written last:
@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 
-from curation.manifest import DatasetError, read_summary
+from curation.manifest import DatasetError, manifest_files, read_summary, samples_schema
 from curation.query import connect, one_statement
 from curation.writer import ShardBuilder, iter_shard
 from runtime import config as cli
@@ -114,13 +114,14 @@ def write_subset(config: SubsetConfig) -> dict[str, Any]:
     started, clock = dt.datetime.now(dt.UTC), time.monotonic()
     parent, output = locate(config.dataset), locate(config.output)
     selected, parent_samples = select_keys(config)
+    schema = samples_schema(manifest_files(parent.uri))  # the parent's kept columns stay
     _refuse_existing(output, config.overwrite)
     shards, count, num_bytes = 0, 0, 0
     builder: ShardBuilder | None = None
     try:
         for shard in sorted(selected):
             for row, image in _selected_samples(parent, shard, selected[shard]):
-                builder = builder or ShardBuilder(output, shards)
+                builder = builder or ShardBuilder(output, shards, schema)
                 builder.add(row, image)
                 count, num_bytes = count + 1, num_bytes + len(image)
                 if len(builder) == config.max_shard_samples:

@@ -93,12 +93,13 @@ class ShardBuilder:
 
     Samples go straight into a local temporary tar, so memory holds only the manifest rows.
     Until ``publish()`` nothing is visible; ``discard()`` (or an exception inside a ``with``
-    block) removes the temporary file.
+    block) removes the temporary file. ``schema``: the dataset's (``schemas.sample_schema``:
+    with its kept input columns, if any).
     """
 
-    def __init__(self, dataset: Location, shard: int) -> None:
+    def __init__(self, dataset: Location, shard: int, schema: pa.Schema = SAMPLE_SCHEMA) -> None:
         wds = webdataset()
-        self.dataset, self.shard = dataset, shard
+        self.dataset, self.shard, self.schema = dataset, shard, schema
         self.rows: list[dict[str, Any]] = []
         self.num_bytes = 0
         fd, self._tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
@@ -115,7 +116,7 @@ class ShardBuilder:
         row = {**row, "shard": self.shard, "image_member": image_member, "json_member": json_member}
         # every schema column in the JSON, so it equals the manifest row; rows are validated
         # together in publish(), and a bad one discards the whole unpublished shard
-        full_row = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
+        full_row = {name: row.get(name) for name in self.schema.names}
         sample = {"__key__": row["key"], ext: image, "json": row_to_json(full_row)}
         if row.get("caption"):
             # {key}.txt: where CLIP-style readers (open_clip, img2dataset's layout) look
@@ -134,7 +135,7 @@ class ShardBuilder:
         publishes several files as one change (the dedup rewrite) stages them elsewhere.
         """
         self._tar.close()
-        table = rows_to_table(self.rows, SAMPLE_SCHEMA, where=f"shard {self.shard}")
+        table = rows_to_table(self.rows, self.schema, where=f"shard {self.shard}")
         publish_file_atomic(self._tmp_path, tar or self.dataset.join(shard_file(self.shard)))
         write_bytes_atomic(
             manifest or self.dataset.join(manifest_file(self.shard)),
@@ -163,6 +164,7 @@ def write_shard(
     *,
     tar: Location | None = None,
     manifest: Location | None = None,
+    schema: pa.Schema = SAMPLE_SCHEMA,
 ) -> pa.Table:
     """Write shard ``shard`` of ``dataset`` from manifest rows and their original image bytes.
 
@@ -170,16 +172,16 @@ def write_shard(
     JSON row and, when the row has a caption, a ``.txt`` member per sample, in the given order),
     publishes it, then publishes the manifest (at ``tar`` and ``manifest`` when given, see
     ``ShardBuilder.publish``). Overwrites an existing shard of that number. Returns the
-    manifest table.
+    manifest table. ``schema``: the dataset's (see ``ShardBuilder``).
     """
     if len(rows) != len(images):
         raise ValueError(f"{len(rows)} rows but {len(images)} images")
     rows_to_table(
         [dict(r, shard=shard, image_member="", json_member="") for r in rows],
-        SAMPLE_SCHEMA,
+        schema,
         where=f"shard {shard}",
     )  # refuse bad rows before writing
-    with ShardBuilder(dataset, shard) as builder:
+    with ShardBuilder(dataset, shard, schema) as builder:
         for row, image in zip(rows, images, strict=True):
             builder.add(row, image)
         return builder.publish(tar, manifest)

@@ -5,13 +5,15 @@ fine-tuning (``--pretrained``) and curation's semantic dedup read it. It is a ``
 of plain data, loadable with ``torch.load(..., weights_only=True)``::
 
     {"format": "humans300m-encoder/1",
-     "config": {"preset": "sapiens_0.3b", "img_size": [1024, 1024], "patch_size": 16, ...},
+     "config": {"preset": "sapiens_0.3b", "image_size": [1024, 1024], "patch_size": 16, ...},
      "lineage": {"dataset": "s3://...", "run_id": ..., "samples_seen": ..., ...},
      "encoder": {"patch_embed.proj.weight": tensor, ...}}
 
 ``config`` holds every ``ViTConfig`` field plus the preset name, so a reader builds the model
-from the file and never guesses a preset from tensor shapes. This module imports only torch
-and the model definitions, never the training loops, so curation can read the file.
+from the file and never guesses a preset from tensor shapes; files written before a field was
+renamed (``img_size``, now ``image_size``) are read under its old name too. This module imports
+only torch, the model definitions and the config layer (for those old names), never the training
+loops, so curation can read the file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from models.vit import PRESETS, ViTConfig
+from runtime.config import stored_fields
 
 FORMAT = "humans300m-encoder/1"
 
@@ -43,7 +46,7 @@ class EncoderFile:
 
     def to_dict(self) -> dict[str, Any]:
         config = dataclasses.asdict(self.config)
-        config["img_size"] = list(config["img_size"])
+        config["image_size"] = list(config["image_size"])
         return {"format": FORMAT, "config": {"preset": self.preset, **config},
                 "lineage": dict(self.lineage), "encoder": dict(self.state)}  # fmt: skip
 
@@ -71,9 +74,8 @@ def parse(obj: Any, source: str = "") -> EncoderFile:
     name = fields.pop("preset", None)
     if name not in PRESETS:
         raise EncoderFileError(f"{where}unknown preset {name!r} in the encoder's config")
-    known = {f.name for f in dataclasses.fields(ViTConfig)}
     try:
-        config = ViTConfig(**{k: v for k, v in fields.items() if k in known})
+        config = ViTConfig(**stored_fields(ViTConfig, fields))
     except (TypeError, ValueError) as exc:
         raise EncoderFileError(f"{where}bad encoder config ({exc})") from exc
     state = obj.get("encoder")

@@ -187,9 +187,9 @@ class MAE(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """imgs [N, 3, H, W] (the config's size) -> (loss, pred [N, L, p*p*3], mask [N, L])."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        if tuple(imgs.shape[-2:]) != self.config.encoder.img_size:
+        if tuple(imgs.shape[-2:]) != self.config.encoder.image_size:
             raise ValueError(
-                f"MAE expects images of {self.config.encoder.img_size}, got "
+                f"MAE expects images of {self.config.encoder.image_size}, got "
                 f"{tuple(imgs.shape[-2:])}"
             )
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio)

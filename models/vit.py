@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 @dataclass(kw_only=True)
 class ViTConfig:
-    img_size: tuple[int, int]  # input (height, width) in pixels; multiples of patch_size
+    # input (height, width) in pixels; multiples of patch_size. Encoder files written before
+    # the glossary rename call it img_size (read through runtime.config.stored_fields)
+    image_size: tuple[int, int] = field(metadata={"aliases": ["img_size"]})
     patch_size: int = 16  # square patch side in pixels
     embed_dim: int  # token width D
     depth: int  # number of transformer blocks
@@ -37,17 +39,17 @@ class ViTConfig:
     patch_padding: int = 0
 
     def __post_init__(self) -> None:
-        self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         if self.patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {self.patch_size}")
         if not 0 <= 2 * self.patch_padding < self.patch_size:
             raise ValueError(
                 f"patch_padding must be in [0, patch_size / 2), got {self.patch_padding}"
             )
-        for side in self.img_size:
+        for side in self.image_size:
             if side <= 0 or side % self.patch_size:
                 raise ValueError(
-                    f"img_size {self.img_size} must be positive multiples of patch_size "
+                    f"image_size {self.image_size} must be positive multiples of patch_size "
                     f"{self.patch_size}"
                 )
         if min(self.embed_dim, self.depth, self.num_heads, self.mlp_dim) <= 0:
@@ -60,7 +62,7 @@ class ViTConfig:
     @property
     def grid(self) -> tuple[int, int]:
         """Patch grid (rows, columns)."""
-        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
     @property
     def num_patches(self) -> int:
@@ -72,45 +74,45 @@ class ViTConfig:
         return int(self.cls_token)
 
 
-def _size(img_size: int | tuple[int, int]) -> tuple[int, int]:
-    return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
 
-def sapiens_0_3b(img_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
+def sapiens_0_3b(image_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, **kw
+        image_size=_size(image_size), embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, **kw
     )
 
 
-def sapiens_0_6b(img_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
+def sapiens_0_6b(image_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120, **kw
+        image_size=_size(image_size), embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120, **kw
     )
 
 
-def sapiens_1b(img_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
+def sapiens_1b(image_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=1536, depth=40, num_heads=24, mlp_dim=6144, **kw
+        image_size=_size(image_size), embed_dim=1536, depth=40, num_heads=24, mlp_dim=6144, **kw
     )
 
 
-def sapiens_2b(img_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
+def sapiens_2b(image_size: int | tuple[int, int] = 1024, **kw) -> ViTConfig:
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=1920, depth=48, num_heads=32, mlp_dim=7680, **kw
+        image_size=_size(image_size), embed_dim=1920, depth=48, num_heads=32, mlp_dim=7680, **kw
     )
 
 
-def vit_tiny(img_size: int | tuple[int, int] = 224, **kw) -> ViTConfig:
+def vit_tiny(image_size: int | tuple[int, int] = 224, **kw) -> ViTConfig:
     """A small model for quick experiments (4 blocks x 192 wide)."""
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=192, depth=4, num_heads=3, mlp_dim=768, **kw
+        image_size=_size(image_size), embed_dim=192, depth=4, num_heads=3, mlp_dim=768, **kw
     )
 
 
-def vit_test(img_size: int | tuple[int, int] = 32, **kw) -> ViTConfig:
+def vit_test(image_size: int | tuple[int, int] = 32, **kw) -> ViTConfig:
     """The smallest useful model, for tests on 2 CPUs (2 blocks x 64 wide)."""
     return ViTConfig(
-        img_size=_size(img_size), embed_dim=64, depth=2, num_heads=4, mlp_dim=256, **kw
+        image_size=_size(image_size), embed_dim=64, depth=2, num_heads=4, mlp_dim=256, **kw
     )
 
 
@@ -125,7 +127,7 @@ PRESETS: dict[str, Callable[..., ViTConfig]] = {
 
 
 def preset(name: str, **kw) -> ViTConfig:
-    """The config of a named preset; keyword arguments (img_size, drop_path) are passed on."""
+    """The config of a named preset; keyword arguments (image_size, drop_path) are passed on."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name](**kw)

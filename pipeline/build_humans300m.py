@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from curation.classify import ClassifierConfig
@@ -37,9 +38,10 @@ from pipeline.job import (
     write_summary,
 )
 from pipeline.lock import OutputBusy, OutputLock
-from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done
+from pipeline.plan import Plan, forget_secrets, load_or_build_plan, plan_is_done, planned_columns
 from pipeline.resume import (
     Finished,
+    check_kept_columns,
     finished_by_partition,
     next_shard_number,
     remove_leftovers,
@@ -137,6 +139,9 @@ def run(config: JobConfig) -> dict:
     if not plan_is_done(dataset, config.source):  # before Ray: a typo fails in a second
         for spec in config.source.inputs:
             input_kind(spec)
+    # before Ray too: a kept column missing from an input, or not the dataset's, fails at once
+    columns = planned_columns(dataset, config.source)
+    check_kept_columns(dataset, columns)
     check_address(config.run.ray_address)  # ray.init would wait minutes for a wrong one
     phases = Phases()
     with phases("check filters"):
@@ -147,7 +152,7 @@ def run(config: JobConfig) -> dict:
     with OutputLock(dataset, run_id):  # before Ray starts: a busy output fails at once
         with phases("start Ray"):
             init_ray(config.run)
-        processed, dedup_counts = _run_locked(dataset, config, run_id, phases)
+        processed, dedup_counts = _run_locked(dataset, config, run_id, phases, columns)
         extra = {
             "run_id": run_id,  # the release a model's lineage names (training.lineage)
             "detector": detector_note(config),
@@ -170,15 +175,17 @@ def check_output(dataset: Location) -> None:
 
 
 def _run_locked(
-    dataset: Location, config: JobConfig, run_id: str, phases: Phases
+    dataset: Location, config: JobConfig, run_id: str, phases: Phases, columns: pa.Schema
 ) -> tuple[int, dict]:
-    """Everything that writes the dataset: only ever one job at a time (pipeline.lock)."""
+    """Everything that writes the dataset: only ever one job at a time (pipeline.lock).
+    ``columns``: the kept input columns' types (``planned_columns``)."""
     with phases("plan"):
         plan = load_or_build_plan(
             dataset,
             config.source,
             config.run.plan_partitions,
             ray_above=config.run.plan_ray_above,
+            columns=columns,
         )
         removed = remove_leftovers(dataset)
         if removed:
@@ -237,7 +244,11 @@ def stream(
 
     filters = has_filters(config.detector, config.classifiers)
     output = Output(
-        dataset.uri, config.output.max_shard_samples, config.output.max_shard_bytes, run_id
+        dataset.uri,
+        config.output.max_shard_samples,
+        config.output.max_shard_bytes,
+        run_id,
+        plan.columns,
     )
     with phases("stream setup"):
         limiters = start_limiters(config.fetch)
@@ -305,7 +316,9 @@ def _build_stream(
         batch_format="numpy",
     )
     ds = add_filter_stages(ds, config.detector, config.classifiers, progress)
-    sink = ShardDatasink(output.uri, output.max_samples, output.max_bytes, progress, output.run_id)
+    sink = ShardDatasink(
+        output.uri, output.max_samples, output.max_bytes, progress, output.run_id, output.columns
+    )
     return ds, sink
 
 

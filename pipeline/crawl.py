@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -60,6 +61,7 @@ class Output:
     max_samples: int
     max_bytes: int
     run_id: str
+    columns: pa.Schema | None = None  # the plan's kept input columns (Plan.columns)
 
 
 def rows_per_task(todo: int, cpus: int, max_samples: int, batch_size: int) -> int:
@@ -152,7 +154,9 @@ def _crawl_task(
     batch_size: int,
 ) -> WriteStats:
     name = f"{output.run_id}-{uuid.uuid4().hex[:12]}"
-    writer = SampleWriter(output.uri, output.max_samples, output.max_bytes, stage.progress, name)
+    writer = SampleWriter(
+        output.uri, output.max_samples, output.max_bytes, stage.progress, name, output.columns
+    )
     try:
         rows = unfinished_rows(plan_file, finished, start, length)
         crawl_rows(rows.to_pylist(), stage, writer, batch_size)

@@ -17,12 +17,20 @@ from pipeline.sink import SampleWriter, WriteStats
 
 
 class ShardDatasink(ray.data.Datasink[WriteStats]):
-    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers)."""
+    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers),
+    ``columns``: the plan's kept input columns (``pipeline.plan.Plan.columns``)."""
 
     def __init__(
-        self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, run_id: str
+        self,
+        output_uri: str,
+        max_samples: int,
+        max_bytes: int,
+        counter: Any,
+        run_id: str,
+        columns: pa.Schema | None = None,
     ) -> None:
         self.output_uri = output_uri
+        self.columns = columns
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.counter = counter
@@ -35,7 +43,9 @@ class ShardDatasink(ray.data.Datasink[WriteStats]):
 
     def write(self, blocks, ctx) -> WriteStats:
         name = f"{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"
-        writer = SampleWriter(self.output_uri, self.max_samples, self.max_bytes, self.counter, name)
+        writer = SampleWriter(
+            self.output_uri, self.max_samples, self.max_bytes, self.counter, name, self.columns
+        )
         try:
             for block in blocks:
                 for row in _rows(block):

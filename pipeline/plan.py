@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from curation import kept
 from curation.redact import redact_uri
 from curation.sources import (
     BYTE_RANGE,
@@ -63,6 +64,7 @@ from curation.sources import (
     SourceConfig,
     count_lines,
     iter_part,
+    kept_schema,
     number_parts,
     split_input,
     write_listing,
@@ -86,6 +88,7 @@ PLAN_SCHEMA = pa.schema(
         ("source_uri", pa.string()),
         *((name, pa.string()) for name in PASSTHROUGH_COLUMNS),
         ("extra", pa.string()),
+        (kept.KEPT, pa.string()),  # the kept columns' values, JSON (their types: Plan.columns)
         (BYTE_RANGE, pa.string()),
         # input order: part number << 32 | row within the part; the first listing wins
         ("order", pa.int64()),
@@ -113,6 +116,8 @@ class Plan:
     duplicates: int
     partitions: int  # the hash partitions keys are spread over (partition_of)
     secrets: int = 0  # inputs whose URL holds a secret (the plan is deleted once done)
+    # the kept input columns and their types (curation.kept), fixed when the plan was built
+    columns: pa.Schema = dataclasses.field(default_factory=lambda: pa.schema([]))
 
 
 def plan_id(config: SourceConfig) -> str:
@@ -123,6 +128,8 @@ def plan_id(config: SourceConfig) -> str:
         # the caption column changes the planned rows; left out at its default, so that plans
         # written before it existed keep their id and their jobs resume on them
         spec["caption_column"] = config.caption_column
+    if config.keep_columns:  # the same: left out when none are kept
+        spec["keep_columns"] = list(config.keep_columns)
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:12]
 
 
@@ -133,6 +140,15 @@ def _marker(dataset: Location, config: SourceConfig) -> Location:
 def plan_is_done(dataset: Location, config: SourceConfig) -> bool:
     """Whether a run already planned these inputs (a rerun reads the plan, not the inputs)."""
     return exists(_marker(dataset, config))
+
+
+def planned_columns(dataset: Location, config: SourceConfig) -> pa.Schema:
+    """The kept columns' types of the plan of ``config``: as recorded when it was built, else
+    read from the inputs now (``kept_schema``: cheap, and refuses bad settings before Ray)."""
+    marker = _marker(dataset, config)
+    if exists(marker):
+        return kept.schema_from_text(json.loads(read_bytes(marker)).get("columns"))
+    return kept_schema(config)
 
 
 def partition_of(keys: pa.Array | pa.ChunkedArray, partitions: int) -> np.ndarray:
@@ -154,11 +170,13 @@ def load_or_build_plan(
     *,
     ray_above: int = RAY_ABOVE_BYTES,
     part_bytes: int = PART_BYTES,
+    columns: pa.Schema | None = None,
 ) -> Plan:
     """The plan of ``config.inputs`` under ``dataset``'s ``_work/``, built unless already done.
 
     ``partitions`` is a minimum: more are used so that none holds over ``ROWS_PER_PARTITION``
     inputs. From ``ray_above`` estimated input bytes the build runs on Ray (already started).
+    ``columns``: the kept columns' types when already read (``planned_columns``).
     """
     pid = plan_id(config)
     folder = dataset.join(plan_dir(pid))
@@ -169,8 +187,11 @@ def load_or_build_plan(
         # a plan built before partitions were counted wrote every one of its partitions
         partitions = done.get("partitions", len(files))
         summary = [done[k] for k in ("rows", "malformed", "duplicates")]
-        return Plan(pid, files, *summary, partitions, done.get("secrets", 0))
-    return _Build(dataset, folder, pid, config, partitions, ray_above, part_bytes).run()
+        columns = kept.schema_from_text(done.get("columns"))
+        return Plan(pid, files, *summary, partitions, done.get("secrets", 0), columns)
+    if columns is None:
+        columns = kept_schema(config)
+    return _Build(dataset, folder, pid, config, partitions, ray_above, part_bytes, columns).run()
 
 
 @dataclass
@@ -182,6 +203,7 @@ class _Build:
     partitions: int
     ray_above: int
     part_bytes: int
+    columns: pa.Schema
 
     def run(self) -> Plan:
         self._clear()  # whatever a crashed build of this plan left
@@ -203,6 +225,7 @@ class _Build:
             "stage": self.folder.join("stage").uri,
             "pid": self.pid,
             "config": self.config,
+            "columns": self.columns,
             "partitions": partitions,
         }
         read = _read_on_ray(parts, context) if on_ray else _read_here(parts, context)
@@ -221,9 +244,15 @@ class _Build:
         self._clear_stage()
         write_bytes_atomic(
             self.folder.join("DONE.json"),
-            json.dumps({"inputs": list(self.config.inputs), **summary}).encode(),
+            json.dumps(
+                {
+                    "inputs": list(self.config.inputs),
+                    **summary,
+                    "columns": kept.schema_to_text(self.columns),  # what every rerun carries
+                }
+            ).encode(),
         )
-        return Plan(self.pid, list_files(self.folder, ".parquet"), **summary)
+        return Plan(self.pid, list_files(self.folder, ".parquet"), **summary, columns=self.columns)
 
     def _number(
         self, parts: list[InputPart], on_ray: bool
@@ -346,7 +375,7 @@ def read_part(index: int, part: InputPart, context: dict) -> dict:
         file.fs.open_output_stream(partial) as out,
         pq.ParquetWriter(out, STAGE_SCHEMA, compression="zstd") as writer,
     ):
-        for batch in iter_part(part, config):
+        for batch in iter_part(part, config, context["columns"]):
             malformed.extend(item.rejection() for item in batch.malformed)
             for row in batch.rows:
                 row["key"] = sample_key(row["source_uri"])  # the full URL: stable keys

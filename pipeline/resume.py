@@ -28,10 +28,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.dedup.apply import finish_commits
+from curation.kept import describe
 from curation.writer import table_to_parquet_bytes
 from pipeline.plan import Plan, partition_of, read_partition, write_by_partition
 from runtime.storage import Location, delete, exists, list_files, locate, write_bytes_atomic
-from schemas import Reason
+from schemas import Reason, kept_columns
 from schemas.layout import (
     MANIFESTS_DIR,
     REJECTIONS_DIR,
@@ -80,6 +81,21 @@ def _hidden_or_temporary(folder: Location) -> list[Location]:
         if info.type == pafs.FileType.File
         and (info.base_name.startswith(".") or folder.path.endswith("tmp"))
     ]
+
+
+def check_kept_columns(dataset: Location, columns: pa.Schema) -> None:
+    """Refuse a run whose kept input columns (``--keep-columns``, with their types) are not
+    those of the manifests ``dataset`` already holds: every manifest has one schema."""
+    files = list_files(dataset.join(MANIFESTS_DIR), ".parquet")
+    if not files:
+        return
+    held = kept_columns(pq.read_schema(files[0].path, filesystem=files[0].fs))
+    if [(f.name, f.type) for f in held] != [(f.name, f.type) for f in columns]:
+        raise ValueError(
+            f"--keep-columns: {dataset.uri} holds manifests with kept columns "
+            f"{describe(held)}; this run would write {describe(columns)}: keep the same "
+            "columns, or write to another --output"
+        )
 
 
 def next_shard_number(dataset: Location) -> int:

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 
+from curation import kept
 from curation.record import OK
 from curation.writer import ShardBuilder, write_rejections
 from pipeline.stages import extra_to_map
 from runtime.storage import locate
-from schemas import PASSTHROUGH_COLUMNS
+from schemas import PASSTHROUGH_COLUMNS, sample_schema
 
 _UTC = dt.UTC
 
@@ -39,14 +41,22 @@ class SampleWriter:
     bytes, rejected ones gathered into one rejections file written by ``close``.
 
     ``counter``: the job's ``ProgressCounter``, which hands out shard numbers; ``name``: the
-    rejections file's name, unique to the writing task. A shard is visible only once
-    published; ``discard`` (or an exception before ``close``) removes the unpublished one.
+    rejections file's name, unique to the writing task; ``columns``: the plan's kept input
+    columns (``pipeline.plan.Plan.columns``). A shard is visible only once published;
+    ``discard`` (or an exception before ``close``) removes the unpublished one.
     """
 
     def __init__(
-        self, output_uri: str, max_samples: int, max_bytes: int, counter: Any, name: str
+        self,
+        output_uri: str,
+        max_samples: int,
+        max_bytes: int,
+        counter: Any,
+        name: str,
+        columns: pa.Schema | None = None,
     ) -> None:
         self.dataset = locate(output_uri)
+        self.columns = columns if columns is not None else pa.schema([])
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.counter = counter
@@ -60,8 +70,9 @@ class SampleWriter:
             self._rejections.append(rejection_row(row))
             return
         if self._builder is None:
-            self._builder = ShardBuilder(self.dataset, ray.get(self.counter.next_shard.remote()))
-        self._builder.add(manifest_row(row), row["image"])
+            shard = ray.get(self.counter.next_shard.remote())
+            self._builder = ShardBuilder(self.dataset, shard, sample_schema(self.columns))
+        self._builder.add(manifest_row(row, self.columns), row["image"])
         if len(self._builder) >= self.max_samples or self._builder.num_bytes >= self.max_bytes:
             self._publish()
 
@@ -106,8 +117,9 @@ def _value(row: dict, name: str) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
-def manifest_row(row: dict) -> dict:
-    """A kept in-flight row as a SAMPLE_SCHEMA row (the writer fills shard and members)."""
+def manifest_row(row: dict, columns: pa.Schema | None = None) -> dict:
+    """A kept in-flight row as a manifest row (the writer fills shard and members), with the
+    values of the kept input columns ``columns``."""
     row = {name: _value(row, name) for name in row}
     persons = row.get("persons")
     prefilter = row.get("prefilter")
@@ -130,6 +142,7 @@ def manifest_row(row: dict) -> dict:
         "detector": row.get("detector"),
         "pixel_hash": row.get("pixel_hash"),
         "phash": int(np.uint64(row["phash"])) if row.get("pixel_hash") else None,
+        **(kept.decode(row.get(kept.KEPT), columns) if columns is not None else {}),
     }
 
 

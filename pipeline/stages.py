@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from curation.fetch import FetchConfig, Fetcher
+from curation.kept import KEPT
 from curation.record import REJECTED, Batch, object_column
 from curation.redact import redact_text, redact_uri
 from curation.sources import BYTE_RANGE
@@ -37,6 +38,10 @@ class StageConfig:
     limiters: tuple = ()  # the job's HostLimiter actors (pipeline.politeness); () per process
     progress: object = None  # the job's ProgressCounter when this is the stream's last stage
 
+
+# input columns that travel with a row to the sink: the named passthrough columns, the other
+# input columns as JSON (``extra``) and the kept columns' values (``curation.kept``)
+CARRIED = (*PASSTHROUGH_COLUMNS, "extra", KEPT)
 
 _FETCHERS: dict[str, Fetcher] = {}
 
@@ -85,7 +90,7 @@ def fetch_and_validate(batch: Batch, config: StageConfig) -> Batch:
         "key": batch["key"],
         "source_uri": object_column([redact_uri(uri) for uri, _ in inputs]),
     }
-    out.update({name: batch[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in batch})
+    out.update({name: batch[name] for name in CARRIED if name in batch})
     for name, default in stage_columns(config):
         values = [result.get(name, default) for result in results]
         if default is None or name in FLOW_ONLY:
@@ -110,7 +115,7 @@ def decided_row(row: dict, result: dict, config: StageConfig) -> dict:
     """An input row (a plan row) with its ``process_one`` result: the in-flight row, as one of
     ``fetch_and_validate``'s output rows, that ``pipeline.sink`` writes."""
     out = {"key": row["key"], "source_uri": redact_uri(str(row["source_uri"]))}
-    out.update({name: row[name] for name in (*PASSTHROUGH_COLUMNS, "extra") if name in row})
+    out.update({name: row[name] for name in CARRIED if name in row})
     out.update({name: result.get(name, default) for name, default in stage_columns(config)})
     return out
 

@@ -337,6 +337,21 @@ def _renamed(file_section: dict, fields: dict[str, dataclasses.Field], section: 
     return renamed
 
 
+def stored_fields(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
+    """A record of ``cls`` that a file saved (a checkpoint's config, an encoder file's) under
+    today's field names: old names (the fields' ``aliases``) read as the new ones, silently
+    (files written before a rename must still load, with nothing for their reader to change),
+    and keys ``cls`` no longer has dropped."""
+    values = dict(stored)
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        for old in _old_names(f):
+            if old in values:
+                values.setdefault(f.name, values.pop(old))
+    names = {f.name for f in fields}
+    return {k: v for k, v in values.items() if k in names}
+
+
 def load_file(path: str | None) -> dict[str, Any]:
     """The content of a YAML or JSON config file (local path or ``s3://`` URI): a mapping.
 

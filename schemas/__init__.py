@@ -8,10 +8,12 @@ from schemas.manifest import (
     SchemaError,
     check_version,
     conform,
+    kept_columns,
     member_names,
     row_to_json,
     rows_to_table,
     sample_key,
+    sample_schema,
     shard_name,
 )
 from schemas.reasons import REASON_STAGE, Reason, Stage
@@ -27,9 +29,11 @@ __all__ = [
     "Stage",
     "check_version",
     "conform",
+    "kept_columns",
     "member_names",
     "row_to_json",
     "rows_to_table",
     "sample_key",
+    "sample_schema",
     "shard_name",
 ]

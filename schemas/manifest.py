@@ -1,7 +1,8 @@
 """The sample and rejection manifests: the contract between stages and with analysts.
 
 One Parquet file of samples beside each tar shard (same rows, same order), plus Parquet files
-of rejections. Both carry ``SCHEMA_VERSION`` in their schema metadata; readers refuse other
+of rejections. A dataset built with ``--keep-columns`` has those input columns, typed, after
+``SAMPLE_SCHEMA``'s in every one of its manifests (``sample_schema``). Both carry ``SCHEMA_VERSION`` in their schema metadata; readers refuse other
 major versions rather than guess.
 """
 
@@ -15,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 # 1.1: summary.json's config is typed (schemas.summary.SummaryConfig); manifests unchanged
-SCHEMA_VERSION = "1.1"
+# 1.2: kept input columns (--keep-columns) may follow SAMPLE_SCHEMA's in the sample manifests
+SCHEMA_VERSION = "1.2"
 _VERSION_KEY = b"humans300m.schema_version"
 _KIND_KEY = b"humans300m.kind"
 
@@ -94,6 +96,21 @@ def _with_meta(fields: list[pa.Field], kind: str) -> pa.Schema:
 
 SAMPLE_SCHEMA = _with_meta(_SAMPLE_FIELDS, "samples")
 REJECTION_SCHEMA = _with_meta(_REJECTION_FIELDS, "rejections")
+
+
+def sample_schema(kept: pa.Schema | None = None) -> pa.Schema:
+    """The sample manifests' schema of a dataset: SAMPLE_SCHEMA, then its kept input columns
+    (``curation.kept``; nullable: an input row may lack a value)."""
+    if kept is None or not kept.names:
+        return SAMPLE_SCHEMA
+    fields = [*_SAMPLE_FIELDS, *(f.with_nullable(True) for f in kept)]
+    return _with_meta(fields, "samples")
+
+
+def kept_columns(schema: pa.Schema) -> pa.Schema:
+    """The kept input columns of a sample manifest's schema: those after SAMPLE_SCHEMA's."""
+    own = set(SAMPLE_SCHEMA.names)
+    return pa.schema([f for f in schema if f.name not in own])
 
 
 class SchemaError(ValueError):

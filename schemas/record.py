@@ -17,8 +17,9 @@ from schemas.manifest import SAMPLE_SCHEMA
 OK = "ok"
 REJECTED = "rejected"
 
-# Columns of the plan's input rows (pipeline.plan): key, source_uri, the passthrough columns
-# and ``extra`` (the other input columns, as JSON text until the writer maps them).
+# Columns of the plan's input rows (pipeline.plan): key, source_uri, the passthrough columns,
+# ``extra`` (the other input columns, as JSON text until the writer maps them) and ``kept``
+# (the --keep-columns values, as JSON text until the writer types them: curation.kept).
 
 # Every column the stages add, by the stage that fills it, with its value in a row that stage
 # never reached. A numeric default stands for null (the writer stores null); a column whose

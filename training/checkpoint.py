@@ -171,7 +171,7 @@ def export_encoder(folder: str, out: str) -> int:
         raise ValueError(f"{folder}/model.pt holds no encoder.* tensors; is it an MAE checkpoint?")
     try:
         config = preset(
-            run["preset"], img_size=run["image_size"], drop_path=run.get("drop_path", 0.0)
+            run["preset"], image_size=run["image_size"], drop_path=run.get("drop_path", 0.0)
         )
     except (TypeError, ValueError) as exc:  # a damaged or hand-made record
         raise ValueError(f"{folder}/state.pt records an unusable config: {exc}") from None

@@ -57,7 +57,7 @@ def _check_preset(name: str, image_size: int | tuple[int, int], **kw: Any) -> No
             f"--image-size {image_size} must be positive multiples of preset {name}'s patch "
             f"size {patch}"
         )
-    preset(name, img_size=image_size, **kw)  # the remaining checks (patch padding)
+    preset(name, image_size=image_size, **kw)  # the remaining checks (patch padding)
 
 
 def _default_log_dir(output: str, name: str, kind: str) -> str:
@@ -245,21 +245,13 @@ class FinetuneConfig:
 
 
 def _renamed(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` with the fields' old names (their ``aliases``) read as the new ones.
-
-    Checkpoints written before the glossary renames hold ``input_size``, ``steps``, ``no_ray``
-    and so on; they must still load. Keys this version no longer has are dropped.
-    """
+    """``stored`` under today's names (``cli.stored_fields``): checkpoints written before the
+    glossary renames hold ``input_size``, ``img_size``, ``steps``, ``no_ray`` and so on; they
+    must still load. ``no_ray`` is the one negated on the way."""
     values = dict(stored)
-    for f in dataclasses.fields(cls):
-        for alias in f.metadata.get("aliases", []):
-            old = alias.removeprefix("--").replace("-", "_")
-            if old in values:
-                values.setdefault(f.name, values.pop(old))
     if "no_ray" in values:
         values.setdefault("ray", not values.pop("no_ray"))
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+    return cli.stored_fields(cls, values)
 
 
 def stored_pretrain(stored: dict[str, Any]) -> dict[str, Any]:

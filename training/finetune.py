@@ -95,7 +95,7 @@ def check_pretrained(cfg: FinetuneConfig) -> None:
     if not isinstance(state, dict):
         raise cli.InputError(f"--pretrained {cfg.pretrained}: holds a {type(state).__name__}, "
                              "not a state dict")  # fmt: skip
-    config = preset(cfg.preset, img_size=cfg.image_size, cls_token=False,
+    config = preset(cfg.preset, image_size=cfg.image_size, cls_token=False,
                     patch_padding=cfg.patch_padding)  # fmt: skip
     with torch.device("meta"):
         encoder = VisionTransformer(config)

@@ -53,7 +53,7 @@ def train_loop(values: dict) -> None:
         return {**made_of, "samples_seen": step * images_per_step, "samples_skipped": None}
 
     def finish(state: LoopState) -> dict:
-        return {"task": cfg.task, "preset": cfg.preset, "input_size": list(cfg.image_size),
+        return {"task": cfg.task, "preset": cfg.preset, "image_size": list(cfg.image_size),
                 "lineage": lineage(state.step)}  # fmt: skip
 
     job = Job(

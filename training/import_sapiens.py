@@ -46,8 +46,10 @@ def encoder_file(imported: Imported, lineage: dict):
     from models.vit import VisionTransformer
 
     patch = imported.encoder["patch_embed.proj.weight"].shape[-1]
-    img_size = (imported.grid[0] * patch, imported.grid[1] * patch)
-    config = preset(imported.preset, img_size=img_size, cls_token="cls_token" in imported.encoder)
+    image_size = (imported.grid[0] * patch, imported.grid[1] * patch)
+    config = preset(
+        imported.preset, image_size=image_size, cls_token="cls_token" in imported.encoder
+    )
     check_keys((VisionTransformer(config).state_dict(), imported.encoder, sapiens_name))
     return EncoderFile(config=config, preset=imported.preset, lineage=lineage,
                        state=dict(imported.encoder))  # fmt: skip
@@ -60,7 +62,7 @@ def source_lineage(uri: str, data: bytes) -> dict:
 
 
 def run(source: str, out: str, *, task: str | None = None, preset_name: str | None = None,
-        input_size: tuple[int, int] = (1024, 768)) -> dict:  # fmt: skip
+        image_size: tuple[int, int] = (1024, 768)) -> dict:  # fmt: skip
     """Import ``source`` into ``out`` (local or s3://); returns what was written."""
     data = storage.read_bytes(storage.locate(source))
     try:
@@ -73,13 +75,13 @@ def run(source: str, out: str, *, task: str | None = None, preset_name: str | No
         storage.write_bytes_atomic(storage.locate(out), file.to_bytes())
         return {"kind": "backbone", "preset": imported.preset, "grid": list(imported.grid),
                 "tensors": len(file.state), "out": out}  # fmt: skip
-    model, cfg = from_sapiens(imported, input_size)
+    model, cfg = from_sapiens(imported, image_size)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                 "lineage": lineage}, buf)  # fmt: skip
     storage.write_bytes_atomic(storage.locate(out), buf.getvalue())
     return {"kind": "task", "task": imported.task, "preset": imported.preset,
-            "input_size": list(input_size), "tensors": len(model.state_dict()), "out": out}  # fmt: skip
+            "image_size": list(image_size), "tensors": len(model.state_dict()), "out": out}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.require(cfg.source, "SOURCE")
         cli.refuse_folder(cfg.output, "OUTPUT")
         result = run(cfg.source, cfg.output, task=cfg.task, preset_name=cfg.preset,
-                     input_size=cfg.image_size)  # fmt: skip
+                     image_size=cfg.image_size)  # fmt: skip
         print(json.dumps(result))
 
     return cli.run_main(body)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: PretrainConfig, ctx: WorkerContext) -> tuple[MAE, nn.Module, MAEConfig]:
     mae_cfg = MAEConfig(
-        encoder=preset(cfg.preset, img_size=cfg.image_size, drop_path=cfg.drop_path),
+        encoder=preset(cfg.preset, image_size=cfg.image_size, drop_path=cfg.drop_path),
         mask_ratio=cfg.mask_ratio,
         norm_pix_loss=cfg.norm_pix_loss,
         decoder_dim=cfg.decoder_dim,
@@ -121,7 +121,7 @@ def train_loop(values: dict) -> None:
         out = locate(cfg.output)
         if ctx.is_main:
             checkpoint.export_encoder(checkpoint.latest(cfg.output), out.join("encoder.pt").uri)
-        return {"preset": cfg.preset, "img_size": cfg.image_size, "skipped_samples": errors,
+        return {"preset": cfg.preset, "image_size": cfg.image_size, "skipped_samples": errors,
                 "encoder": out.join("encoder.pt").uri,
                 "lineage": lineage.at(state.step, cfg.global_batch, errors)}  # fmt: skip
 
@@ -140,7 +140,7 @@ def train_loop(values: dict) -> None:
 def _loader(cfg: PretrainConfig, ctx: WorkerContext, position: DataPosition | None):
     data_cfg = PretrainDataConfig(
         dataset=cfg.dataset,
-        img_size=(cfg.image_size, cfg.image_size),
+        image_size=(cfg.image_size, cfg.image_size),
         batch_size=cfg.batch_size,
         num_workers=cfg.loader_workers,
         shuffle_buffer=cfg.shuffle_buffer,

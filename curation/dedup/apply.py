@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from curation.writer import iter_shard, sample_image, write_rejections, write_shard
 from runtime.storage import Location, exists, list_files, write_bytes_atomic
-from schemas import Stage
+from schemas import Stage, kept_columns, sample_schema
 from schemas.layout import (
     DEDUP_COMMIT_DIR,
     REJECTIONS_DIR,
@@ -110,8 +110,8 @@ def apply_shard(
     """
     commit = dataset.join(DEDUP_COMMIT_DIR, f"{shard:06d}")
     _finish(dataset, commit, shard)  # a crashed run's rewrite of this shard: its outcome first
-    rows = pq.read_table(dataset.join(manifest_file(shard)).path, filesystem=dataset.fs)
-    rows = rows.to_pylist()
+    table = pq.read_table(dataset.join(manifest_file(shard)).path, filesystem=dataset.fs)
+    rows = table.to_pylist()
     dropped = {d.key for d in drops}
     kept = [row for row in rows if row["key"] not in dropped]
     changed = len(kept) != len(rows)
@@ -135,6 +135,7 @@ def apply_shard(
             [images[row["key"]] for row in kept],
             tar=commit.join("shard.tar"),
             manifest=commit.join("manifest.parquet"),
+            schema=sample_schema(kept_columns(table.schema)),  # the kept input columns stay
         )
     if stop_after == "stage":
         return changed

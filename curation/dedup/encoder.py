@@ -62,8 +62,12 @@ class EncoderInfo:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def card(self, image_size: int) -> bytes:
-        """model.json beside the cached embeddings: which model and settings made them."""
-        fields = asdict(self) | dict(input_size=image_size, preprocess=PREPROCESS)
+        """model.json beside the cached embeddings: which model and settings made them;
+        ``image_size`` the side images were resized to (the job's glossary), beside the side
+        the encoder was trained at."""
+        fields = asdict(self)
+        fields["encoder_image_size"] = fields.pop("image_size")
+        fields |= dict(image_size=image_size, preprocess=PREPROCESS)
         if self.kind == "mae":
             fields["pooling"] = MAE_POOLING
         return json.dumps(fields, indent=2).encode()
@@ -83,7 +87,7 @@ def describe_encoder(uri: str) -> EncoderInfo:
     if kind == "torchscript":
         return EncoderInfo(uri=uri, kind=kind, sha256=sha256)
     stored = _encoder_file(path, uri)
-    h, w = stored.config.img_size
+    h, w = stored.config.image_size
     return EncoderInfo(uri=uri, kind="mae", sha256=sha256, preset=stored.preset,
                        image_size=h if h == w else None, patch_size=stored.config.patch_size)  # fmt: skip
 
@@ -108,7 +112,7 @@ def load_encoder(uri: str, image_size: int, device: str):
             return self.vit.forward_features(x).mean(dim=1)  # [N, L, D] -> [N, D]
 
     stored = _encoder_file(path, uri)
-    encoder = VisionTransformer(replace(stored.config, img_size=(image_size, image_size)))
+    encoder = VisionTransformer(replace(stored.config, image_size=(image_size, image_size)))
     # interpolates the position table from the file's grid to image_size
     load_encoder_state(encoder, stored.state, grid=stored.config.grid)
     return MeanPatchTokens(encoder).to(device).eval()

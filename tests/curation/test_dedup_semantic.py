@@ -5,6 +5,7 @@ and the partitioned cosine search against brute force."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +70,13 @@ def mae_encoder(folder: Path) -> str:
     if out.exists():
         return str(out)
     torch.manual_seed(0)
-    mae = MAE(MAEConfig(encoder=vit_test(img_size=MAE_IMAGE_SIZE), decoder_dim=32,
+    mae = MAE(MAEConfig(encoder=vit_test(image_size=MAE_IMAGE_SIZE), decoder_dim=32,
                         decoder_depth=1, decoder_heads=4, decoder_mlp_dim=64))  # fmt: skip
     optimizer = torch.optim.AdamW(mae.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     run = str(folder / "run")
-    config = {"preset": "vit_test", "img_size": MAE_IMAGE_SIZE}  # as the pretraining loop saves
+    # the old name, as pretraining checkpoints written before the glossary hold it
+    config = {"preset": "vit_test", "img_size": MAE_IMAGE_SIZE}
     checkpoint.save(run, step=1, model=mae, optimizer=optimizer, scheduler=scheduler,
                     data_position={}, extra={"config": config})  # fmt: skip
     assert checkpoint.main([run, str(out)]) == 0
@@ -141,6 +143,8 @@ def test_models_are_described_from_their_files(tmp_path: Path) -> None:
     mae = describe_encoder(mae_encoder(tmp_path))
     assert (mae.kind, mae.preset, mae.image_size, mae.patch_size) == ("mae", "vit_test", 32, 16)
     assert mae.input_size(None) == 32 and mae.input_size(64) == 64  # configured wins
+    card = json.loads(mae.card(64))  # model.json beside the cache: the job's names
+    assert (card["image_size"], card["encoder_image_size"]) == (64, 32) and "input_size" not in card
     with pytest.raises(EncoderError, match="multiple of the encoder's patch size 16"):
         mae.input_size(40)
     # the preset comes from the file's config: a bare state dict (here the pretraining

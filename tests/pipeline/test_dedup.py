@@ -177,7 +177,7 @@ def readers_view(path: Path, scratch: Path) -> dict[str, set[str]]:
         for folder in ("manifests", "rejections")
     }
     kept, rejected = globbed["manifests"], globbed["rejections"]
-    config = PretrainDataConfig(dataset=str(path), img_size=(16, 16), shuffle_buffer=1)
+    config = PretrainDataConfig(dataset=str(path), image_size=(16, 16), shuffle_buffer=1)
     data = PretrainData(config, list_shards(str(path)), rank=0, world_size=1)
     trained = [key for shard in data.shards for key, _ in data._read(shard, None, Counter())]
     assert sorted(trained) == sorted(kept)  # each once, none the manifests dropped

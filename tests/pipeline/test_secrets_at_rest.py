@@ -139,8 +139,8 @@ def test_a_plan_build_killed_midway_leaves_secrets_only_until_the_rerun(tmp_path
     config = SourceConfig(inputs=(str(urls),))
     real = plan_module.iter_part
 
-    def dies_after_one_batch(part, source_config):
-        for batch in real(part, source_config):
+    def dies_after_one_batch(part, source_config, columns):
+        for batch in real(part, source_config, columns):
             yield batch
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -49,7 +49,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         (root / name / "shards").mkdir(parents=True)
         (root / name / "labelled.json").write_text(description)
         (root / name / "shards" / "000000.tar").write_bytes(tar)
-    mae = MAE(MAEConfig(encoder=vit_test(img_size=32), decoder_dim=32, decoder_depth=1,
+    mae = MAE(MAEConfig(encoder=vit_test(image_size=32), decoder_dim=32, decoder_depth=1,
                         decoder_heads=4, decoder_mlp_dim=64))  # fmt: skip
     _save_run(root / "mae_run", mae, {"preset": "vit_test", "image_size": 32})
     assert (

@@ -32,7 +32,7 @@ def data(tmp_path_factory) -> dict[str, str]:
     write_dataset(val, synthetic_samples(24, seed=2, height=96, width=72), list(TASKS), 12)
     # An MAE pretraining checkpoint at a square 32x32 input (2x2 grid): fine-tuning at 64x48
     # must interpolate its position table to 4x3.
-    mae = MAE(MAEConfig(encoder=vit_test(img_size=32), decoder_dim=32, decoder_depth=1,
+    mae = MAE(MAEConfig(encoder=vit_test(image_size=32), decoder_dim=32, decoder_depth=1,
                         decoder_heads=4, decoder_mlp_dim=64))  # fmt: skip
     torch.save({"model": mae.state_dict()}, root / "mae.pt")
     return {"train": train, "val": val, "mae": str(root / "mae.pt"), "root": str(root)}

@@ -157,8 +157,10 @@ def test_pretrained_backbone_import_matches_the_written_out_forward(tmp_path, ca
     assert import_sapiens.main([str(tmp_path / "sapiens.pth"), str(tmp_path / "enc.pt")]) == 0
     assert json.loads(capsys.readouterr().out)["preset"] == "vit_test"
     stored = encoder_file.load(str(tmp_path / "enc.pt"))
-    assert stored.preset == "vit_test" and stored.config.img_size == (64, 64)
+    assert stored.preset == "vit_test" and stored.config.image_size == (64, 64)
     assert stored.config.cls_token and stored.config.patch_padding == 0
+    saved = torch.load(tmp_path / "enc.pt", weights_only=True)["config"]
+    assert saved["image_size"] == [64, 64] and "img_size" not in saved  # one glossary
     source = stored.lineage["imported_from"]
     assert source["uri"] == str(tmp_path / "sapiens.pth") and len(source["sha256"]) == 64
     model = VisionTransformer(stored.config).eval()
@@ -183,7 +185,7 @@ def test_task_model_import_matches_the_written_out_forward(task, tmp_path):
     torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": ["a", "b"]}}},
                tmp_path / "task.pth")  # fmt: skip
     result = import_sapiens.run(str(tmp_path / "task.pth"), str(tmp_path / "task.pt"),
-                                input_size=(64, 48))  # fmt: skip
+                                image_size=(64, 48))  # fmt: skip
     assert (result["kind"], result["task"], result["preset"]) == ("task", task, "vit_test")
     model, config = load_checkpoint(str(tmp_path / "task.pt"))
     assert config["task"] == task and config["patch_padding"] == HEADS[task][3]
@@ -197,7 +199,8 @@ def test_task_model_import_matches_the_written_out_forward(task, tmp_path):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-3)
     # another input size: the same tensors, the position table interpolated to the new grid
     bigger = import_sapiens.run(str(tmp_path / "task.pth"), str(tmp_path / "big.pt"),
-                                input_size=(128, 96))  # fmt: skip
+                                image_size=(128, 96))  # fmt: skip
+    assert bigger["image_size"] == [128, 96] and "input_size" not in bigger  # what it prints
     model, _ = load_checkpoint(bigger["out"])
     assert model.encoder.pos_embed.shape[1] == 8 * 6
     assert model(_images(1, (128, 96))).shape[-2:] == (8 * scale, 6 * scale)
@@ -232,7 +235,7 @@ def test_torchscript_lite_export_imports_like_the_pth(tmp_path):
     torch.jit.save(_traced(state), str(tmp_path / "seg_torchscript.pt2"))
     torch.save(state, tmp_path / "seg.pth")
     for name in ("seg_torchscript.pt2", "seg.pth"):
-        import_sapiens.run(str(tmp_path / name), str(tmp_path / f"{name}.pt"), input_size=(64, 48))
+        import_sapiens.run(str(tmp_path / name), str(tmp_path / f"{name}.pt"), image_size=(64, 48))
     a, _ = load_checkpoint(str(tmp_path / "seg_torchscript.pt2.pt"))
     b, _ = load_checkpoint(str(tmp_path / "seg.pth.pt"))
     images = _images(1, (64, 48))
@@ -295,6 +298,28 @@ def labelled(tmp_path_factory) -> str:
     return str(root / "d")
 
 
+def test_an_encoder_file_written_before_the_rename_still_loads(tmp_path):
+    """Encoder files exported before image_size was the one name hold ``img_size``."""
+
+    config = vit_test(image_size=(64, 48))
+    written = encoder_file.EncoderFile(config=config, preset="vit_test", lineage={},
+                                       state=VisionTransformer(config).state_dict()).to_dict()  # fmt: skip
+    old = dict(written, config={("img_size" if k == "image_size" else k): v
+                                for k, v in written["config"].items()})  # fmt: skip
+    assert old["config"]["img_size"] == [64, 48] and "image_size" not in old["config"]
+    torch.save(old, tmp_path / "old.pt")
+    stored = encoder_file.load(str(tmp_path / "old.pt"))
+    assert stored.config == config and stored.preset == "vit_test"
+    # fine-tuning reads it as --pretrained like a new one
+    with_old = FinetuneConfig(task="seg", dataset="unused", output=str(tmp_path / "run"),
+                              preset="vit_test", image_size=(64, 48),
+                              pretrained=str(tmp_path / "old.pt"), head_channels=16, ray=False)  # fmt: skip
+    encoder = build_model(with_old).encoder.state_dict()
+    assert torch.equal(
+        encoder["blocks.0.attn.qkv.weight"], stored.state["blocks.0.attn.qkv.weight"]
+    )
+
+
 def test_finetune_and_evaluate_from_a_sapiens_file(tmp_path, labelled):
     """--pretrained takes the Sapiens .pth itself (class token and its slot dropped, the 4x4
     table interpolated to 4x3); a short CPU run, then the run is evaluated."""
@@ -311,7 +336,8 @@ def test_finetune_and_evaluate_from_a_sapiens_file(tmp_path, labelled):
     )
     assert "cls_token" not in enc and enc["pos_embed"].shape == (1, 12, CFG.embed_dim)
     summary = run(cfg)
-    assert summary["final_step"] == 3
+    assert summary["final_step"] == 3 and summary["image_size"] == [64, 48]
+    assert "input_size" not in summary
     made_of = summary["lineage"]
     assert made_of["pretrained"]["uri"] == str(tmp_path / "sapiens_0.pth")
     assert made_of["dataset"] == labelled and made_of["samples_seen"] == 6
@@ -323,7 +349,7 @@ def test_finetune_and_evaluate_from_a_sapiens_file(tmp_path, labelled):
 
 def test_predict_runs_an_imported_pose_model(tmp_path):
     torch.save(sapiens_task(torch.Generator().manual_seed(7), "pose"), tmp_path / "pose.pth")
-    import_sapiens.run(str(tmp_path / "pose.pth"), str(tmp_path / "pose.pt"), input_size=(64, 48))
+    import_sapiens.run(str(tmp_path / "pose.pth"), str(tmp_path / "pose.pt"), image_size=(64, 48))
     image = (np.random.default_rng(0).random((80, 60, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "person.png")
     predict.main(["--task", "pose", "--checkpoint", str(tmp_path / "pose.pt"), "--images",

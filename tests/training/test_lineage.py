@@ -40,7 +40,7 @@ def test_dataset_lineage_reads_the_release_from_summary_json(tmp_path):
 
 
 def test_cli_answers_which_dataset_a_model_saw(tmp_path, capsys):
-    config = vit_test(img_size=32)
+    config = vit_test(image_size=32)
     made_of = {"dataset": "s3://b/humans", "dataset_run_id": "r1", "samples_seen": 64}
     file = EncoderFile(config=config, preset="vit_test", lineage=made_of,
                        state=VisionTransformer(config).state_dict())  # fmt: skip

@@ -15,7 +15,7 @@ from models.vit import PRESETS, vit_test
 
 def small_mae(mask_ratio: float = 0.75, **kw) -> MAE:
     cfg = MAEConfig(
-        encoder=vit_test(img_size=(32, 48)),
+        encoder=vit_test(image_size=(32, 48)),
         decoder_dim=32,
         decoder_depth=1,
         decoder_heads=4,
@@ -38,7 +38,7 @@ def test_patchify_unpatchify_invert() -> None:
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.95])
 def test_visible_token_count_is_exact(ratio: float) -> None:
-    cfg = vit_test(img_size=(160, 160))  # 100 patches
+    cfg = vit_test(image_size=(160, 160))  # 100 patches
     model = MAE(MAEConfig(encoder=cfg, decoder_dim=32, decoder_depth=1, decoder_heads=4))
     x = torch.randn(3, 100, 8)
     visible, mask, ids_restore = model.random_masking(x, ratio)
@@ -122,14 +122,14 @@ def test_sincos_closed_form() -> None:
 def test_parameter_counts_match_published(
     name: str, published_total: float, published_encoder: float
 ) -> None:
-    total, encoder = count_parameters(MAEConfig(encoder=PRESETS[name](img_size=1024)))
+    total, encoder = count_parameters(MAEConfig(encoder=PRESETS[name](image_size=1024)))
     assert abs(total - published_total) / published_total < 0.01
     assert abs(encoder - published_encoder) / published_encoder < 0.002
 
 
 def test_flops_match_published_figures() -> None:
     # SAPIENS.md: 1.242T multiply-adds of the linears at 4096 tokens, ~4.1 TFLOP full forward
-    cfg = PRESETS["sapiens_0.3b"](img_size=1024)
+    cfg = PRESETS["sapiens_0.3b"](image_size=1024)
     full = vit_forward_flops(cfg, tokens=4096)
     linear_macs = 24 * 4096 * (4 * 1024**2 + 2 * 1024 * 4096) + 4096 * 768 * 1024
     assert linear_macs / 1e12 == pytest.approx(1.242, rel=0.01)

@@ -76,7 +76,7 @@ def test_pretrains_on_ray_with_two_workers(ray_cluster, dataset, tmp_path) -> No
     assert os.path.exists(f"{summary['log_dir']}/pictures/step_00000020.png")
     assert list(Path(summary["log_dir"], "tensorboard").iterdir())
     stored = encoder_file.load(summary["encoder"])  # tensors, config and lineage
-    assert (stored.preset, stored.config.img_size, stored.config.patch_size) == (
+    assert (stored.preset, stored.config.image_size, stored.config.patch_size) == (
         "vit_test", (32, 32), 16)  # fmt: skip
     encoder = VisionTransformer(stored.config)
     assert load_encoder_state(encoder, stored.state) == ([], [])
@@ -119,6 +119,7 @@ def test_killed_run_resumes_from_its_checkpoint(dataset, tmp_path, capsys) -> No
     run(PretrainConfig(**values))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 4
+    assert summary["image_size"] == SMALL["image_size"] and "img_size" not in summary
     # a progress line at every logged step, counting on from the checkpoint, then the last one
     lines, done = progress_lines(capsys.readouterr().out)
     assert [line["step"] for line in lines] == [r["step"] for r in metrics(str(logs))[before:]]
@@ -153,7 +154,9 @@ def _step(out: Path) -> int:
 
 
 def _small_model() -> tuple[MAE, torch.optim.Optimizer, object]:
-    cfg = MAEConfig(encoder=vit_test(img_size=32), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    cfg = MAEConfig(
+        encoder=vit_test(image_size=32), decoder_dim=32, decoder_depth=1, decoder_heads=4
+    )
     model = MAE(cfg)
     opt = adamw(param_groups(model, lr=1e-3, weight_decay=0.05), lr=1e-3)
     return model, opt, warmup_cosine(opt, warmup_steps=2, total_steps=10)

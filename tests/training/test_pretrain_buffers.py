@@ -16,7 +16,7 @@ from training.data.buffers import BufferReturns, SharedRing
 
 def small_config(root: str, workers: int) -> PretrainDataConfig:
     return PretrainDataConfig(
-        dataset=root, img_size=(16, 24), batch_size=3, num_workers=workers, shuffle_buffer=2
+        dataset=root, image_size=(16, 24), batch_size=3, num_workers=workers, shuffle_buffer=2
     )
 
 

@@ -46,7 +46,7 @@ def test_each_sample_once_per_epoch_across_ranks_and_processes(
 ) -> None:
     # 5 shards over 2 ranks x 2 processes: split by shard; 2 shards: split by sample
     keys = write_dataset(str(tmp_path), shards=shards, per_shard=8)
-    cfg = PretrainDataConfig(dataset=str(tmp_path), img_size=(16, 16), shuffle_buffer=4)
+    cfg = PretrainDataConfig(dataset=str(tmp_path), image_size=(16, 16), shuffle_buffer=4)
     found: list[str] = []
     for rank in range(2):
         data = PretrainData(cfg, list_shards(str(tmp_path)), rank=rank, world_size=2)
@@ -58,7 +58,7 @@ def test_each_sample_once_per_epoch_across_ranks_and_processes(
 
 def test_shuffle_buffer_mixes_order(tmp_path) -> None:
     keys = write_dataset(str(tmp_path), shards=1, per_shard=20)
-    cfg = PretrainDataConfig(dataset=str(tmp_path), img_size=(16, 16), shuffle_buffer=10)
+    cfg = PretrainDataConfig(dataset=str(tmp_path), image_size=(16, 16), shuffle_buffer=10)
     seen = epoch_keys(PretrainData(cfg, list_shards(str(tmp_path))), workers=0, limit=25)
     assert sorted(seen) == sorted(keys[0]) and seen != keys[0]
 
@@ -66,7 +66,7 @@ def test_shuffle_buffer_mixes_order(tmp_path) -> None:
 def test_resume_skips_finished_shards(tmp_path) -> None:
     keys = write_dataset(str(tmp_path), shards=4, per_shard=6)
     cfg = PretrainDataConfig(
-        dataset=str(tmp_path), img_size=(16, 16), batch_size=3, num_workers=0, shuffle_buffer=2
+        dataset=str(tmp_path), image_size=(16, 16), batch_size=3, num_workers=0, shuffle_buffer=2
     )
     batches = make_loader(cfg)
     stream = iter(batches)
@@ -93,7 +93,7 @@ def test_corrupt_samples_and_shards_are_counted_not_fatal(tmp_path) -> None:
     tar = root.join(layout.shard_file(first))
     write_bytes_atomic(tar, read_bytes(tar)[:1500])  # truncated mid-member
     cfg = PretrainDataConfig(
-        dataset=str(tmp_path), img_size=(16, 16), batch_size=1, num_workers=0, shuffle_buffer=1
+        dataset=str(tmp_path), image_size=(16, 16), batch_size=1, num_workers=0, shuffle_buffer=1
     )
     batches = make_loader(cfg)
     stream = iter(batches)
@@ -109,11 +109,11 @@ def test_corrupt_samples_and_shards_are_counted_not_fatal(tmp_path) -> None:
 
 def test_manifest_predicate_selects_keys(tmp_path) -> None:
     keys = write_dataset(str(tmp_path), shards=2, per_shard=8)
-    cfg = PretrainDataConfig(dataset=str(tmp_path), img_size=(16, 16), where="num_persons >= 2")
+    cfg = PretrainDataConfig(dataset=str(tmp_path), image_size=(16, 16), where="num_persons >= 2")
     seen = epoch_keys(PretrainData(cfg, list_shards(str(tmp_path))), workers=0, limit=20)
     expected = {k for shard in keys for i, k in enumerate(shard) if i % 4 >= 2}
     assert sorted(seen) == sorted(expected)
-    bad = PretrainDataConfig(dataset=str(tmp_path), img_size=(16, 16), where="no_such_column > 1")
+    bad = PretrainDataConfig(dataset=str(tmp_path), image_size=(16, 16), where="no_such_column > 1")
     with pytest.raises(ValueError, match="no_such_column"):
         next(iter(PretrainData(bad, list_shards(str(tmp_path)))))
 
@@ -143,7 +143,7 @@ def test_loads_from_s3(s3_bucket: str) -> None:
     root = f"s3://{s3_bucket}/humans"
     write_dataset(root, shards=2, per_shard=4)
     cfg = PretrainDataConfig(
-        dataset=root, img_size=(16, 16), batch_size=4, num_workers=1, where="num_persons > 0"
+        dataset=root, image_size=(16, 16), batch_size=4, num_workers=1, where="num_persons > 0"
     )
     batches = make_loader(cfg)
     batch = next(iter(batches))
@@ -259,7 +259,7 @@ def test_batches_are_assembled_in_place_and_never_overwritten_while_held(
 ) -> None:
     write_dataset(str(tmp_path), shards=2, per_shard=8)
     cfg = PretrainDataConfig(
-        dataset=str(tmp_path), img_size=(16, 24), batch_size=3, num_workers=workers,
+        dataset=str(tmp_path), image_size=(16, 24), batch_size=3, num_workers=workers,
         shuffle_buffer=2,
     )  # fmt: skip
     stream = iter(make_loader(cfg))

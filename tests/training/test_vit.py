@@ -17,7 +17,7 @@ from models.vit import (
 
 
 def test_forward_shapes() -> None:
-    model = VisionTransformer(vit_test(img_size=(48, 32)))
+    model = VisionTransformer(vit_test(image_size=(48, 32)))
     x = torch.randn(2, 3, 48, 32)
     assert model.config.grid == (3, 2)
     assert model.pos_embed.shape == (1, 1 + 6, 64)
@@ -26,7 +26,7 @@ def test_forward_shapes() -> None:
 
 
 def test_feature_map_matches_tokens() -> None:
-    model = VisionTransformer(vit_test(img_size=32)).eval()
+    model = VisionTransformer(vit_test(image_size=32)).eval()
     x = torch.randn(1, 3, 32, 32)
     tokens = model.forward_features(x)
     fmap = model(x)
@@ -36,9 +36,9 @@ def test_feature_map_matches_tokens() -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="multiples"):
-        vit_test(img_size=30)
+        vit_test(image_size=30)
     with pytest.raises(ValueError, match="divide"):
-        ViTConfig(img_size=(32, 32), embed_dim=64, depth=1, num_heads=5, mlp_dim=8)
+        ViTConfig(image_size=(32, 32), embed_dim=64, depth=1, num_heads=5, mlp_dim=8)
     with pytest.raises(ValueError, match="expected images"):
         VisionTransformer(vit_test())(torch.randn(1, 1, 32, 32))
 
@@ -52,7 +52,7 @@ def test_presets_registry() -> None:
         "vit_tiny",
         "vit_test",
     }
-    cfg = PRESETS["sapiens_1b"](img_size=(1024, 768))
+    cfg = PRESETS["sapiens_1b"](image_size=(1024, 768))
     assert (cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim) == (40, 1536, 24, 6144)
     assert cfg.grid == (64, 48)
 
@@ -82,8 +82,8 @@ def test_interpolate_pos_embed_keeps_cls_and_is_identity_on_same_grid() -> None:
 
 
 def test_load_encoder_state_interpolates() -> None:
-    source = VisionTransformer(vit_test(img_size=64))  # 4x4 grid
-    target = VisionTransformer(vit_test(img_size=(64, 48)))  # 4x3 grid
+    source = VisionTransformer(vit_test(image_size=64))  # 4x4 grid
+    target = VisionTransformer(vit_test(image_size=(64, 48)))  # 4x3 grid
     state = {f"encoder.{k}": v for k, v in source.state_dict().items()}
     missing, unexpected = load_encoder_state(target, state)
     assert missing == [] and unexpected == []
@@ -93,7 +93,7 @@ def test_load_encoder_state_interpolates() -> None:
 
 
 def test_input_of_another_size_uses_interpolated_positions() -> None:
-    model = VisionTransformer(vit_test(img_size=32))
+    model = VisionTransformer(vit_test(image_size=32))
     assert model.forward_features(torch.randn(1, 3, 64, 48)).shape == (1, 12, 64)
 
 

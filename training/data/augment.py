@@ -45,14 +45,14 @@ class SapiensAugment:
 
     def __init__(
         self,
-        img_size: tuple[int, int],
+        image_size: tuple[int, int],
         *,
         scale: tuple[float, float] = (0.2, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: float = 0.5,
         rng: random.Random | None = None,
     ) -> None:
-        self.img_size = img_size
+        self.image_size = image_size
         self.scale = scale
         self.ratio = ratio
         self.flip = flip
@@ -66,7 +66,7 @@ class SapiensAugment:
 
         Returns the pixels as a [3, H, W] view of ``out`` (channels-last strides, no copy).
         """
-        height, width = self.img_size
+        height, width = self.image_size
         if out is None:
             out = np.empty((height, width, 3), dtype=np.uint8)
         if out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
@@ -99,7 +99,7 @@ class SapiensAugment:
         pixels, factor = None, 1
         if img.format == "JPEG":
             reduction = min(
-                (box[2] - box[0]) / self.img_size[1], (box[3] - box[1]) / self.img_size[0]
+                (box[2] - box[0]) / self.image_size[1], (box[3] - box[1]) / self.image_size[0]
             )
             factor = next(f for f in (8, 4, 2, 1) if f <= max(reduction, 1.0))
             # libjpeg-turbo decodes at 1/factor scale (sizes rounded up) and OpenCV applies

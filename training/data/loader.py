@@ -35,7 +35,7 @@ ERROR_KINDS = ("decode", "bad_shard", "no_image", "filtered")
 @dataclass(kw_only=True)
 class PretrainDataConfig:
     dataset: str  # dataset folder (local path or s3://bucket/prefix) holding shards/ and manifests/
-    img_size: tuple[int, int] = (1024, 1024)  # output (height, width) of the crop
+    image_size: tuple[int, int] = (1024, 1024)  # output (height, width) of the crop
     batch_size: int = 32  # images per step per Ray Train worker (before gradient accumulation)
     num_workers: int = 4  # DataLoader processes per Ray Train worker; 0 reads in-process
     shuffle_buffer: int = 1000  # encoded samples held for shuffling in each loader process
@@ -45,9 +45,9 @@ class PretrainDataConfig:
     prefetch_factor: int = 2  # batches prefetched per loader process
 
     def __post_init__(self) -> None:
-        self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
-        if min(self.img_size) <= 0 or self.batch_size <= 0:
-            raise ValueError("img_size and batch_size must be positive")
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if min(self.image_size) <= 0 or self.batch_size <= 0:
+            raise ValueError("image_size and batch_size must be positive")
         if self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
             raise ValueError("num_workers >= 0, shuffle_buffer >= 1 and prefetch_factor >= 1")
         if not 0.0 < self.min_scale <= 1.0:
@@ -150,7 +150,7 @@ class PretrainData(IterableDataset):
                 (images, ticket), keys = buffers.take(), []
 
     def _buffers(self) -> LocalBuffers | SharedRing:
-        shape = (self.batch_size, *self.config.img_size, 3)
+        shape = (self.batch_size, *self.config.image_size, 3)
         info = get_worker_info()
         if info is None:
             return LocalBuffers(shape)
@@ -169,7 +169,9 @@ class PretrainData(IterableDataset):
         slot, slots = self.rank * workers + worker, self.world_size * workers
         epoch, done = self.start.start_of(worker) if self.start else (0, 0)
         rng = random.Random(hash((self.config.seed, self.rank, worker, epoch, done)))
-        augment = SapiensAugment(self.config.img_size, scale=(self.config.min_scale, 1.0), rng=rng)
+        augment = SapiensAugment(
+            self.config.image_size, scale=(self.config.min_scale, 1.0), rng=rng
+        )
         errors: Counter = Counter()
         while True:
             mine, modulo = shards_for(
@@ -180,7 +182,7 @@ class PretrainData(IterableDataset):
                 (key, data), shard_done = sample
                 out = row_of_next()
                 if out is None:
-                    out = np.empty((*self.config.img_size, 3), dtype=np.uint8)
+                    out = np.empty((*self.config.image_size, 3), dtype=np.uint8)
                 try:
                     augment(data, out=out)
                 except Exception as exc:  # any decoder failure: count it, never stop training

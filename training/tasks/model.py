@@ -29,7 +29,7 @@ def build_model(cfg: FinetuneConfig) -> TaskModel:
     ``pretrained_lineage`` says what the pretrained weights were made from (None from
     scratch), for the run's lineage."""
     task = TASKS_BY_NAME[cfg.task]
-    config = preset(cfg.preset, img_size=cfg.image_size, cls_token=False,
+    config = preset(cfg.preset, image_size=cfg.image_size, cls_token=False,
                     patch_padding=cfg.patch_padding)  # fmt: skip
     encoder = VisionTransformer(config)
     lineage = None
@@ -111,9 +111,9 @@ def param_groups(model: TaskModel, cfg: FinetuneConfig) -> list[dict]:
 
 
 def from_sapiens(
-    imported: sapiens_format.Imported, input_size: tuple[int, int]
+    imported: sapiens_format.Imported, image_size: tuple[int, int]
 ) -> tuple[TaskModel, FinetuneConfig]:
-    """The TaskModel of an imported task checkpoint at ``input_size`` (height, width), with
+    """The TaskModel of an imported task checkpoint at ``image_size`` (height, width), with
     every tensor loaded (strictly), and its FinetuneConfig."""
     task = TASKS_BY_NAME[imported.task]
     spec = task.head
@@ -126,7 +126,7 @@ def from_sapiens(
         )
     # Sapiens' depth head regresses depth directly: no softplus on an imported one
     cfg = FinetuneConfig(task=imported.task, dataset="", output="", preset=imported.preset,
-                         image_size=input_size, head="sapiens",
+                         image_size=image_size, head="sapiens",
                          head_channels=imported.head_channels,
                          depth_output="linear")  # fmt: skip
     model = build_model(cfg)
@@ -181,9 +181,9 @@ def load_checkpoint(uri: str) -> tuple[TaskModel, dict]:
     return model.eval(), dataclasses.asdict(cfg)
 
 
-def load_model(uri: str, input_size: tuple[int, int]) -> tuple[TaskModel, dict]:
+def load_model(uri: str, image_size: tuple[int, int]) -> tuple[TaskModel, dict]:
     """(model, config fields) of a run, a task ``.pt`` or a released Sapiens task file (read
-    at ``input_size``)."""
+    at ``image_size``)."""
     loc = storage.locate(uri)
     if loc.is_s3 or not os.path.isdir(loc.path):
         data = storage.read_bytes(loc)
@@ -195,6 +195,6 @@ def load_model(uri: str, input_size: tuple[int, int]) -> tuple[TaskModel, dict]:
             imported = sapiens_format.convert(state)
             if imported.task is None:
                 raise sapiens_format.SapiensFormatError(f"{uri}: a backbone, not a task model")
-            model, cfg = from_sapiens(imported, input_size)
+            model, cfg = from_sapiens(imported, image_size)
             return model, dataclasses.asdict(cfg)
     return load_checkpoint(uri)
