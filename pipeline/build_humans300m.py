@@ -149,9 +149,12 @@ def run(config: JobConfig) -> dict:
         if config.run.dedup:
             check_dedup_ready(config.dedup)
     run_id = new_run_id()
-    with OutputLock(dataset, run_id):  # before Ray starts: a busy output fails at once
+    lock = OutputLock(dataset, run_id)
+    lock.claim()  # before Ray starts: a busy output fails at once
+    try:
         with phases("start Ray"):
             init_ray(config.run)
+        lock.confirm()  # its settle time has passed while Ray started
         processed, dedup_counts = _run_locked(dataset, config, run_id, phases, columns)
         extra = {
             "run_id": run_id,  # the release a model's lineage names (training.lineage)
@@ -161,6 +164,8 @@ def run(config: JobConfig) -> dict:
         }
         stream_s = phases.seconds.get("stream", 0.0)
         return write_summary(dataset, config, started, processed, extra, stream_s)
+    finally:
+        lock.release()
 
 
 def check_output(dataset: Location) -> None:

@@ -65,7 +65,6 @@ from curation.dedup.previous import (
 )
 from curation.manifest import samples_dataset
 from curation.writer import table_to_parquet_bytes
-from pipeline.dedup_ray import run_on_ray, unique_pair_refs
 from runtime.storage import Location, locate, write_bytes_atomic
 from schemas import Reason
 from schemas.layout import dedup_index_file
@@ -111,6 +110,8 @@ def run_dedup(dataset_uri: str, config: DedupConfig) -> dict[str, int]:
     finish_commits(dataset)  # a crashed run's decided rewrites: plan from their outcome
     rows = samples_dataset(dataset_uri).count_rows()  # Parquet footers only
     if rows and rows >= config.ray_above:
+        from pipeline.dedup_ray import run_on_ray  # imports Ray Data: only when it runs
+
         return run_on_ray(dataset, config, rows)
     plan = plan_dedup(dataset_uri, config)
     apply_plan(dataset, plan)
@@ -220,6 +221,8 @@ def _unique_pairs(unique: np.ndarray, config: DedupConfig) -> np.ndarray:
 
     if len(unique) < config.exact_below:
         return exact_pairs(unique, config.radius)
+    from pipeline.dedup_ray import unique_pair_refs
+
     parts = ray.get(unique_pair_refs(ray.put(unique), len(unique), config))
     return np.unique(np.concatenate(parts), axis=0)
 

@@ -86,17 +86,31 @@ class OutputLock:
         self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._claimed_at = 0.0
 
     def _me(self) -> Holder:
         return Holder(self.run_id, socket.gethostname(), os.getpid(), time.time())
 
     def acquire(self) -> None:
         """Take the lease or raise ``OutputBusy`` naming the job that holds it."""
+        self.claim()
+        self.confirm()
+
+    def claim(self) -> None:
+        """The first half of ``acquire``: refuse a live holder, write our lease. Do nothing to
+        the output before ``confirm``; what needs no output (starting Ray) may run between
+        them, so that the read-back's settle time is not waited for on its own."""
         current = _read(self.lock)
         if current is not None and current.run_id != self.run_id:
             self._check_takeover(current)
         write_bytes_atomic(self.lock, json.dumps(asdict(self._me())).encode())
-        time.sleep(SETTLE_S)
+        self._claimed_at = time.monotonic()
+
+    def confirm(self) -> None:
+        """The second half of ``acquire``: once ``SETTLE_S`` has passed since ``claim``, read
+        the lease back (a rival that wrote in the same moment wins or loses here) and start
+        renewing it."""
+        time.sleep(max(0.0, self._claimed_at + SETTLE_S - time.monotonic()))
         winner = _read(self.lock)
         if winner is None or winner.run_id != self.run_id:
             raise OutputBusy(

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,16 @@ def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     check_address(address)
     import ray
 
+    # Ray Data's V2 Parquet reader starts FooterReader actors (new processes) for every read:
+    # 10-20 s before the first row on this 2-core machine even with warm workers, against
+    # 0.3-0.4 s for the V1 reader. The jobs' Parquet inputs (plans, manifests) are few files
+    # whose footers the V1 reader reads in its own tasks, so the actors buy nothing here.
+    # Set through the environment before Ray Data is imported (and inherited by the workers
+    # Ray starts): importing it here would cost a job that runs no Ray Data most of a second.
+    os.environ["RAY_DATA_USE_DATASOURCE_V2"] = "0"
+    if "ray.data" in sys.modules:
+        ray.data.DataContext.get_current().use_datasource_v2 = False
+
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         pass  # a caller (a test, a notebook) started it
@@ -153,8 +164,3 @@ def start_ray(address: str | None = None, **init_kwargs: object) -> None:
         # "local": a new embedded instance even when a `ray start` cluster runs on this
         # machine (plain ray.init() would join it, and refuse resource arguments)
         ray.init(address="local", **init_kwargs)
-    # Ray Data's V2 Parquet reader starts FooterReader actors (new processes) for every read:
-    # 10-20 s before the first row on this 2-core machine even with warm workers, against
-    # 0.3-0.4 s for the V1 reader. The jobs' Parquet inputs (plans, manifests) are few files
-    # whose footers the V1 reader reads in its own tasks, so the actors buy nothing here.
-    ray.data.DataContext.get_current().use_datasource_v2 = False
