@@ -244,7 +244,7 @@ def stream(
 
     from pipeline.crawl import crawl
     from pipeline.detect_stage import has_filters
-    from pipeline.politeness import start_limiters
+    from pipeline.politeness import job_limits
     from pipeline.progress import ProgressCounter, ProgressDisplay
 
     filters = has_filters(config.detector, config.classifiers)
@@ -256,9 +256,9 @@ def stream(
         plan.columns,
     )
     with phases("stream setup"):
-        limiters = start_limiters(config.fetch)
+        fetch, limiters = job_limits(config.fetch)
         progress = ProgressCounter.remote(next_shard_number(dataset))
-        stage = _stage_config(config, limiters, None if filters else progress)
+        stage = _stage_config(config, fetch, limiters, None if filters else progress)
         if filters:
             ds, sink = _build_stream(dataset, plan, done, config, stage, progress, output)
     todo = max(plan.rows - done.keys, 0)
@@ -278,11 +278,13 @@ def stream(
     return sum(s.kept + s.rejected for s in stats)
 
 
-def _stage_config(config: JobConfig, limiters: tuple, progress: object) -> StageConfig:
+def _stage_config(
+    config: JobConfig, fetch: FetchConfig, limiters: tuple, progress: object
+) -> StageConfig:
     from pipeline.detect_stage import filter_input_size
 
     return StageConfig(
-        fetch=config.fetch,
+        fetch=fetch,
         validate=config.validate,
         det_size=filter_input_size(config.detector, config.classifiers),
         detector_identity=None if config.detector.enabled else json.dumps({"model": "none"}),

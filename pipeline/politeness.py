@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import zlib
 
 import ray
 
 from curation.fetch import FetchConfig
 from curation.politeness import HostSlots, SlotTable, Token
+from runtime.ray_env import embedded
 
 CPUS_PER_LIMITER = 64  # one limiter actor per this many CPUs of the cluster
 
@@ -36,14 +38,29 @@ class HostLimiter:
         return self._table.busy(host)
 
 
-def start_limiters(config: FetchConfig) -> tuple:
-    """The job's limiter actors (kill them when the stream ends); none when the limits are
-    per process. Not waited for: their processes start while the fetch workers do."""
+def job_limits(config: FetchConfig) -> tuple[FetchConfig, tuple]:
+    """The fetch settings the job's workers use, and its limiter actors (kill them when the
+    stream ends; not waited for: their processes start while the fetch workers do).
+
+    No actors when the limits are per process, nor on an embedded Ray with no more CPUs than
+    ``per_host_concurrency``: its CPUs are fixed, so at most that many fetch tasks run at once
+    (one CPU each), and each gets an equal share of every host's connections and rate (keys
+    spread a host's URLs over all tasks alike). That costs no actor process and no actor call.
+    Otherwise (a cluster, which may grow, or more CPUs than the limit) limiter actors hand out
+    each host's slots.
+    """
     if not config.cluster_wide_limits:
-        return ()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+        return config, ()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if embedded() and cpus <= config.per_host_concurrency:
+        share = dataclasses.replace(
+            config,
+            per_host_concurrency=config.per_host_concurrency // cpus,
+            per_host_rate=config.per_host_rate / cpus,
+        )
+        return share, ()
     count = 1 + cpus // CPUS_PER_LIMITER
-    return tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
+    return config, tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
 
 
 def _owner(limiters: tuple, host: str):

@@ -122,6 +122,17 @@ def _read(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+_STARTED_HERE = False  # whether start_ray started the Ray instance this process uses
+
+
+def embedded() -> bool:
+    """Whether this process runs on a local Ray that ``start_ray`` started: its CPUs are fixed
+    for the job's life (a cluster's may grow)."""
+    import ray
+
+    return _STARTED_HERE and ray.is_initialized()
+
+
 def start_ray(address: str | None = None, **init_kwargs: object) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start a local Ray.
 
@@ -164,3 +175,5 @@ def start_ray(address: str | None = None, **init_kwargs: object) -> None:
         # "local": a new embedded instance even when a `ray start` cluster runs on this
         # machine (plain ray.init() would join it, and refuse resource arguments)
         ray.init(address="local", **init_kwargs)
+        global _STARTED_HERE
+        _STARTED_HERE = True
