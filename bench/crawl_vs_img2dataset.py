@@ -394,6 +394,11 @@ def main() -> None:
         "--politeness", action="store_true",
         help="also run our job with the cluster-wide per-host limiter off, to show its cost",
     )  # fmt: skip
+    p.add_argument(
+        "--images", type=int, default=0,
+        help="distinct images to generate (default: the largest size); a larger size lists "
+        "them again with ?copy=K queries (distinct URLs, same bytes: for memory checks)",
+    )  # fmt: skip
     p.add_argument("--corpus", default=str(TMP / "crawl-bench-corpus"))
     p.add_argument("--i2d-venv", default=str(TMP / "img2dataset-venv"))
     p.add_argument("--workdir", default=str(TMP / "crawl-bench-work"))
@@ -411,12 +416,12 @@ def main() -> None:
 
     exe = ensure_img2dataset(Path(args.i2d_venv)) if args.only != "ours" else None
     corpus = Path(args.corpus)
-    names = make_corpus(corpus, max(sizes))
+    names = make_corpus(corpus, args.images or max(sizes))
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     server, port = start_nginx(corpus, work / "nginx")
-    megapixels = [image_spec(i)[0] * image_spec(i)[1] / 1e6 for i in range(max(sizes))]
+    megapixels = [image_spec(i)[0] * image_spec(i)[1] / 1e6 for i in range(len(names))]
     size_mb = sum((corpus / n).stat().st_size for n in names) / 1e6
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -424,7 +429,7 @@ def main() -> None:
         f"commit {commit()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
-        f"corpus: {max(sizes)} distinct images, mean {statistics.mean(megapixels):.2f} MP, "
+        f"corpus: {len(names)} distinct images, mean {statistics.mean(megapixels):.2f} MP, "
         f"{size_mb:.0f} MB (JPEG q90, 1 in 50 PNG, 1 in 50 WebP), nginx on 127.0.0.1:{port}"
     )
     ours_extra = args.ours_args.split()
@@ -432,7 +437,14 @@ def main() -> None:
     try:
         for n in sizes:
             urls = work / f"urls-{n}.txt"
-            urls.write_text("".join(f"http://127.0.0.1:{port}/{name}\n" for name in names[:n]))
+            urls.write_text(
+                "".join(
+                    f"http://127.0.0.1:{port}/{names[i % len(names)]}"
+                    + (f"?copy={i // len(names)}" if i >= len(names) else "")
+                    + "\n"
+                    for i in range(n)
+                )
+            )
             runs = []
             if args.only in ("both", "img2dataset"):
                 runs.append("img2dataset")
