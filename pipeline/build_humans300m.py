@@ -28,7 +28,7 @@ from curation.fetch import FetchConfig
 from curation.sources import SourceConfig, input_kind
 from curation.validate import ValidateConfig
 from curation.weights import WeightsError
-from pipeline.crawl import Output, StreamFailed
+from pipeline.crawl import StreamFailed
 from pipeline.job import (
     JobConfig,
     OutputConfig,
@@ -47,6 +47,7 @@ from pipeline.resume import (
     remove_leftovers,
     unfinished_inputs,
 )
+from pipeline.sink import Output
 from pipeline.stages import StageConfig, fetch_and_validate
 from runtime import config as cli
 from runtime.ray_env import check_address, check_submitted_job
@@ -323,9 +324,7 @@ def _build_stream(
         batch_format="numpy",
     )
     ds = add_filter_stages(ds, config.detector, config.classifiers, progress)
-    sink = ShardDatasink(
-        output.uri, output.max_samples, output.max_bytes, progress, output.run_id, output.columns
-    )
+    sink = ShardDatasink(output, progress)
     return ds, sink
 
 

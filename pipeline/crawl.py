@@ -22,16 +22,14 @@ import queue
 import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
 from curation.record import OK
 from pipeline.resume import unfinished_rows
-from pipeline.sink import SampleWriter, WriteStats
+from pipeline.sink import Output, SampleWriter, WriteStats
 from pipeline.stages import (
     StageConfig,
     decided_row,
@@ -51,17 +49,6 @@ TASKS_PER_CPU = 4  # a small job's inputs are split into this many tasks per CPU
 
 class StreamFailed(RuntimeError):
     """A crawl task failed; what finished tasks wrote is kept and a rerun resumes."""
-
-
-@dataclass(frozen=True)
-class Output:
-    """Where and how a crawl task writes (``pipeline.sink.SampleWriter``'s settings)."""
-
-    uri: str
-    max_samples: int
-    max_bytes: int
-    run_id: str
-    columns: pa.Schema | None = None  # the plan's kept input columns (Plan.columns)
 
 
 def rows_per_task(todo: int, cpus: int, max_samples: int, batch_size: int) -> int:
@@ -154,9 +141,7 @@ def _crawl_task(
     batch_size: int,
 ) -> WriteStats:
     name = f"{output.run_id}-{uuid.uuid4().hex[:12]}"
-    writer = SampleWriter(
-        output.uri, output.max_samples, output.max_bytes, stage.progress, name, output.columns
-    )
+    writer = SampleWriter(output, stage.progress, name)
     try:
         rows = unfinished_rows(plan_file, finished, start, length)
         crawl_rows(rows.to_pylist(), stage, writer, batch_size)

@@ -13,39 +13,25 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
-from pipeline.sink import SampleWriter, WriteStats
+from pipeline.sink import Output, SampleWriter, WriteStats
 
 
 class ShardDatasink(ray.data.Datasink[WriteStats]):
-    """Writes the stream's rows; ``counter``: the job's ``ProgressCounter`` (shard numbers),
-    ``columns``: the plan's kept input columns (``pipeline.plan.Plan.columns``)."""
+    """Writes the stream's rows to ``output``; ``counter``: the job's ``ProgressCounter``
+    (shard numbers)."""
 
-    def __init__(
-        self,
-        output_uri: str,
-        max_samples: int,
-        max_bytes: int,
-        counter: Any,
-        run_id: str,
-        columns: pa.Schema | None = None,
-    ) -> None:
-        self.output_uri = output_uri
-        self.columns = columns
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
+    def __init__(self, output: Output, counter: Any) -> None:
+        self.output = output
         self.counter = counter
-        self.run_id = run_id
         self.stats: list[WriteStats] = []
 
     @property
     def min_bytes_per_write(self) -> int:
-        return self.max_bytes
+        return self.output.max_bytes
 
     def write(self, blocks, ctx) -> WriteStats:
-        name = f"{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"
-        writer = SampleWriter(
-            self.output_uri, self.max_samples, self.max_bytes, self.counter, name, self.columns
-        )
+        name = f"{self.output.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"
+        writer = SampleWriter(self.output, self.counter, name)
         try:
             for block in blocks:
                 for row in _rows(block):

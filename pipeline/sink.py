@@ -36,29 +36,31 @@ class WriteStats:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Output:
+    """Where and how the job's shards are written."""
+
+    uri: str
+    max_samples: int  # per shard
+    max_bytes: int  # image bytes per shard, about
+    run_id: str  # names the rejections files
+    columns: pa.Schema | None = None  # the plan's kept input columns (Plan.columns)
+
+
 class SampleWriter:
     """Writes decided in-flight rows: kept ones streamed into shards capped by count and
     bytes, rejected ones gathered into one rejections file written by ``close``.
 
     ``counter``: the job's ``ProgressCounter``, which hands out shard numbers; ``name``: the
-    rejections file's name, unique to the writing task; ``columns``: the plan's kept input
-    columns (``pipeline.plan.Plan.columns``). A shard is visible only once published;
-    ``discard`` (or an exception before ``close``) removes the unpublished one.
+    rejections file's name, unique to the writing task. A shard is visible only once
+    published; ``discard`` (or an exception before ``close``) removes the unpublished one.
     """
 
-    def __init__(
-        self,
-        output_uri: str,
-        max_samples: int,
-        max_bytes: int,
-        counter: Any,
-        name: str,
-        columns: pa.Schema | None = None,
-    ) -> None:
-        self.dataset = locate(output_uri)
-        self.columns = columns if columns is not None else pa.schema([])
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
+    def __init__(self, output: Output, counter: Any, name: str) -> None:
+        self.dataset = locate(output.uri)
+        self.columns = output.columns if output.columns is not None else pa.schema([])
+        self.max_samples = output.max_samples
+        self.max_bytes = output.max_bytes
         self.counter = counter
         self.name = name
         self.stats = WriteStats([], 0, 0, 0)

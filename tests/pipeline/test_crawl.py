@@ -125,10 +125,11 @@ def test_a_failure_in_a_fetch_thread_ends_the_loop_with_that_error():
 def test_a_failed_task_lets_the_others_publish_and_ends_in_one_line(tmp_path):
     import ray
 
-    from pipeline.crawl import Output, crawl
+    from pipeline.crawl import crawl
     from pipeline.plan import Plan
     from pipeline.progress import ProgressCounter
     from pipeline.resume import Finished
+    from pipeline.sink import Output
     from runtime.storage import locate
 
     plan_folder = tmp_path / "plan"
