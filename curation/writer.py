@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -98,16 +99,18 @@ class ShardBuilder:
     """
 
     def __init__(self, dataset: Location, shard: int, schema: pa.Schema = SAMPLE_SCHEMA) -> None:
-        wds = webdataset()
         self.dataset, self.shard, self.schema = dataset, shard, schema
         self.rows: list[dict[str, Any]] = []
         self.num_bytes = 0
         fd, self._tmp_path = tempfile.mkstemp(suffix=".tar", dir=_staging_dir(dataset))
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; shards are read by other users and services
         self._stream = os.fdopen(fd, "wb")
-        # a whole-second mtime: webdataset stamps members with time.time(), and a float mtime
-        # makes tarfile add a PAX header to every member (1 kB more each, and its CPU)
-        self._tar = wds.TarWriter(self._stream, encoder=False, mtime=int(time.time()))
+        # The members webdataset's TarWriter writes (``{key}.{ext}`` in sorted order, mode
+        # 0444, owner "bigdata"), through tarfile's file mode: TarWriter opens a stream
+        # ("w|") that re-buffers every 16 kB in 10 kB records, 2.5x the CPU of one write per
+        # member here. A whole-second mtime: a float one adds a PAX header to every member.
+        self._tar = tarfile.TarFile(fileobj=self._stream, mode="w", copybufsize=1 << 22)
+        self._mtime = int(time.time())
 
     def add(self, row: dict[str, Any], image: bytes) -> None:
         """Append one sample; fills ``shard``, ``image_member`` and ``json_member`` in ``row``."""
@@ -117,11 +120,16 @@ class ShardBuilder:
         # every schema column in the JSON, so it equals the manifest row; rows are validated
         # together in publish(), and a bad one discards the whole unpublished shard
         full_row = {name: row.get(name) for name in self.schema.names}
-        sample = {"__key__": row["key"], ext: image, "json": row_to_json(full_row)}
+        members = {image_member: image, json_member: row_to_json(full_row)}
         if row.get("caption"):
             # {key}.txt: where CLIP-style readers (open_clip, img2dataset's layout) look
-            sample["txt"] = row["caption"].encode("utf-8")
-        self._tar.write(sample)
+            members[f"{row['key']}.txt"] = row["caption"].encode("utf-8")
+        for name in sorted(members):
+            data = members[name]
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), self._mtime, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
         self.rows.append(full_row)
         self.num_bytes += len(image)
 
@@ -135,6 +143,7 @@ class ShardBuilder:
         publishes several files as one change (the dedup rewrite) stages them elsewhere.
         """
         self._tar.close()
+        self._stream.close()  # tarfile leaves a file object it was given open, and unflushed
         table = rows_to_table(self.rows, self.schema, where=f"shard {self.shard}")
         publish_file_atomic(self._tmp_path, tar or self.dataset.join(shard_file(self.shard)))
         write_bytes_atomic(
