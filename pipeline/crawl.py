@@ -9,8 +9,8 @@ the job runs no Ray Data executor, autoscaling actor or write workers. On the cr
 fetch tasks as in them.
 
 The driver holds no URL: it reads the plan partitions' row counts from their footers, and each
-crawl task reads its own slice of ``rows_per_task`` rows of one partition, less the finished
-ones (``pipeline.resume.unfinished_rows``). Each crawl task writes its own shards (numbers
+crawl task reads its own ``rows_per_task`` rows (a slice of a large partition, or several small
+ones: ``task_slices``), less the finished ones (``pipeline.resume.unfinished_rows``). Each crawl task writes its own shards (numbers
 from the job's ``ProgressCounter``) and rejections file, and is not retried: a retry would
 write the same samples twice; a rerun of the job resumes.
 """
@@ -22,6 +22,7 @@ import queue
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
@@ -75,11 +76,6 @@ def crawl(
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     per_task = rows_per_task(todo, cpus, output.max_samples, batch_size)
     finished_uri = finished.folder.uri if finished.keys else None
-    slices = (
-        (file.uri, start, per_task)
-        for file in plan.files
-        for start in range(0, plan_rows(file), per_task)
-    )
     running: list[Any] = []
     stats: list[WriteStats] = []
     failures: list[str] = []
@@ -91,7 +87,7 @@ def crawl(
             except ray.exceptions.RayError as exc:
                 failures.append(_cause(exc))
 
-    for uri, start, length in slices:
+    for slices in task_slices(plan.files, per_task):
         if failures:
             break
         # One task per CPU and none queued: a task waiting in ray.get (a shard number, a
@@ -100,9 +96,7 @@ def crawl(
         if len(running) >= cpus:
             done, running = ray.wait(running, num_returns=1)
             collect(done)
-        running.append(
-            _crawl_task.remote(uri, start, length, finished_uri, stage, output, batch_size)
-        )
+        running.append(_crawl_task.remote(slices, finished_uri, stage, output, batch_size))
     collect(_all(running))
     if failures:
         raise StreamFailed(
@@ -119,6 +113,29 @@ def _all(refs: list[Any]) -> list[Any]:
     return refs
 
 
+Slice = tuple[str, int, int]  # (plan partition file, first row, rows)
+
+
+def task_slices(files: list[Location], per_task: int) -> Iterator[list[Slice]]:
+    """The plan's rows in crawl tasks of ``per_task`` rows (the last may hold fewer): a slice
+    of a large partition, or small partitions together (a small job's partitions are small,
+    and each task writes shards of its own). Reads only the partitions' footers."""
+    task: list[Slice] = []
+    rows = 0
+    for file in files:
+        total, start = plan_rows(file), 0
+        while start < total:
+            length = min(per_task - rows, total - start)
+            task.append((file.uri, start, length))
+            rows += length
+            start += length
+            if rows >= per_task:
+                yield task
+                task, rows = [], 0
+    if task:
+        yield task
+
+
 def plan_rows(file: Location) -> int:
     """Rows of a plan partition file, from its footer."""
     return pq.read_metadata(file.path, filesystem=file.fs).num_rows
@@ -132,9 +149,7 @@ def _cause(exc: Exception) -> str:
 
 @ray.remote(num_cpus=1, max_retries=0)
 def _crawl_task(
-    plan_file: str,
-    start: int,
-    length: int,
+    slices: list[Slice],
     finished: str | None,
     stage: StageConfig,
     output: Output,
@@ -143,8 +158,12 @@ def _crawl_task(
     name = f"{output.run_id}-{uuid.uuid4().hex[:12]}"
     writer = SampleWriter(output, stage.progress, name)
     try:
-        rows = unfinished_rows(plan_file, finished, start, length)
-        crawl_rows(rows.to_pylist(), stage, writer, batch_size)
+        rows = [
+            row
+            for plan_file, start, length in slices
+            for row in unfinished_rows(plan_file, finished, start, length).to_pylist()
+        ]
+        crawl_rows(rows, stage, writer, batch_size)
         return writer.close()
     finally:
         writer.discard()

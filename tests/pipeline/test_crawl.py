@@ -12,7 +12,7 @@ from PIL import Image
 from curation.fetch import FetchConfig
 from curation.record import OK
 from curation.validate import ValidateConfig
-from pipeline.crawl import StreamFailed, crawl_rows, rows_per_task
+from pipeline.crawl import StreamFailed, crawl_rows, rows_per_task, task_slices
 from pipeline.resume import unfinished_rows
 from pipeline.stages import StageConfig
 from tests.support.httpserver import CrawlServer
@@ -31,6 +31,25 @@ def test_small_jobs_are_spread_over_every_cpu_and_large_ones_cut_at_a_shard():
     assert rows_per_task(10**9, cpus=512, max_samples=10_000, batch_size=64) == 10_000
     assert rows_per_task(50, cpus=2, max_samples=7, batch_size=8) == 7  # the shard cap wins
     assert rows_per_task(0, cpus=2, max_samples=7, batch_size=8) == 7
+
+
+def test_tasks_cut_large_partitions_and_join_small_ones(tmp_path):
+    from runtime.storage import locate
+
+    files = []
+    for p, rows in enumerate([5, 3, 10, 0, 2]):
+        path = tmp_path / f"inputs-{p:04d}.parquet"
+        pq.write_table(pa.table({"key": [f"{p}-{i}" for i in range(rows)]}), path)
+        files.append(locate(str(path)))
+    tasks = [[(uri.rsplit("-", 1)[1][:4], start, n) for uri, start, n in task]
+             for task in task_slices(files, 4)]  # fmt: skip
+    assert tasks == [
+        [("0000", 0, 4)],
+        [("0000", 4, 1), ("0001", 0, 3)],
+        [("0002", 0, 4)],
+        [("0002", 4, 4)],
+        [("0002", 8, 2), ("0004", 0, 2)],
+    ]
 
 
 def test_a_slice_reads_its_rows_less_the_finished_ones(tmp_path):
@@ -134,26 +153,26 @@ def test_a_failed_task_lets_the_others_publish_and_ends_in_one_line(tmp_path):
 
     plan_folder = tmp_path / "plan"
     plan_folder.mkdir()
-    with CrawlServer({f"{i}.jpg": _jpeg(i) for i in range(6)}) as server:
-        for p in range(2):
-            keys = [f"p{p}k{i}" for i in range(3)]
-            uris = [server.url("img", f"{3 * p + i}.jpg") for i in range(3)]
+    with CrawlServer({f"{i}.jpg": _jpeg(i) for i in range(8)}) as server:
+        for p in range(2):  # two partitions of 4 rows: a task each at 4 rows a task
+            keys = [f"p{p}k{i}" for i in range(4)]
+            uris = [server.url("img", f"{4 * p + i}.jpg") for i in range(4)]
             table = pa.table({"key": keys, "source_uri": uris})
             pq.write_table(table, plan_folder / f"inputs-{p:04d}.parquet")
         finished = tmp_path / "finished"
         finished.mkdir()
         (finished / "finished-0001.parquet").write_bytes(b"not parquet")  # partition 1 fails
         files = [locate(str(plan_folder / f"inputs-{p:04d}.parquet")) for p in range(2)]
-        plan = Plan("test", files, rows=6, malformed=0, duplicates=0, partitions=2)
+        plan = Plan("test", files, rows=8, malformed=0, duplicates=0, partitions=2)
         counter = ProgressCounter.remote(0)
         output = Output(str(tmp_path / "out"), max_samples=100, max_bytes=1 << 30, run_id="r")
         try:
             with pytest.raises(StreamFailed) as failure:
-                crawl(plan, Finished(locate(str(finished)), 1), 6, _stage(counter), output, 8)
+                crawl(plan, Finished(locate(str(finished)), 1), 8, _stage(counter), output, 4)
         finally:
             ray.kill(counter)
     message = str(failure.value)
     assert "\n" not in message and message.startswith("1 crawl task(s) failed (first: ")
     assert "run the same command again" in message
     published = pq.read_table(tmp_path / "out" / "manifests").column("key").to_pylist()
-    assert sorted(published) == ["p0k0", "p0k1", "p0k2"]  # the other task's work is kept
+    assert sorted(published) == ["p0k0", "p0k1", "p0k2", "p0k3"]  # the other task's work is kept
