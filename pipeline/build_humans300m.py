@@ -50,7 +50,7 @@ from pipeline.resume import (
 from pipeline.sink import Output
 from pipeline.stages import StageConfig, fetch_and_validate
 from runtime import config as cli
-from runtime.ray_env import check_address, check_submitted_job
+from runtime.ray_env import beside_driver, check_address, check_submitted_job
 from runtime.storage import Location, locate
 from schemas.version import version_line
 
@@ -258,7 +258,7 @@ def stream(
     )
     with phases("stream setup"):
         fetch, limiters = job_limits(config.fetch)
-        progress = ProgressCounter.remote(next_shard_number(dataset))
+        progress = ProgressCounter.options(**beside_driver()).remote(next_shard_number(dataset))
         stage = _stage_config(config, fetch, limiters, None if filters else progress)
         if filters:
             ds, sink = _build_stream(dataset, plan, done, config, stage, progress, output)

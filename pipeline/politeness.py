@@ -16,7 +16,7 @@ import ray
 
 from curation.fetch import FetchConfig
 from curation.politeness import HostSlots, SlotTable, Token
-from runtime.ray_env import embedded
+from runtime.ray_env import beside_driver, embedded
 
 CPUS_PER_LIMITER = 64  # one limiter actor per this many CPUs of the cluster
 
@@ -60,7 +60,8 @@ def job_limits(config: FetchConfig) -> tuple[FetchConfig, tuple]:
         )
         return share, ()
     count = 1 + cpus // CPUS_PER_LIMITER
-    return config, tuple(HostLimiter.remote(config.per_host_concurrency) for _ in range(count))
+    limiter = HostLimiter.options(**beside_driver())
+    return config, tuple(limiter.remote(config.per_host_concurrency) for _ in range(count))
 
 
 def _owner(limiters: tuple, host: str):

@@ -125,6 +125,21 @@ def _read(sock: socket.socket, size: int) -> bytes:
 _STARTED_HERE = False  # whether start_ray started the Ray instance this process uses
 
 
+def beside_driver() -> dict:
+    """Options placing an actor on the driver's node (``Actor.options(**beside_driver())``).
+
+    For a job's coordination actors (progress and shard numbers, per-host limits): the
+    driver's node lives as long as the job, while any other may be lost mid-run, and a rerun
+    started at once could still be given a node that died moments before (its actors then
+    "never ran", and every task asking them failed).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
 def embedded() -> bool:
     """Whether this process runs on a local Ray that ``start_ray`` started: its CPUs are fixed
     for the job's life (a cluster's may grow)."""
