@@ -10,9 +10,9 @@ fetch tasks as in them.
 
 The driver holds no URL: it reads the plan partitions' row counts from their footers, and each
 crawl task reads its own ``rows_per_task`` rows (a slice of a large partition, or several small
-ones: ``task_slices``), less the finished ones (``pipeline.resume.unfinished_rows``). Each crawl task writes its own shards (numbers
-from the job's ``ProgressCounter``) and rejections file, and is not retried: a retry would
-write the same samples twice; a rerun of the job resumes.
+ones: ``task_slices``), less the finished ones (``pipeline.resume.unfinished_rows``). Each
+crawl task writes its own shards (numbers from the job's ``ProgressCounter``) and rejections
+file, and is not retried: a retry would write the same samples twice; a rerun resumes.
 """
 
 from __future__ import annotations
