@@ -129,8 +129,8 @@ def fetch_input(row: dict) -> tuple[str, str | None]:
 # Many threads wait on the network, but only a few decode at once: decoding is CPU-bound
 # (Pillow releases the GIL, so two overlap on two cores) and each decode of a large photo holds
 # tens of megabytes, so this also bounds a worker's memory.
-# Slots are tokens in a SimpleQueue: its get blocks in C, where a Semaphore's Condition costs
-# Python-level lock round trips under the GIL for every decode.
+# Slots are tokens in a SimpleQueue, whose get blocks in C (a Semaphore waits on a Python
+# Condition); alternating runs showed no measurable difference in CPU an image either way.
 _DECODE_SLOTS: queue.SimpleQueue = queue.SimpleQueue()
 for _ in range(2):
     _DECODE_SLOTS.put(None)
